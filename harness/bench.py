@@ -1,0 +1,119 @@
+"""`python -m harness.bench`: how close the training loop runs to the model's pure compute.
+
+For each depth, on Fashion-MNIST with batch 128, images per second of
+  (a) pure compute: forward, backward and SGD step on one fixed batch;
+  (b) the harness loop (`harness.train.train`): in-memory data, batched augmentation and
+      MLflow tracking into a temporary SQLite store; (b0) the same loop with no store;
+  (c) a seed-style loop: torchvision's FashionMNIST with per-image ToTensor and a DataLoader;
+then the ratios b/a, b/c, the tracking cost b0/b - 1, and the achieved GFLOP/s against
+the machine's own large-matmul rate measured in the same run. All in one process, so that
+ratios compare like with like on a noisy machine.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+from torchvision.datasets import FashionMNIST
+
+from harness.config import compose_config
+from harness.data import load_data
+from harness.models import build_model
+from harness.tracking import MemoryTracker
+from harness.tracking.mlflow_store import MlflowRun, connect
+from harness.train import train
+
+BATCH = 128
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """The practical limit: float32 GEMM throughput of this machine with torch's threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def new_model(depth: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(depth, in_channels=1).to(memory_format=torch.channels_last)
+
+
+def step_flops(depth: int) -> int:
+    model, images, labels = new_model(depth), torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images), labels).backward()
+    return counter.get_total_flops()
+
+
+def timed_steps(batches, model: torch.nn.Module, steps: int, warmup: int = 3) -> float:
+    """Images per second of forward, backward and SGD step over the batches `batches` yields."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for i, (images, labels) in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i == warmup + steps - 1:
+            return steps * BATCH / (time.perf_counter() - start)
+    raise ValueError("too few batches")
+
+
+def pure_compute(depth: int, steps: int) -> float:
+    images, labels = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+    return timed_steps(((images, labels) for _ in iter(int, 1)), new_model(depth), steps)
+
+
+def seed_style(depth: int, steps: int, root: Path) -> float:
+    dataset = FashionMNIST(root, train=True, transform=transforms.ToTensor())
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
+    return timed_steps(iter(loader), new_model(depth), steps)
+
+
+def harness_loop(depth: int, steps: int, data, tracker) -> float:
+    cfg = compose_config(f"schedule.iterations={steps}", f"schedule.eval_every={steps + 1}")
+    model = new_model(depth)
+    train(compose_config("schedule.iterations=3"), model, data, MemoryTracker(), torch.device("cpu"))  # warm-up
+    start = time.perf_counter()
+    train(cfg, model, data, tracker, torch.device("cpu"))
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depths", type=int, nargs="+", default=[20, 56])
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+    parser.add_argument("--root", type=Path, default=Path("data"), help="Fashion-MNIST root, as dataset.root")
+    args = parser.parse_args()
+
+    # A 128-image evaluation split keeps the loop's closing evaluation out of the timing.
+    data = load_data("fashion_mnist", args.root, True, 128, torch.device("cpu"))
+    gemm = matmul_gflops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul 2048^3: {gemm:.1f} GFLOP/s")
+    print("depth  pure(a) img/s  harness(b)  no-store(b0)  seed-style(c)   b/a    b/c   tracking  GFLOP/s (% of matmul)")
+    with tempfile.TemporaryDirectory() as store:
+        client, experiment_id = connect(f"sqlite:///{store}/mlflow.db", "bench")
+        for depth in args.depths:
+            a = pure_compute(depth, args.steps)
+            run = MlflowRun.start(client, experiment_id, f"bench-{depth}", {})
+            b = harness_loop(depth, args.steps, data, run)
+            run.finish()
+            b0 = harness_loop(depth, args.steps, data, MemoryTracker())
+            c = seed_style(depth, args.steps, args.root)
+            gflops = step_flops(depth) * a / BATCH / 1e9
+            print(f"{depth:5d}  {a:13.0f}  {b:10.0f}  {b0:12.0f}  {c:13.0f}  {b / a:5.3f}  {b / c:5.3f}  "
+                  f"{b0 / b - 1:+8.1%}  {gflops:6.1f} ({gflops / gemm:.0%})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

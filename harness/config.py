@@ -1,0 +1,136 @@
+"""The config schema: Hydra checks key names and types against these dataclasses when it
+composes a config; `check_values` checks what types cannot say (valid depths, names, ranges).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from harness.data import DATASETS
+from harness.models import ACTIVATIONS, SHORTCUTS, resolve_family
+
+
+class ConfigError(ValueError):
+    """A config value that the schema's types allow but the harness cannot run."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = "data"  # relative paths are taken from the directory the command runs in
+    download: bool = True
+    augment: bool = True  # pad, random crop, horizontal flip (P1 on CIFAR)
+    pad: int = 4
+    validation_size: int | None = None  # hold out this many training images and evaluate on them
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class ScheduleConfig:
+    iterations: int = MISSING
+    batch_size: int = 128
+    lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of iterations; lr /= 10 at each
+    warmup_lr: float | None = None  # P1's ResNet-110: this lr until the training error < warmup_until_error
+    warmup_until_error: float = 0.8
+    log_every: int = 10  # iterations per point of the training curves (the mean over those iterations)
+    eval_every: int = MISSING
+    eval_subset: int | None = None  # images evaluated at intermediate points; the last point uses all
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "${default_store:}"  # SQLite store in ./mlruns, as an absolute path
+    experiment: str = "degradation"
+    figures: bool = True  # draw the sweep's figures at the end of a multirun
+    log_model: bool = True  # the final state_dict as an artifact
+
+
+@dataclass
+class Config:
+    depth: int = 20
+    residual: bool = True
+    shortcut: str = "zero_pad"  # option A; projection = B, full_projection = C; identity = A
+    activation: str = "post"  # post (P1) or pre (P2)
+    family: str = "auto"  # auto, cifar or imagenet: which net a depth of both families (50, 152) means
+    seed: int = 0
+    device: str = "auto"  # auto = cuda when present, else cpu
+    threads: int | None = None  # torch threads per job; None = torch's default
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def default_store() -> str:
+    """MLflow's SQLite store inside ./mlruns, absolute so that no job's working directory moves it."""
+    return f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="schema", node=Config)
+    if not OmegaConf.has_resolver("default_store"):
+        OmegaConf.register_new_resolver("default_store", default_store)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The job config that `python -m harness.run OVERRIDES` would see, for code outside the
+    Hydra app (tests, benchmarks, notebooks)."""
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the bad value and the valid ones."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    try:
+        resolve_family(cfg.depth, cfg.family)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    need(
+        cfg.shortcut in SHORTCUTS + ("identity",),
+        f"shortcut={cfg.shortcut} is not valid; use zero_pad (option A, alias identity), "
+        "projection (option B) or full_projection (option C).",
+    )
+    need(cfg.activation in ACTIVATIONS, f"activation={cfg.activation} is not valid; use post (P1) or pre (P2).")
+    need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), f"device={cfg.device} is not valid; use auto, cpu or cuda[:N].")
+    need(cfg.threads is None or cfg.threads > 0, f"threads={cfg.threads} must be a positive number of torch threads, or null.")
+    need(cfg.dataset.name in DATASETS, f"dataset={cfg.dataset.name} is not valid; use one of {', '.join(DATASETS)}.")
+    need(cfg.dataset.pad >= 0, f"dataset.pad={cfg.dataset.pad} must be 0 or more pixels.")
+    need(cfg.optimizer.name in ("sgd", "adam"), f"optimizer={cfg.optimizer.name} is not valid; use sgd or adam.")
+    need(cfg.optimizer.lr > 0, f"optimizer.lr={cfg.optimizer.lr} must be positive.")
+    schedule = cfg.schedule
+    need(schedule.iterations > 0, f"schedule.iterations={schedule.iterations} must be a positive number of iterations.")
+    need(schedule.batch_size > 0, f"schedule.batch_size={schedule.batch_size} must be a positive number of images.")
+    need(schedule.log_every > 0, f"schedule.log_every={schedule.log_every} must be a positive number of iterations.")
+    need(schedule.eval_every > 0, f"schedule.eval_every={schedule.eval_every} must be a positive number of iterations.")
+    need(
+        schedule.eval_subset is None or schedule.eval_subset > 0,
+        f"schedule.eval_subset={schedule.eval_subset} must be a positive number of images, or null for all.",
+    )
+    need(
+        all(0 < fraction < 1 for fraction in schedule.lr_drops),
+        f"schedule.lr_drops={list(schedule.lr_drops)} must be fractions of the iterations between 0 and 1 "
+        "(the paper's 32k and 48k of 64k are [0.5, 0.75]).",
+    )
+    need(
+        schedule.warmup_lr is None or schedule.warmup_lr > 0,
+        f"schedule.warmup_lr={schedule.warmup_lr} must be positive, or null for no warm-up.",
+    )

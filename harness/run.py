@@ -1,0 +1,139 @@
+"""`python -m harness.run [-m] key=value ...`: train one net per config, one MLflow run each.
+
+    python -m harness.run -m depth=20,56 residual=true,false
+"""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from harness import config
+from harness.data import DataError, load_data
+from harness.models import build_model, canonical_shortcut, model_name, resolve_family
+from harness.tracking.mlflow_store import ROLE_TAG, MlflowRun, StoreError, connect, find_sweep_run, flatten
+from harness.train import DivergedError, Result, train
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+config.register()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """A user error: one paragraph on stderr and a non-zero exit, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise config.ConfigError(f"device={name} was asked for, but torch sees no CUDA device here; use device=auto or cpu.")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags(cfg: DictConfig, device: torch.device) -> dict:
+    """What the MLflow UI should let a user filter and group by."""
+    return {
+        ROLE_TAG: "job",
+        "model": model_name(cfg.depth, cfg.residual, cfg.shortcut, cfg.activation),
+        "family": resolve_family(cfg.depth, cfg.family),
+        "depth": cfg.depth,
+        "residual": cfg.residual,
+        "shortcut": canonical_shortcut(cfg.shortcut) if cfg.residual else "none",
+        "activation": cfg.activation,
+        "dataset": cfg.dataset.name,
+        "seed": cfg.seed,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+    }
+
+
+def train_and_log(cfg: DictConfig, run: MlflowRun, device: torch.device) -> Result:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    run.log_params(flatten(resolved))
+    run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    run.log_text(OmegaConf.to_yaml(overrides), "overrides.yaml")
+
+    data = load_data(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download, cfg.dataset.validation_size, device)
+    model = build_model(
+        cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data.in_channels, data.num_classes, cfg.family
+    ).to(device, memory_format=torch.channels_last)
+    result = train(cfg, model, data, run, device)
+
+    run.log_json({"run": run.name, "eval_split": data.eval_split, **vars(result)}, "summary.json")
+    if cfg.tracking.log_model:
+        run.log_torch_state(model.state_dict(), "model.pt")
+    return result
+
+
+def run_job(cfg: DictConfig) -> Result | None:
+    """Check the config, then train and track one net. Inside a sweep a failed run is recorded
+    and None returned, so that the other jobs go on; alone, the error ends the command."""
+    try:
+        config.check_values(cfg)
+        device = pick_device(cfg.device)
+        client, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment)
+    except (config.ConfigError, StoreError) as error:
+        fail(str(error))
+
+    # Bit-for-bit repeatable runs on the CPU need deterministic kernels as well as seeds.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    parent = find_sweep_run(client, experiment_id, str(Path(HydraConfig.get().sweep.dir).resolve())) if in_sweep else None
+    name = model_name(cfg.depth, cfg.residual, cfg.shortcut, cfg.activation)
+    run = MlflowRun.start(client, experiment_id, name, run_tags(cfg, device), parent_run_id=parent)
+    log.info("%s: MLflow run %s in %s", name, run.run_id, cfg.tracking.uri)
+    try:
+        result = train_and_log(cfg, run, device)
+    except KeyboardInterrupt as error:
+        run.finish("KILLED", error)
+        raise
+    except Exception as error:
+        if isinstance(error, DivergedError):
+            run.set_tags({"harness.diverged_at": error.step})
+        run.finish("FAILED", error)
+        if in_sweep:
+            log.error("%s failed: %s: %s", name, type(error).__name__, error)
+            return None
+        if isinstance(error, (DataError, DivergedError)):
+            fail(f"{name}: {error}", code=1)
+        raise
+    run.finish("FINISHED")
+    log.info("%s: train error %.4f, test error %.4f in %.0f s", name, result.train_error, result.test_error, result.seconds)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    result = run_job(cfg)
+    return None if result is None else result.test_error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The Hydra callback around a sweep (`-m`): check every job's config before the first one
+trains, open the sweep's parent run, and at the end close it, draw the figures and say which
+configurations failed."""
+
+import logging
+import sys
+from pathlib import Path
+
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import ConfigError, check_values
+from harness.run import fail
+from harness.tracking.mlflow_store import ROLE_TAG, SWEEP_DIR_TAG, StoreError, connect
+
+log = logging.getLogger(__name__)
+
+
+def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
+    """The override list of every job of the sweep, expanded as Hydra's basic sweeper does."""
+    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + list(cfg.hydra.overrides.task))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+class SweepTracking(Callback):
+    def __init__(self) -> None:
+        self.client = None
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        jobs = sweep_overrides(config)
+        for overrides in jobs:
+            try:
+                job = compose(config_name=kwargs.get("config_name") or "config", overrides=overrides)
+                check_values(job)
+            except ConfigError as error:
+                fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
+        try:
+            self.client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
+        except StoreError as error:
+            fail(str(error))
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        overrides = " ".join(config.hydra.overrides.task)
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"sweep {overrides}"[:250],
+            tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir, "harness.jobs": len(jobs), "harness.overrides": overrides},
+        )
+        self.parent_run_id = run.info.run_id
+        log.info("Sweep of %d jobs: MLflow parent run %s", len(jobs), self.parent_run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        children = self.client.search_runs(
+            [self.client.get_run(self.parent_run_id).info.experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+        )
+        failed = sorted(run.info.run_name for run in children if run.info.status != "FINISHED")
+        if config.tracking.figures:
+            from harness.plot import report_sweep
+
+            report_sweep(self.client, self.parent_run_id, Path(config.hydra.sweep.dir) / "figures")
+        self.client.set_terminated(self.parent_run_id, "FAILED" if failed else "FINISHED")
+        finished = len(children) - len(failed)
+        print(f"Sweep done: {finished} of {len(children)} runs finished (MLflow parent run {self.parent_run_id}).")
+        if failed:
+            fail(f"{len(failed)} run(s) failed: {', '.join(failed)}; their errors are in the MLflow tag harness.error.", code=1)
+

@@ -1,0 +1,133 @@
+"""The training loop: one function, read top to bottom.
+
+Iteration-based, as P1 counts its schedule: `schedule.iterations` SGD steps of
+`schedule.batch_size` images, lr divided by 10 at the fractions `schedule.lr_drops` of the
+iterations. The loop reports to a `Tracker` and knows nothing of MLflow.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
+
+from harness.data import BatchSampler, Data, augment
+from harness.tracking import Tracker
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"training diverged at iteration {step}: loss {loss}")
+        self.step = step
+
+
+@dataclass
+class Result:
+    train_error: float  # running training error of the last logging window (P1's dashed curves)
+    train_loss: float
+    test_error: float  # on the whole evaluation split, after the last iteration
+    test_loss: float
+    iterations: int
+    seconds: float
+
+
+def make_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def learning_rate(step: int, base_lr: float, iterations: int, drops: list[float]) -> float:
+    """P1: the base rate divided by 10 at each fraction in `drops` of the iterations."""
+    return base_lr * 0.1 ** sum(step >= round(fraction * iterations) for fraction in drops)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, limit: int | None = None, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean loss, error rate) on the first `limit` images of the evaluation split (all if None)."""
+    images = data.eval_images[:limit]
+    labels = data.eval_labels[:limit]
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    wrong = torch.zeros((), device=images.device)
+    for start in range(0, len(images), batch_size):
+        logits = model(data.normalise(images[start : start + batch_size]))
+        target = labels[start : start + batch_size]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        wrong += (logits.argmax(dim=1) != target).sum()
+    model.train()
+    return loss_sum.item() / len(images), wrong.item() / len(images)
+
+
+def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, device: torch.device) -> Result:
+    schedule = cfg.schedule
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    sampler = BatchSampler(len(data.train_images), schedule.batch_size, generator)
+    optimizer = make_optimizer(cfg.optimizer, model)
+    # P1 (ResNet-110): a low rate until the training error falls below 80%, then the base rate.
+    warming_up = schedule.warmup_lr is not None
+
+    window_loss = torch.zeros((), device=device)
+    window_wrong = torch.zeros((), device=device)
+    window_steps = 0
+    train_loss = train_error = math.nan
+    start_time = time.perf_counter()
+    model.train()
+    progress = tqdm(range(schedule.iterations), desc=tracker.name, unit="it", disable=None, leave=False)
+    for step in progress:
+        lr = schedule.warmup_lr if warming_up else learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        indices = sampler.next()
+        images = data.normalise(data.train_images[indices])
+        if cfg.dataset.augment:
+            images = augment(images, cfg.dataset.pad, generator)
+        labels = data.train_labels[indices]
+
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        # Accumulate on the device; reading values back every step would stall a GPU.
+        window_loss += loss.detach()
+        window_wrong += (logits.detach().argmax(dim=1) != labels).sum()
+        window_steps += 1
+
+        iteration = step + 1  # metrics are indexed by iterations completed
+        if iteration % schedule.log_every == 0 or iteration == schedule.iterations:
+            train_loss = window_loss.item() / window_steps
+            train_error = window_wrong.item() / (window_steps * schedule.batch_size)
+            if not math.isfinite(train_loss):
+                raise DivergedError(iteration, train_loss)
+            tracker.log_metrics({"train_loss": train_loss, "train_error": train_error, "lr": lr}, step=iteration)
+            progress.set_postfix(loss=f"{train_loss:.3f}", err=f"{train_error:.3f}", refresh=False)
+            warming_up = warming_up and train_error >= schedule.warmup_until_error
+            window_loss.zero_()
+            window_wrong.zero_()
+            window_steps = 0
+
+        if iteration % schedule.eval_every == 0 and iteration < schedule.iterations:
+            test_loss, test_error = evaluate(model, data, limit=schedule.eval_subset)
+            tracker.log_metrics({"test_loss": test_loss, "test_error": test_error}, step=iteration)
+
+    # The last point of the test curve is always measured on the whole evaluation split.
+    test_loss, test_error = evaluate(model, data)
+    tracker.log_metrics({"test_loss": test_loss, "test_error": test_error}, step=schedule.iterations)
+    progress.close()
+    return Result(
+        train_error=train_error,
+        train_loss=train_loss,
+        test_error=test_error,
+        test_loss=test_loss,
+        iterations=schedule.iterations,
+        seconds=time.perf_counter() - start_time,
+    )
