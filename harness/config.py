@@ -2,6 +2,8 @@
 composes a config; `check_values` checks what types cannot say (valid depths, names, ranges).
 """
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.data import DATASETS
-from harness.models import ACTIVATIONS, SHORTCUTS, resolve_family
+from harness.models import ACTIVATIONS, SHORTCUTS, canonical_shortcut, resolve_family
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,7 @@ class ScheduleConfig:
     log_every: int = 10  # iterations per point of the training curves (the mean over those iterations)
     eval_every: int = MISSING
     eval_subset: int | None = None  # images evaluated at intermediate points; the last point uses all
+    checkpoint_every: int | None = None  # iterations between checkpoints (a multiple of log_every); None: none
 
 
 @dataclass
@@ -53,6 +56,7 @@ class TrackingConfig:
     experiment: str = "degradation"
     figures: bool = True  # draw the sweep's figures at the end of a multirun
     log_model: bool = True  # the final state_dict as an artifact
+    checkpoint_dir: str | None = None  # None: beside a SQLite store, else ./checkpoints
 
 
 @dataclass
@@ -65,10 +69,28 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto = cuda when present, else cpu
     threads: int | None = None  # torch threads per job; None = torch's default
+    rerun: bool = False  # train again configurations that already have a FINISHED run
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# Where and how a run is executed and tracked, not what it trains.
+PRESENTATION_KEYS = ("tracking", "threads", "device", "rerun", "dataset.root", "dataset.download")
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """What a config trains, as a short hash: relaunching the same study finds its runs by it."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in PRESENTATION_KEYS:
+        *parents, leaf = key.split(".")
+        node = resolved
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    resolved["shortcut"] = canonical_shortcut(resolved["shortcut"])
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_store() -> str:
@@ -129,6 +151,11 @@ def check_values(cfg: DictConfig) -> None:
         all(0 < fraction < 1 for fraction in schedule.lr_drops),
         f"schedule.lr_drops={list(schedule.lr_drops)} must be fractions of the iterations between 0 and 1 "
         "(the paper's 32k and 48k of 64k are [0.5, 0.75]).",
+    )
+    need(
+        schedule.checkpoint_every is None or (schedule.checkpoint_every > 0 and schedule.checkpoint_every % schedule.log_every == 0),
+        f"schedule.checkpoint_every={schedule.checkpoint_every} must be a positive multiple of "
+        f"schedule.log_every={schedule.log_every}, or null for no checkpoints.",
     )
     need(
         schedule.warmup_lr is None or schedule.warmup_lr > 0,

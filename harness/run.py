@@ -18,7 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 from harness import config
 from harness.data import DataError, load_data
 from harness.models import build_model, canonical_shortcut, model_name, resolve_family
-from harness.tracking.mlflow_store import ROLE_TAG, MlflowRun, StoreError, connect, find_sweep_run, flatten
+from harness.config import fingerprint
+from harness.tracking.mlflow_store import (
+    FINGERPRINT_TAG,
+    ROLE_TAG,
+    MlflowRun,
+    StoreError,
+    connect,
+    find_run,
+    find_sweep_run,
+    flatten,
+    supersede,
+)
 from harness.train import DivergedError, Result, train
 
 log = logging.getLogger(__name__)
@@ -68,12 +79,13 @@ def run_tags(cfg: DictConfig, device: torch.device) -> dict:
     }
 
 
-def train_and_log(cfg: DictConfig, run: MlflowRun, device: torch.device) -> Result:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    run.log_params(flatten(resolved))
-    run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    run.log_text(OmegaConf.to_yaml(overrides), "overrides.yaml")
+def train_and_log(cfg: DictConfig, run: MlflowRun, device: torch.device, resumed: bool) -> Result:
+    if not resumed:  # a resumed run has its params already, and MLflow never changes a param
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        run.log_params(flatten(resolved))
+        run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        run.log_text(OmegaConf.to_yaml(overrides), "overrides.yaml")
 
     data = load_data(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download, cfg.dataset.validation_size, device)
     model = build_model(
@@ -87,9 +99,44 @@ def train_and_log(cfg: DictConfig, run: MlflowRun, device: torch.device) -> Resu
     return result
 
 
-def run_job(cfg: DictConfig) -> Result | None:
-    """Check the config, then train and track one net. Inside a sweep a failed run is recorded
-    and None returned, so that the other jobs go on; alone, the error ends the command."""
+def checkpoint_dir(cfg: DictConfig) -> Path | None:
+    """Checkpoints go beside a SQLite store, else into ./checkpoints, unless configured."""
+    if not cfg.schedule.checkpoint_every:
+        return None
+    if cfg.tracking.checkpoint_dir:
+        return Path(cfg.tracking.checkpoint_dir).resolve()
+    if cfg.tracking.uri.startswith("sqlite:///"):
+        return Path(cfg.tracking.uri.removeprefix("sqlite:///")).parent / "checkpoints"
+    return Path("checkpoints").resolve()
+
+
+def open_run(cfg: DictConfig, client, experiment_id: str, device: torch.device, parent: str | None) -> tuple[MlflowRun | None, bool]:
+    """(run, resumed): the run that trains this config. None when the config already has a
+    FINISHED run (unless rerun=true); the same run again when it stopped after a checkpoint; a
+    new run otherwise, which replaces an earlier failed one in its sweep."""
+    name = model_name(cfg.depth, cfg.residual, cfg.shortcut, cfg.activation)
+    config_fingerprint = fingerprint(cfg)
+    previous = None if cfg.rerun else find_run(client, experiment_id, config_fingerprint)
+    folder = checkpoint_dir(cfg)
+    if previous is not None and previous.info.status == "FINISHED":
+        print(f"skip {name}: already FINISHED as MLflow run {previous.info.run_id} (rerun=true trains it again)")
+        return None, False
+    if previous is not None:
+        stopped = MlflowRun(client, previous.info.run_id, name, folder)
+        if previous.info.status in ("RUNNING", "KILLED") and stopped.has_checkpoint():
+            print(f"resume {name}: MLflow run {previous.info.run_id} from its last checkpoint")
+            return MlflowRun.reopen(client, previous.info.run_id, folder), True
+    tags = {**run_tags(cfg, device), FINGERPRINT_TAG: config_fingerprint}
+    run = MlflowRun.start(client, experiment_id, name, tags, parent_run_id=parent, checkpoint_dir=folder)
+    if previous is not None:
+        supersede(client, previous, run.run_id)
+    return run, False
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """Check the config, then train and track one net; returns its final test error. Inside a
+    sweep a failed run is recorded and None returned, so that the other jobs go on; alone, the
+    error ends the command."""
     try:
         config.check_values(cfg)
         device = pick_device(cfg.device)
@@ -106,11 +153,12 @@ def run_job(cfg: DictConfig) -> Result | None:
 
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     parent = find_sweep_run(client, experiment_id, str(Path(HydraConfig.get().sweep.dir).resolve())) if in_sweep else None
-    name = model_name(cfg.depth, cfg.residual, cfg.shortcut, cfg.activation)
-    run = MlflowRun.start(client, experiment_id, name, run_tags(cfg, device), parent_run_id=parent)
-    log.info("%s: MLflow run %s in %s", name, run.run_id, cfg.tracking.uri)
+    run, resumed = open_run(cfg, client, experiment_id, device, parent)
+    if run is None:
+        return None
+    log.info("%s: MLflow run %s in %s", run.name, run.run_id, cfg.tracking.uri)
     try:
-        result = train_and_log(cfg, run, device)
+        result = train_and_log(cfg, run, device, resumed)
     except KeyboardInterrupt as error:
         run.finish("KILLED", error)
         raise
@@ -119,20 +167,19 @@ def run_job(cfg: DictConfig) -> Result | None:
             run.set_tags({"harness.diverged_at": error.step})
         run.finish("FAILED", error)
         if in_sweep:
-            log.error("%s failed: %s: %s", name, type(error).__name__, error)
+            log.error("%s failed: %s: %s", run.name, type(error).__name__, error)
             return None
         if isinstance(error, (DataError, DivergedError)):
-            fail(f"{name}: {error}", code=1)
+            fail(f"{run.name}: {error}", code=1)
         raise
     run.finish("FINISHED")
-    log.info("%s: train error %.4f, test error %.4f in %.0f s", name, result.train_error, result.test_error, result.seconds)
-    return result
+    log.info("%s: train error %.4f, test error %.4f in %.0f s", run.name, result.train_error, result.test_error, result.seconds)
+    return result.test_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    result = run_job(cfg)
-    return None if result is None else result.test_error
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

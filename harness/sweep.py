@@ -2,8 +2,8 @@
 trains, open the sweep's parent run, and at the end close it, draw the figures and say which
 configurations failed."""
 
+import hashlib
 import logging
-import sys
 from pathlib import Path
 
 from hydra import compose
@@ -13,11 +13,12 @@ from hydra.experimental.callback import Callback
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, check_values
+from harness.config import ConfigError, check_values, fingerprint
 from harness.run import fail
 from harness.tracking.mlflow_store import ROLE_TAG, SWEEP_DIR_TAG, StoreError, connect
 
 log = logging.getLogger(__name__)
+STUDY_TAG = "harness.study"  # the fingerprints of all jobs of a sweep, hashed
 
 
 def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
@@ -34,22 +35,37 @@ class SweepTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_overrides(config)
+        fingerprints = []
         for overrides in jobs:
             try:
                 job = compose(config_name=kwargs.get("config_name") or "config", overrides=overrides)
                 check_values(job)
             except ConfigError as error:
                 fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
+            fingerprints.append(fingerprint(job))
         try:
             self.client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
         except StoreError as error:
             fail(str(error))
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        # The same study launched again (after a kill, say) goes on in its parent run.
+        study = hashlib.sha256(" ".join(sorted(fingerprints)).encode()).hexdigest()[:16]
+        earlier = None if config.rerun else self.client.search_runs(
+            [experiment_id], f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{STUDY_TAG}` = '{study}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )  # fmt: skip
+        if earlier:
+            self.parent_run_id = earlier[0].info.run_id
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self.client.set_tag(self.parent_run_id, SWEEP_DIR_TAG, sweep_dir)
+            log.info("Sweep of %d jobs goes on in MLflow parent run %s", len(jobs), self.parent_run_id)
+            return
         overrides = " ".join(config.hydra.overrides.task)
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep {overrides}"[:250],
-            tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir, "harness.jobs": len(jobs), "harness.overrides": overrides},
+            tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir, STUDY_TAG: study, "harness.jobs": len(jobs),
+                  "harness.overrides": overrides},  # fmt: skip
         )
         self.parent_run_id = run.info.run_id
         log.info("Sweep of %d jobs: MLflow parent run %s", len(jobs), self.parent_run_id)

@@ -65,6 +65,29 @@ def evaluate(model: nn.Module, data: Data, limit: int | None = None, batch_size:
     return loss_sum.item() / len(images), wrong.item() / len(images)
 
 
+def training_state(iteration: int, warming_up: bool, model: nn.Module, optimizer, sampler: BatchSampler) -> dict:
+    """Everything a resumed run needs to go on bit for bit as if it had never stopped."""
+    return {
+        "iteration": iteration,
+        "warming_up": warming_up,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "sampler": sampler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_state(state: dict, model: nn.Module, optimizer, sampler: BatchSampler) -> tuple[int, bool]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    sampler.load_state_dict(state["sampler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["iteration"], state["warming_up"]
+
+
 def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, device: torch.device) -> Result:
     schedule = cfg.schedule
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -72,6 +95,10 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     optimizer = make_optimizer(cfg.optimizer, model)
     # P1 (ResNet-110): a low rate until the training error falls below 80%, then the base rate.
     warming_up = schedule.warmup_lr is not None
+    start = 0
+    saved = tracker.restore()
+    if saved is not None:  # a stopped run: continue exactly where its last checkpoint left it
+        start, warming_up = restore_state(saved, model, optimizer, sampler)
 
     window_loss = torch.zeros((), device=device)
     window_wrong = torch.zeros((), device=device)
@@ -79,7 +106,8 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     train_loss = train_error = math.nan
     start_time = time.perf_counter()
     model.train()
-    progress = tqdm(range(schedule.iterations), desc=tracker.name, unit="it", disable=None, leave=False)
+    steps = range(start, schedule.iterations)
+    progress = tqdm(steps, desc=tracker.name, unit="it", initial=start, total=schedule.iterations, disable=None, leave=False)
     for step in progress:
         lr = schedule.warmup_lr if warming_up else learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
         for group in optimizer.param_groups:
@@ -118,6 +146,10 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         if iteration % schedule.eval_every == 0 and iteration < schedule.iterations:
             test_loss, test_error = evaluate(model, data, limit=schedule.eval_subset)
             tracker.log_metrics({"test_loss": test_loss, "test_error": test_error}, step=iteration)
+
+        # Checkpoints fall on logging boundaries (the config checks it): the window is empty.
+        if schedule.checkpoint_every and iteration % schedule.checkpoint_every == 0 and iteration < schedule.iterations:
+            tracker.checkpoint(training_state(iteration, warming_up, model, optimizer, sampler))
 
     # The last point of the test curve is always measured on the whole evaluation split.
     test_loss, test_error = evaluate(model, data)

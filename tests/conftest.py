@@ -4,9 +4,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 REPO = Path(__file__).resolve().parents[1]
+# The in-process tests run tiny models, which intra-op threads only slow down, badly so when
+# another process is using the cores.
+torch.set_num_threads(1)
 # A tiny budget: 20 iterations of 32 images, curves every 5 and evaluations every 10
 # iterations, evaluated on 500 held-out training images instead of the 10k test images.
 TINY = ["schedule=smoke", "dataset.validation_size=500"]

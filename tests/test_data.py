@@ -17,8 +17,6 @@ import torch
 import harness.data.sources as sources
 from harness.data import BatchSampler, DataError, augment, load_data
 
-# Small tensor work is far slower with intra-op threads fighting other jobs for 2 cores.
-torch.set_num_threads(1)
 
 CPU = torch.device("cpu")
 PER_BATCH = 8  # images per CIFAR batch file

@@ -20,8 +20,6 @@ from harness.models.resnet import (
     ZeroPadShortcut,
 )
 
-# The tiny forwards here are ~100x slower with intra-op threads fighting other jobs for 2 cores.
-torch.set_num_threads(1)
 
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 SHORTCUT_OPTIONS = ("zero_pad", "projection", "full_projection")

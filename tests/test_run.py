@@ -1,5 +1,10 @@
 """The command a user types: sweeps, tracking in MLflow, failures and bad input."""
 
+import subprocess
+import sys
+import time
+
+import matplotlib.image
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -21,11 +26,10 @@ def job_runs(client: MlflowClient):
 def test_card_sweep_tracks_four_children_under_one_parent(tmp_path, store, data_root):
     """The card's command, on a tiny budget: one parent run, four FINISHED children with the
     whole config as params, the readable names and tags, curves of the expected length, the
-    artifacts, and the sweep's figures logged to the parent."""
-    result = harness_command(
-        "harness.run", "-m", "depth=20,56", "residual=true,false", *TINY,
-        f"tracking.uri={store}", f"dataset.root={data_root}", cwd=tmp_path,
-    )  # fmt: skip
+    artifacts, and the sweep's figures logged to the parent; `harness.plot` draws them again;
+    launched a second time, the sweep skips every finished configuration."""
+    sweep = ["-m", "depth=20,56", "residual=true,false", *TINY, f"tracking.uri={store}", f"dataset.root={data_root}"]
+    result = harness_command("harness.run", *sweep, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 of 4 runs finished" in result.stdout
 
@@ -55,6 +59,21 @@ def test_card_sweep_tracks_four_children_under_one_parent(tmp_path, store, data_
 
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert "figures/report.md" in figures and "figures/error_vs_depth.png" in figures
+
+    # Then the plotting command on the same store, as a user would after the sweep.
+    result = harness_command("harness.plot", "--uri", store, "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, size in {"error_vs_depth": (456, 1080), "fig1_plain_20_vs_56": (420, 1080), "fig6_cifar_curves": (456, 1080)}.items():
+        assert matplotlib.image.imread(tmp_path / "report" / f"{name}.png").shape[:2] == size
+        assert (tmp_path / "report" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert "plain-56" in (tmp_path / "report" / "report.md").read_text()
+
+    # The same command again: every configuration is FINISHED, so nothing trains.
+    again = harness_command("harness.run", *sweep, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skip ") == 4 and "4 of 4 runs finished" in again.stdout
+    assert len(job_runs(client)) == 4
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, store, data_root):
@@ -164,3 +183,67 @@ def test_warmup_holds_the_low_rate_until_training_error_falls_below_the_threshol
 def test_config_resolves_to_plain_containers():
     cfg = compose_config()
     assert OmegaConf.to_container(cfg, resolve=True)["tracking"]["uri"].startswith("sqlite:///")
+
+
+def test_a_resumed_run_continues_bit_for_bit(data_root):
+    """Stop after the checkpoint at iteration 10 (later steps lost, as in a kill), train again
+    with the same tracker: the curves equal those of an uninterrupted run."""
+    torch.use_deterministic_algorithms(True)
+    data = load_data("fashion_mnist", data_root, False, 200, torch.device("cpu"))
+    cfg = compose_config("schedule=smoke", "schedule.checkpoint_every=10", "schedule.log_every=5", "dataset.augment=true")
+    whole = MemoryTracker()
+    torch.manual_seed(0)
+    train(cfg, build_model(20, in_channels=1), data, whole, torch.device("cpu"))
+
+    class Killed(Exception):
+        pass
+
+    class DiesAtStep15(MemoryTracker):
+        def log_metrics(self, metrics, step):
+            if step == 15:
+                raise Killed
+            super().log_metrics(metrics, step)
+
+    stopped = DiesAtStep15()
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        train(cfg, build_model(20, in_channels=1), data, stopped, torch.device("cpu"))
+    stopped.__class__ = MemoryTracker  # the relaunched process no longer dies
+    torch.manual_seed(123)  # a resumed run must not depend on the fresh model's initialisation
+    train(cfg, build_model(20, in_channels=1), data, stopped, torch.device("cpu"))
+    assert dict(stopped.history) == dict(whole.history)
+
+
+def test_a_killed_run_resumes_in_the_same_mlflow_run(tmp_path, data_root):
+    """SIGKILL after the first checkpoint, then the same command: one MLflow run whose curves
+    equal an uninterrupted run's, step for step and value for value."""
+    command = ["harness.run", "schedule=smoke", "schedule.iterations=200", "schedule.checkpoint_every=20",
+               "schedule.eval_every=50", "dataset.validation_size=500", f"dataset.root={data_root}",
+               "tracking.log_model=false"]  # fmt: skip
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    job = subprocess.Popen([sys.executable, "-m", *command, f"tracking.uri={store}"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "mlruns" / "checkpoints").glob("*/last.pt")) and job.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    job.kill()
+    job.wait()
+    client = MlflowClient(store)
+    (killed,) = job_runs(client)
+    assert killed.info.status == "RUNNING"  # nobody could close it
+
+    resumed = harness_command(*command, f"tracking.uri={store}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resume resnet-20: MLflow run {killed.info.run_id}" in resumed.stdout
+    (run,) = job_runs(client)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+
+    reference_store = f"sqlite:///{tmp_path / 'reference' / 'mlflow.db'}"
+    assert harness_command(*command, f"tracking.uri={reference_store}", cwd=tmp_path).returncode == 0
+    (reference,) = job_runs(MlflowClient(reference_store))
+    for key in ("train_loss", "train_error", "lr", "test_error", "test_loss"):
+        got = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        want = [(m.step, m.value) for m in MlflowClient(reference_store).get_metric_history(reference.info.run_id, key)]
+        assert sorted(got) == want, key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_error")] == list(range(5, 201, 5))

@@ -103,3 +103,12 @@ class BatchSampler:
         start = self.position * self.batch_size
         self.position += 1
         return self.order[start : start + self.batch_size]
+
+    def state_dict(self) -> dict:
+        """The data order: this epoch's permutation, the position in it, the generator's state."""
+        return {"order": self.order, "position": self.position, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order = state["order"].to(self.generator.device)
+        self.position = state["position"]
+        self.generator.set_state(state["generator"])

@@ -1,5 +1,10 @@
-"""What the training loop may tell a tracker. MLflow lives behind this in `mlflow_store`."""
+"""What the training loop may tell a tracker. MLflow lives behind this in `mlflow_store`.
 
+A tracker also keeps the run's checkpoints, because a checkpoint and the curves logged up to
+it must stay consistent: a resumed run may neither repeat nor skip a metric step.
+"""
+
+import copy
 from collections import defaultdict
 from typing import Protocol
 
@@ -9,14 +14,32 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def checkpoint(self, state: dict) -> None:
+        """Keep `state` and everything logged so far; a stopped run restarts from here."""
+
+    def restore(self) -> dict | None:
+        """The last checkpoint's state, or None for a fresh run."""
+
 
 class MemoryTracker:
-    """Keeps every curve in memory: for benchmarks and tests that need no store."""
+    """Keeps curves and the last checkpoint in memory: for benchmarks and tests."""
 
     def __init__(self, name: str = "run"):
         self.name = name
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.saved: tuple[dict, dict] | None = None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
             self.history[key].append((step, value))
+
+    def checkpoint(self, state: dict) -> None:
+        self.saved = copy.deepcopy((state, dict(self.history)))
+
+    def restore(self) -> dict | None:
+        """Like a process killed after its last checkpoint: what was logged since is gone."""
+        if self.saved is None:
+            return None
+        state, history = copy.deepcopy(self.saved)
+        self.history = defaultdict(list, history)
+        return state
