@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from harness import config
 from harness.data import DataError, load_data
 from harness.models import build_model, canonical_shortcut, model_name, resolve_family
-from harness.config import fingerprint
 from harness.tracking.mlflow_store import (
     FINGERPRINT_TAG,
     ROLE_TAG,
@@ -115,17 +114,18 @@ def open_run(cfg: DictConfig, client, experiment_id: str, device: torch.device, 
     FINISHED run (unless rerun=true); the same run again when it stopped after a checkpoint; a
     new run otherwise, which replaces an earlier failed one in its sweep."""
     name = model_name(cfg.depth, cfg.residual, cfg.shortcut, cfg.activation)
-    config_fingerprint = fingerprint(cfg)
+    config_fingerprint = config.fingerprint(cfg)
     previous = None if cfg.rerun else find_run(client, experiment_id, config_fingerprint)
     folder = checkpoint_dir(cfg)
     if previous is not None and previous.info.status == "FINISHED":
         print(f"skip {name}: already FINISHED as MLflow run {previous.info.run_id} (rerun=true trains it again)")
         return None, False
-    if previous is not None:
+    if previous is not None and previous.info.status in ("RUNNING", "KILLED"):
         stopped = MlflowRun(client, previous.info.run_id, name, folder)
-        if previous.info.status in ("RUNNING", "KILLED") and stopped.has_checkpoint():
+        if stopped.has_checkpoint():
             print(f"resume {name}: MLflow run {previous.info.run_id} from its last checkpoint")
-            return MlflowRun.reopen(client, previous.info.run_id, folder), True
+            stopped.reopen()
+            return stopped, True
     tags = {**run_tags(cfg, device), FINGERPRINT_TAG: config_fingerprint}
     run = MlflowRun.start(client, experiment_id, name, tags, parent_run_id=parent, checkpoint_dir=folder)
     if previous is not None:

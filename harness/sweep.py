@@ -14,6 +14,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError, check_values, fingerprint
+from harness.plot import report_sweep
 from harness.run import fail
 from harness.tracking.mlflow_store import ROLE_TAG, SWEEP_DIR_TAG, StoreError, connect
 
@@ -77,8 +78,6 @@ class SweepTracking(Callback):
         )
         failed = sorted(run.info.run_name for run in children if run.info.status != "FINISHED")
         if config.tracking.figures:
-            from harness.plot import report_sweep
-
             report_sweep(self.client, self.parent_run_id, Path(config.hydra.sweep.dir) / "figures")
         self.client.set_terminated(self.parent_run_id, "FAILED" if failed else "FINISHED")
         finished = len(children) - len(failed)

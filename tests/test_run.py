@@ -1,8 +1,10 @@
 """The command a user types: sweeps, tracking in MLflow, failures and bad input."""
 
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -214,19 +216,37 @@ def test_a_resumed_run_continues_bit_for_bit(data_root):
     assert dict(stopped.history) == dict(whole.history)
 
 
+def start_and_wait_for_checkpoint(command: list[str], cwd: Path) -> subprocess.Popen:
+    job = subprocess.Popen([sys.executable, "-m", *command], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not list((cwd / "mlruns" / "checkpoints").glob("*/last.pt")) and job.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert job.poll() is None, "the run ended before its first checkpoint"
+    return job
+
+
+LONG_RUN = ["harness.run", "schedule=smoke", "schedule.iterations=200", "schedule.checkpoint_every=20",
+            "schedule.eval_every=50", "dataset.validation_size=500", "tracking.log_model=false"]  # fmt: skip
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_its_checkpoint(tmp_path, data_root):
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    job = start_and_wait_for_checkpoint([*LONG_RUN, f"dataset.root={data_root}", f"tracking.uri={store}"], tmp_path)
+    job.send_signal(signal.SIGINT)
+    assert job.wait(timeout=120) != 0
+    (run,) = job_runs(MlflowClient(store))
+    assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["harness.error"]
+    assert Path(run.data.tags["harness.checkpoint"]).exists()
+    assert not list(Path(run.data.tags["harness.checkpoint"]).parent.glob("*.partial"))
+
+
 def test_a_killed_run_resumes_in_the_same_mlflow_run(tmp_path, data_root):
     """SIGKILL after the first checkpoint, then the same command: one MLflow run whose curves
     equal an uninterrupted run's, step for step and value for value."""
-    command = ["harness.run", "schedule=smoke", "schedule.iterations=200", "schedule.checkpoint_every=20",
-               "schedule.eval_every=50", "dataset.validation_size=500", f"dataset.root={data_root}",
-               "tracking.log_model=false"]  # fmt: skip
+    command = [*LONG_RUN, f"dataset.root={data_root}"]
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    job = subprocess.Popen([sys.executable, "-m", *command, f"tracking.uri={store}"], cwd=tmp_path,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "mlruns" / "checkpoints").glob("*/last.pt")) and job.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    job = start_and_wait_for_checkpoint([*command, f"tracking.uri={store}"], tmp_path)
     job.kill()
     job.wait()
     client = MlflowClient(store)
@@ -247,3 +267,15 @@ def test_a_killed_run_resumes_in_the_same_mlflow_run(tmp_path, data_root):
         want = [(m.step, m.value) for m in MlflowClient(reference_store).get_metric_history(reference.info.run_id, key)]
         assert sorted(got) == want, key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_error")] == list(range(5, 201, 5))
+
+
+@pytest.mark.slow
+def test_the_default_budget_shows_both_effects(tmp_path):
+    """The card's command on the default budget and data (about 15 minutes on 2 cores): plain-56
+    trains at least 5 points worse than plain-20, ResNet-56 at least 5 points better than plain-56."""
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    result = harness_command("harness.run", "-m", "depth=20,56", "residual=true,false", f"tracking.uri={store}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = {run.info.run_name: 100 * run.data.metrics["train_error"] for run in job_runs(MlflowClient(store))}
+    assert final["plain-56"] - final["plain-20"] >= 5, final
+    assert final["plain-56"] - final["resnet-56"] >= 5, final

@@ -135,14 +135,11 @@ class MlflowRun:
             started.set_tags({CHECKPOINT_TAG: started.checkpoint_path})
         return started
 
-    @classmethod
-    def reopen(cls, client: MlflowClient, run_id: str, checkpoint_dir: Path | None) -> "MlflowRun":
-        """An unfinished run, RUNNING again, to be resumed from its checkpoint."""
-        run = client.get_run(run_id)
-        client.update_run(run_id, status="RUNNING")
-        if ERROR_TAG in run.data.tags:
-            client.delete_tag(run_id, ERROR_TAG)
-        return cls(client, run_id, run.info.run_name, checkpoint_dir)
+    def reopen(self) -> None:
+        """RUNNING again, to be resumed from the checkpoint: a stopped run's error is history."""
+        self.client.update_run(self.run_id, status="RUNNING")
+        if ERROR_TAG in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, ERROR_TAG)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         timestamp = int(time.time() * 1000)
