@@ -2,11 +2,12 @@
 
 For each depth, on Fashion-MNIST with batch 128, images per second of
   (a) pure compute: forward, backward and SGD step on one fixed batch;
-  (b) the harness loop (`harness.train.train`): in-memory data, batched augmentation and
+  (b) the harness loop (`harness.train.train`) with the default config: in-memory data and
       MLflow tracking into a temporary SQLite store, with the share of its time spent tracking;
   (c) a seed-style loop: torchvision's FashionMNIST with per-image ToTensor and a DataLoader;
-then the ratios b/a and b/c, and the achieved GFLOP/s against
-the machine's own large-matmul rate measured in the same run. All in one process, so that
+then the ratios b/a and b/c, the share of a default-budget run spent probing layer responses
+and gradients (`harness.analysis`), and the achieved GFLOP/s against the machine's own
+large-matmul rate measured in the same run. All in one process, so that
 ratios compare like with like on a noisy machine.
 """
 
@@ -22,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
+from harness.analysis import PROBE_IMAGES, probe
 from harness.config import compose_config
 from harness.data import load_data
 from harness.models import build_model
@@ -101,7 +103,8 @@ class TimedTracker:
 
 def harness_loop(depth: int, steps: int, data, run: MlflowRun) -> tuple[float, float]:
     """Images per second of `harness.train.train` and the share of its time spent tracking."""
-    cfg = compose_config(f"schedule.batch_size={BATCH}", f"schedule.iterations={steps}", f"schedule.eval_every={steps + 1}")
+    cfg = compose_config(f"schedule.batch_size={BATCH}", f"schedule.iterations={steps}", f"schedule.eval_every={steps + 1}",
+                         "analysis=false")  # fmt: skip
     model = new_model(depth)
     train(compose_config("schedule.iterations=3"), model, data, MemoryTracker(), torch.device("cpu"))  # warm-up
     tracker = TimedTracker(run)
@@ -110,6 +113,21 @@ def harness_loop(depth: int, steps: int, data, run: MlflowRun) -> tuple[float, f
     tracker.finish()  # the last flush belongs to the run's cost
     seconds = time.perf_counter() - start
     return steps * BATCH / seconds, tracker.seconds / seconds
+
+
+def analysis_share(depth: int, data, images_per_second: float) -> float:
+    """The share of a default-budget run's time spent probing layer responses and gradients:
+    the measured cost of one probe times the probes per run, against the run's training time."""
+    cfg = compose_config()
+    model = new_model(depth)
+    images, labels = data.normalise(data.eval_images[:PROBE_IMAGES]), data.eval_labels[:PROBE_IMAGES]
+    probe(model, images, labels)  # warm-up
+    start = time.perf_counter()
+    probe(model, images, labels)
+    seconds = time.perf_counter() - start
+    probes = cfg.schedule.iterations // cfg.schedule.analysis_every
+    training = cfg.schedule.iterations * cfg.schedule.batch_size / images_per_second
+    return probes * seconds / training
 
 
 def main() -> None:
@@ -123,7 +141,7 @@ def main() -> None:
     data = load_data("fashion_mnist", args.root, True, 128, torch.device("cpu"))
     gemm = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul 2048^3: {gemm:.1f} GFLOP/s")
-    print("depth  pure(a) img/s  harness(b)  seed-style(c)    b/a    b/c  tracking share  GFLOP/s (% of matmul)")
+    print("depth  pure(a) img/s  harness(b)  seed-style(c)    b/a    b/c  tracking  analysis  GFLOP/s (% of matmul)")
     with tempfile.TemporaryDirectory() as store:
         client, experiment_id = connect(f"sqlite:///{store}/mlflow.db", "bench")
         for depth in args.depths:
@@ -131,7 +149,8 @@ def main() -> None:
             b, tracking = harness_loop(depth, args.steps, data, MlflowRun.start(client, experiment_id, f"bench-{depth}", {}))
             c = seed_style(depth, args.steps, args.root)
             gflops = step_flops(depth) * a / BATCH / 1e9
-            print(f"{depth:5d}  {a:13.0f}  {b:10.0f}  {c:13.0f}  {b / a:5.3f}  {b / c:5.3f}  {tracking:14.2%}  "
+            analysis = analysis_share(depth, data, b)
+            print(f"{depth:5d}  {a:13.0f}  {b:10.0f}  {c:13.0f}  {b / a:5.3f}  {b / c:5.3f}  {tracking:8.2%}  {analysis:8.2%}  "
                   f"{gflops:6.1f} ({gflops / gemm:.0%})")  # fmt: skip
 
 

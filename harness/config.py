@@ -48,6 +48,7 @@ class ScheduleConfig:
     eval_every: int = MISSING
     eval_subset: int | None = None  # images evaluated at intermediate points; the last point uses all
     checkpoint_every: int | None = None  # iterations between checkpoints (a multiple of log_every); None: none
+    analysis_every: int = MISSING  # iterations between probes of layer responses and gradients
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Config:
     device: str = "auto"  # auto = cuda when present, else cpu
     threads: int | None = None  # torch threads per job; None = torch's default
     rerun: bool = False  # train again configurations that already have a FINISHED run
+    analysis: bool = True  # layer responses and gradient norms every schedule.analysis_every iterations
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -77,7 +79,7 @@ class Config:
 
 
 # Where and how a run is executed and tracked, not what it trains.
-PRESENTATION_KEYS = ("tracking", "threads", "device", "rerun", "dataset.root", "dataset.download")
+PRESENTATION_KEYS = ("tracking", "threads", "device", "rerun", "analysis", "dataset.root", "dataset.download")
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -142,6 +144,7 @@ def check_values(cfg: DictConfig) -> None:
     need(schedule.iterations > 0, f"schedule.iterations={schedule.iterations} must be a positive number of iterations.")
     need(schedule.batch_size > 0, f"schedule.batch_size={schedule.batch_size} must be a positive number of images.")
     need(schedule.log_every > 0, f"schedule.log_every={schedule.log_every} must be a positive number of iterations.")
+    need(schedule.analysis_every > 0, f"schedule.analysis_every={schedule.analysis_every} must be a positive number of iterations.")
     need(schedule.eval_every > 0, f"schedule.eval_every={schedule.eval_every} must be a positive number of iterations.")
     need(
         schedule.eval_subset is None or schedule.eval_subset > 0,

@@ -9,12 +9,15 @@ Everything is read from MLflow (run tags, final metrics, and full curves through
 """
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per probe table is noise
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
@@ -88,6 +91,19 @@ def load_curves(client: MlflowClient, runs: pd.DataFrame) -> pd.DataFrame:
         for point in client.get_metric_history(run_id, key)
     ]
     return pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
+
+
+def load_analysis(client: MlflowClient, runs: pd.DataFrame) -> pd.DataFrame:
+    """Long table (run_id, step, kind, index, layer, value) of the runs' probe tables, the
+    artifacts analysis/step-NNNNNNN.csv written by `harness.analysis.record`."""
+    tables = []
+    with tempfile.TemporaryDirectory() as folder:
+        for run_id in runs["run_id"]:
+            for artifact in client.list_artifacts(run_id, "analysis"):
+                table = pd.read_csv(client.download_artifacts(run_id, artifact.path, folder))
+                tables.append(table.assign(run_id=run_id, step=int(Path(artifact.path).stem.removeprefix("step-"))))
+    columns = ["run_id", "step", "kind", "index", "layer", "value"]
+    return pd.concat(tables)[columns] if tables else pd.DataFrame(columns=columns)
 
 
 def finished(runs: pd.DataFrame) -> pd.DataFrame:
@@ -302,10 +318,102 @@ def verdicts(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def final_probes(runs: pd.DataFrame, analysis: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Each configuration's last probe of one kind, the mean over seeds per layer index."""
+    last = analysis[analysis["step"] == analysis.groupby("run_id")["step"].transform("max")]
+    merged = last[last["kind"] == kind].merge(runs[["run_id", "depth", "variant", "model"]], on="run_id")
+    return merged.groupby(["depth", "variant", "model", "index"], as_index=False)["value"].mean()
+
+
+def figure_7(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure | None:
+    """P1 Fig. 7: std of each 3x3 layer's response (after BN, before ReLU/addition) by layer
+    index (top) and sorted in descending order (bottom), plain (dotted) vs residual (solid)."""
+    nets = pd.concat([base_variant(runs[runs["family"] == "cifar"], residual) for residual in (False, True)])
+    responses = final_probes(nets, analysis, "response")
+    if responses.empty:
+        return None
+    fig, (by_layer, by_size) = plt.subplots(2, 1, figsize=(8, 6.5))
+    for (depth, variant, model), net in responses.groupby(["depth", "variant", "model"]):
+        style = dict(color=depth_colour(depth), linestyle=":" if variant == "plain" else "-", linewidth=1.5, label=model)
+        by_layer.plot(net["index"], net["value"], **style)
+        by_size.plot(range(1, len(net) + 1), net["value"].sort_values(ascending=False), **style)
+    by_layer.set_xlabel("layer index (original)")
+    by_size.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (by_layer, by_size):
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Standard deviation of 3x3 layer responses at the end of training (P1 Fig. 7)")
+    fig.tight_layout()
+    return fig
+
+
+def deepest_pair(runs: pd.DataFrame) -> int | None:
+    """The deepest CIFAR depth that has both a plain and a residual net."""
+    cifar = runs[runs["family"] == "cifar"]
+    both = set(cifar[cifar["residual"]]["depth"]) & set(cifar[~cifar["residual"]]["depth"])
+    return max(both) if both else None
+
+
+def gradient_profile(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure | None:
+    """Gradient norm of every conv layer, by index from the input (log scale), plain vs
+    residual at the same depth, at the first, middle and last probe of training."""
+    depth = deepest_pair(runs)
+    # The conv layers only: BN layers' much smaller gradients would turn the profile into a zigzag.
+    grads = analysis[(analysis["kind"] == "grad_norm") & analysis["layer"].str.contains("conv")]
+    if depth is None or grads.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for ax, residual in zip(axes, (False, True)):
+        nets = base_variant(runs[(runs["family"] == "cifar") & (runs["depth"] == depth)], residual)
+        net = grads[grads["run_id"].isin(nets["run_id"])]
+        steps = sorted(net["step"].unique())
+        shown = sorted({steps[0], steps[len(steps) // 2], steps[-1]}) if steps else []
+        colours = plt.get_cmap("viridis")([i / max(1, len(shown) - 1) for i in range(len(shown))])
+        for step, colour in zip(shown, colours):
+            at_step = net[net["step"] == step].groupby("index")["value"].mean()
+            ax.plot(range(1, len(at_step) + 1), at_step.values, color=colour, linewidth=1.2, label=f"iteration {step}")
+        ax.set_yscale("log")
+        ax.set_title(nets["model"].iloc[0] if not nets.empty else "")
+        ax.set_xlabel("conv layer index (from the input)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("gradient L2 norm (probe batch)")
+    fig.suptitle("Gradient norms by layer: do plain nets' first layers starve? (P1 §4.1)")
+    fig.tight_layout()
+    return fig
+
+
+VANISHING = 0.01  # smallest / largest conv-layer gradient norm below this: vanishing gradients
+
+
+def analysis_verdicts(runs: pd.DataFrame, analysis: pd.DataFrame) -> list[str]:
+    lines = []
+    cifar = runs[runs["family"] == "cifar"]
+    nets = pd.concat([base_variant(cifar, residual) for residual in (False, True)])
+    responses = final_probes(nets, analysis, "response")
+    means = responses.groupby(["depth", "variant", "model"])["value"].mean()
+    for depth in sorted(set(nets["depth"])):
+        if ("plain" not in means.get(depth, pd.Series()).index) or ("resnet" not in means.get(depth, pd.Series()).index):
+            continue
+        plain, residual = means[depth]["plain"].iloc[0], means[depth]["resnet"].iloc[0]
+        ok = residual < plain
+        lines.append(
+            f"Residual functions closer to zero (P1 Fig. 7) {'reproduced' if ok else 'NOT reproduced'}: ResNet-{depth} mean "
+            f"response std {residual:.3f} {'<' if ok else '>='} plain-{depth} {plain:.3f}"
+        )
+    grads = final_probes(nets, analysis[analysis["layer"].str.contains("conv")], "grad_norm")
+    for (depth, variant, model), net in grads[grads["variant"] == "plain"].groupby(["depth", "variant", "model"]):
+        ratio = net["value"].min() / net["value"].max()
+        verdict = "no vanishing gradients" if ratio >= VANISHING else "gradients vanish"
+        lines.append(f"{model} smallest conv-layer gradient norm / largest = {ratio:.3g}: {verdict} (threshold {VANISHING})")
+    return lines
+
+
 # ---------------------------------------------------------------------------- the report
 
 
-def write_report(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path, title: str) -> list[Path]:
+def write_report(runs: pd.DataFrame, curves: pd.DataFrame, analysis: pd.DataFrame, out_dir: Path, title: str) -> list[Path]:
     """Figures (PNG and PDF), report.md and report.html in `out_dir`; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     done = finished(runs)
@@ -315,6 +423,8 @@ def write_report(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path, title:
         "fig1_plain_20_vs_56": ("P1 Fig. 1: plain nets, shallow vs deep", figure_1(done, curves)),
         "fig6_cifar_curves": ("P1 Fig. 6: CIFAR-style nets", figure_6(done, curves)),
         "fig4_imagenet_curves": ("P1 Fig. 4: ImageNet-style nets", figure_4(done, curves)),
+        "fig7_layer_responses": ("P1 Fig. 7: layer responses", figure_7(done, analysis)),
+        "gradient_norms": ("Gradient norms by layer", gradient_profile(done, analysis)),
     }
     sections = []
     for stem, (caption, fig) in figures.items():
@@ -341,6 +451,10 @@ def write_report(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path, title:
         "## Verdicts",
         "",
         *([f"- {line}" for line in verdicts(done)] or ["- No claim can be checked: too few depths or variants."]),
+        "",
+        "## Layer responses and gradients",
+        "",
+        *([f"- {line}" for line in analysis_verdicts(done, analysis)] or ["- No probe tables among the selected runs."]),
         "",
         "## Final errors",
         "",
@@ -373,7 +487,8 @@ def report_sweep(client: MlflowClient, parent_run_id: str, out_dir: Path) -> lis
     runs = load_runs(client, [parent.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
     if runs.empty:
         return []
-    written = write_report(runs, load_curves(client, finished(runs)), out_dir, f"Report of {parent.info.run_name}")
+    done = finished(runs)
+    written = write_report(runs, load_curves(client, done), load_analysis(client, done), out_dir, f"Report of {parent.info.run_name}")
     for path in written:
         client.log_artifact(parent_run_id, str(path), "figures")
     return written
@@ -407,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no runs match experiment={args.experiment!r} filter={args.filter!r}.", file=sys.stderr)
             return 2
         out = args.out or Path("figures") / label
-        written = write_report(runs, load_curves(client, finished(runs)), out, f"Runs of {label}")
+        done = finished(runs)
+        written = write_report(runs, load_curves(client, done), load_analysis(client, done), out, f"Runs of {label}")
     else:
         parent = args.parent or latest_sweep(client)
         if parent is None:

@@ -15,6 +15,8 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
+from harness import analysis
+from harness.analysis import PROBE_IMAGES
 from harness.data import BatchSampler, Data, augment
 from harness.tracking import Tracker
 
@@ -100,6 +102,10 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     if saved is not None:  # a stopped run: continue exactly where its last checkpoint left it
         start, warming_up = restore_state(saved, model, optimizer, sampler)
 
+    if cfg.analysis:  # P1 Fig. 7 and §4.1: responses and gradients on a fixed probe batch
+        probe_images = data.normalise(data.eval_images[:PROBE_IMAGES])
+        probe_labels = data.eval_labels[:PROBE_IMAGES]
+
     window_loss = torch.zeros((), device=device)
     window_wrong = torch.zeros((), device=device)
     window_steps = 0
@@ -146,6 +152,9 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         if iteration % schedule.eval_every == 0 and iteration < schedule.iterations:
             test_loss, test_error = evaluate(model, data, limit=schedule.eval_subset)
             tracker.log_metrics({"test_loss": test_loss, "test_error": test_error}, step=iteration)
+
+        if cfg.analysis and (iteration % schedule.analysis_every == 0 or iteration == schedule.iterations):
+            analysis.record(model, probe_images, probe_labels, tracker, iteration)
 
         # Checkpoints fall on logging boundaries (the config checks it): the window is empty.
         if schedule.checkpoint_every and iteration % schedule.checkpoint_every == 0 and iteration < schedule.iterations:

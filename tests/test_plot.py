@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -23,6 +24,16 @@ def curve(final: float, seed: int) -> list[float]:
     return [final + 0.3 * (1 - i / 3) + 0.001 * seed for i in range(len(STEPS))]
 
 
+def probe_table(residual: bool, depth: int, seed: int, step: int) -> pd.DataFrame:
+    """Three 3x3 layers whose response std is smaller in residual nets; conv gradient norms
+    spanning a factor of 4 (plain) or 2 (residual)."""
+    scale = (0.5 if residual else 1.0) * depth / 20 + 0.01 * seed + step / 1000
+    layers = ["s1.b01.conv1", "s2.b01.conv1", "s3.b01.conv1"]
+    rows = [("response", i + 1, name, scale * (3 - i)) for i, name in enumerate(layers)]
+    rows += [("grad_norm", i + 1, name, g) for i, (name, g) in enumerate(zip(layers, [0.25, 1.0, 0.5] if not residual else [0.5, 1.0, 0.5]))]
+    return pd.DataFrame(rows, columns=["kind", "index", "layer", "value"])
+
+
 def log_run(client, experiment_id, parent_id, depth, residual, seed=0, train_final=0.1, test_final=0.12, **tags):
     name = f"{'resnet' if residual else 'plain'}-{depth}"
     run_tags = {"harness.role": "job", MLFLOW_PARENT_RUN_ID: parent_id, "depth": str(depth), "residual": str(residual),
@@ -33,6 +44,8 @@ def log_run(client, experiment_id, parent_id, depth, residual, seed=0, train_fin
     metrics = [Metric("train_error", v, now, s) for s, v in zip(STEPS, curve(train_final, seed))]
     metrics += [Metric("test_error", v, now, s) for s, v in zip(STEPS, curve(test_final, seed))]
     client.log_batch(run.info.run_id, metrics=metrics)
+    for step in (20, 40):
+        client.log_text(run.info.run_id, probe_table(residual, depth, seed, step).to_csv(index=False), f"analysis/step-{step:07d}.csv")
     client.log_param(run.info.run_id, "schedule.iterations", "40")
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -153,3 +166,38 @@ def test_notebook_runs_headless_against_a_store(sweep, tmp_path):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
     assert any("plain-56" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+
+
+def test_figure_7_and_the_gradient_profile_draw_the_logged_probe_tables(sweep):
+    client, experiment_id, _ = sweep
+    runs = plot.load_runs(client, [experiment_id])
+    analysis = plot.load_analysis(client, runs)
+    assert sorted(analysis["step"].unique()) == [20, 40]
+    by_layer, by_size = plot.figure_7(runs, analysis).axes
+    lines = {line.get_label(): line for line in by_layer.get_lines()}
+    expected = np.mean([probe_table(False, 56, seed, 40).query("kind == 'response'")["value"] for seed in (0, 1)], axis=0)
+    np.testing.assert_allclose(lines["plain-56"].get_ydata(), expected)
+    assert lines["plain-56"].get_linestyle() == ":" and lines["resnet-56"].get_linestyle() == "-"
+    sorted_lines = {line.get_label(): line for line in by_size.get_lines()}
+    assert list(sorted_lines["resnet-20"].get_ydata()) == sorted(sorted_lines["resnet-20"].get_ydata(), reverse=True)
+
+    plain_ax, residual_ax = plot.gradient_profile(runs, analysis).axes
+    assert (plain_ax.get_title(), residual_ax.get_title()) == ("plain-56", "resnet-56")
+    assert [line.get_label() for line in plain_ax.get_lines()] == ["iteration 20", "iteration 40"]
+    np.testing.assert_allclose(plain_ax.get_lines()[1].get_ydata(), [0.25, 1.0, 0.5])
+
+
+def test_analysis_verdicts_follow_the_probe_tables(sweep):
+    client, experiment_id, _ = sweep
+    runs = plot.load_runs(client, [experiment_id])
+    analysis = plot.load_analysis(client, runs)
+    lines = plot.analysis_verdicts(runs, analysis)
+    assert "Residual functions closer to zero (P1 Fig. 7) reproduced: ResNet-56 mean response std 2.890 < plain-56 5.690" in lines
+    assert "plain-56 smallest conv-layer gradient norm / largest = 0.25: no vanishing gradients (threshold 0.01)" in lines
+    swapped = analysis.copy()
+    plain_56 = runs[runs["model"] == "plain-56"]["run_id"]
+    swapped.loc[swapped["run_id"].isin(plain_56) & (swapped["kind"] == "response"), "value"] = 0.1
+    swapped.loc[swapped["run_id"].isin(plain_56) & (swapped["layer"] == "s1.b01.conv1") & (swapped["kind"] == "grad_norm"), "value"] = 1e-4
+    lines = plot.analysis_verdicts(runs, swapped)
+    assert any(line.startswith("Residual functions closer to zero (P1 Fig. 7) NOT reproduced: ResNet-56") for line in lines)
+    assert "plain-56 smallest conv-layer gradient norm / largest = 0.0001: gradients vanish (threshold 0.01)" in lines

@@ -57,10 +57,14 @@ def test_card_sweep_tracks_four_children_under_one_parent(tmp_path, store, data_
         assert [m.step for m in test_curve] == [10, 20]
         assert len(client.get_metric_history(run.info.run_id, "lr")) == 4
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "overrides.yaml", "summary.json", "model.pt"} <= artifacts
+        assert {"config.yaml", "overrides.yaml", "summary.json", "model.pt", "analysis"} <= artifacts
+        probes = [a.path for a in client.list_artifacts(run.info.run_id, "analysis")]
+        assert probes == ["analysis/step-0000010.csv", "analysis/step-0000020.csv"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "response_std_mean")] == [10, 20]
 
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
-    assert "figures/report.md" in figures and "figures/error_vs_depth.png" in figures
+    assert {"figures/report.md", "figures/error_vs_depth.png", "figures/fig7_layer_responses.png",
+            "figures/gradient_norms.png"} <= figures  # fmt: skip
 
     # Then the plotting command on the same store, as a user would after the sweep.
     result = harness_command("harness.plot", "--uri", store, "--out", str(tmp_path / "report"), cwd=tmp_path)

@@ -14,6 +14,9 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def log_table(self, table, artifact_file: str) -> None:
+        """Keep a pandas table as a file of the run (CSV)."""
+
     def checkpoint(self, state: dict) -> None:
         """Keep `state` and everything logged so far; a stopped run restarts from here."""
 
@@ -28,10 +31,14 @@ class MemoryTracker:
         self.name = name
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.saved: tuple[dict, dict] | None = None
+        self.tables: dict = {}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
             self.history[key].append((step, value))
+
+    def log_table(self, table, artifact_file: str) -> None:
+        self.tables[artifact_file] = table
 
     def checkpoint(self, state: dict) -> None:
         self.saved = copy.deepcopy((state, dict(self.history)))

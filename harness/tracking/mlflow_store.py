@@ -191,6 +191,9 @@ class MlflowRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_table(self, table, artifact_file: str) -> None:
+        self.log_text(table.to_csv(index=False), artifact_file)
+
     def log_json(self, data: dict, artifact_file: str) -> None:
         self.log_text(json.dumps(data, indent=2, default=str), artifact_file)
 
