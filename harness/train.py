@@ -16,7 +16,6 @@ from torch import nn
 from tqdm import tqdm
 
 from harness import analysis
-from harness.analysis import PROBE_IMAGES
 from harness.data import BatchSampler, Data, augment
 from harness.tracking import Tracker
 
@@ -103,8 +102,8 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         start, warming_up = restore_state(saved, model, optimizer, sampler)
 
     if cfg.analysis:  # P1 Fig. 7 and §4.1: responses and gradients on a fixed probe batch
-        probe_images = data.normalise(data.eval_images[:PROBE_IMAGES])
-        probe_labels = data.eval_labels[:PROBE_IMAGES]
+        probe_images = data.normalise(data.eval_images[: analysis.PROBE_IMAGES])
+        probe_labels = data.eval_labels[: analysis.PROBE_IMAGES]
 
     window_loss = torch.zeros((), device=device)
     window_wrong = torch.zeros((), device=device)
