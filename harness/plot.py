@@ -69,17 +69,12 @@ def load_runs(client: MlflowClient, experiment_ids: list[str], filter_string: st
             "train_error": 100 * metrics["train_error"] if "train_error" in metrics else float("nan"),
             "test_error": 100 * metrics["test_error"] if "test_error" in metrics else float("nan"),
         }
-        row["variant"] = variant_name(row)
-        row["model"] = model_name(row["depth"], residual, row["shortcut"] if residual else "zero_pad", row["activation"])
+        shortcut = row["shortcut"] if residual else "zero_pad"  # plain runs are tagged "none"
+        row["variant"] = model_name(None, residual, shortcut, row["activation"])
+        row["model"] = model_name(row["depth"], residual, shortcut, row["activation"])
         rows.append(row)
     return pd.DataFrame(rows, columns=["run_id", "status", "dataset", *CONFIG_KEYS, "seed", "iterations",
                                        "train_error", "test_error", "variant", "model"])  # fmt: skip
-
-
-def variant_name(row: dict) -> str:
-    """A net's name without its depth: plain, resnet, resnet-B-pre, ..."""
-    name = model_name(0, row["residual"], row["shortcut"] if row["residual"] else "zero_pad", row["activation"])
-    return name.replace("-0", "")
 
 
 def load_curves(client: MlflowClient, runs: pd.DataFrame) -> pd.DataFrame:

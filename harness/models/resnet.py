@@ -340,10 +340,11 @@ def build_model(
 SHORTCUT_LETTERS = {"zero_pad": "A", "projection": "B", "full_projection": "C"}
 
 
-def model_name(depth: int, residual: bool, shortcut: str = "zero_pad", activation: str = "post") -> str:
+def model_name(depth: int | None, residual: bool, shortcut: str = "zero_pad", activation: str = "post") -> str:
     """The paper's names: plain-56, resnet-56; other shortcut options and pre-activation are
-    suffixed (resnet-56-B-pre). A plain net has no shortcut to name."""
-    name = f"{'resnet' if residual else 'plain'}-{depth}"
+    suffixed (resnet-56-B-pre). A plain net has no shortcut to name. Without a depth, the
+    variant's name: plain, resnet-B-pre."""
+    name = ("resnet" if residual else "plain") + ("" if depth is None else f"-{depth}")
     if residual and canonical_shortcut(shortcut) != "zero_pad":
         name += f"-{SHORTCUT_LETTERS[canonical_shortcut(shortcut)]}"
     if activation == "pre":
