@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.data import DATASETS
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: str = "data"  # relative paths are taken from the directory the command runs in
+    root: str = "data"  # relative paths are taken from the directory the command was typed in
     download: bool = True
     augment: bool = True  # pad, random crop, horizontal flip (P1 on CIFAR)
     pad: int = 4
@@ -58,6 +59,7 @@ class TrackingConfig:
     figures: bool = True  # draw the sweep's figures at the end of a multirun
     log_model: bool = True  # the final state_dict as an artifact
     checkpoint_dir: str | None = None  # None: beside a SQLite store, else ./checkpoints
+    parent_run_id: str | None = None  # the sweep's parent run; the sweep sets it for each of its jobs
 
 
 @dataclass
@@ -69,7 +71,8 @@ class Config:
     family: str = "auto"  # auto, cifar or imagenet: which net a depth of both families (50, 152) means
     seed: int = 0
     device: str = "auto"  # auto = cuda when present, else cpu
-    threads: int | None = None  # torch threads per job; None = torch's default
+    threads: int | None = None  # torch threads per job; None: its share of `cores` (see harness.run.torch_threads)
+    cores: int | None = None  # cores the jobs on one machine share; None: all this process may use
     rerun: bool = False  # train again configurations that already have a FINISHED run
     analysis: bool = True  # layer responses and gradient norms every schedule.analysis_every iterations
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -79,7 +82,7 @@ class Config:
 
 
 # Where and how a run is executed and tracked, not what it trains.
-PRESENTATION_KEYS = ("tracking", "threads", "device", "rerun", "analysis", "dataset.root", "dataset.download")
+PRESENTATION_KEYS = ("tracking", "threads", "cores", "device", "rerun", "analysis", "dataset.root", "dataset.download")
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -95,9 +98,15 @@ def fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def launch_dir() -> Path:
+    """The directory the command was typed in. Relative paths in a config are taken from there,
+    also in jobs that a launcher runs elsewhere (Ray workers start in Ray's own directory)."""
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
 def default_store() -> str:
-    """MLflow's SQLite store inside ./mlruns, absolute so that no job's working directory moves it."""
-    return f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
+    """MLflow's SQLite store inside ./mlruns of the launch directory, as an absolute path."""
+    return f"sqlite:///{launch_dir() / 'mlruns' / 'mlflow.db'}"
 
 
 def register() -> None:
@@ -136,6 +145,7 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.activation in ACTIVATIONS, f"activation={cfg.activation} is not valid; use post (P1) or pre (P2).")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), f"device={cfg.device} is not valid; use auto, cpu or cuda[:N].")
     need(cfg.threads is None or cfg.threads > 0, f"threads={cfg.threads} must be a positive number of torch threads, or null.")
+    need(cfg.cores is None or cfg.cores > 0, f"cores={cfg.cores} must be a positive number of cores, or null for all.")
     need(cfg.dataset.name in DATASETS, f"dataset={cfg.dataset.name} is not valid; use one of {', '.join(DATASETS)}.")
     need(cfg.dataset.pad >= 0, f"dataset.pad={cfg.dataset.pad} must be 0 or more pixels.")
     need(cfg.optimizer.name in ("sgd", "adam"), f"optimizer={cfg.optimizer.name} is not valid; use sgd or adam.")

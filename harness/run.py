@@ -25,7 +25,6 @@ from harness.tracking.mlflow_store import (
     StoreError,
     connect,
     find_run,
-    find_sweep_run,
     flatten,
     supersede,
 )
@@ -49,6 +48,29 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise config.ConfigError(f"device={name} was asked for, but torch sees no CUDA device here; use device=auto or cpu.")
     return torch.device(name)
+
+
+def cpus_per_job(launcher: DictConfig | None, cores: int) -> int:
+    """The cores each job of a sweep may use, as its Hydra launcher schedules jobs."""
+    if launcher is None:  # not launched by Hydra: alone on the machine
+        return cores
+    if "n_jobs" in launcher:  # joblib: n_jobs at once on this machine; -1 means one per core, -2 all but one...
+        at_once = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
+        return cores // max(1, at_once)
+    if "ray" in launcher:  # Ray runs as many tasks on a node as their num_cpus (default 1) allow
+        return launcher.ray.remote.get("num_cpus") or 1
+    if "cpus_per_task" in launcher:  # submitit: SLURM's allocation (1 CPU unless asked), or local processes
+        return launcher.cpus_per_task or 1
+    return cores  # the basic launcher runs one job at a time
+
+
+def torch_threads(cfg: DictConfig) -> int:
+    """`threads` if set, else the job's share of the cores: jobs at once x threads <= cores."""
+    if cfg.threads:
+        return cfg.threads
+    cores = cfg.cores or len(os.sched_getaffinity(0))
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
+    return max(1, min(cores, cpus_per_job(launcher, cores)))
 
 
 def git_commit() -> str:
@@ -75,6 +97,7 @@ def run_tags(cfg: DictConfig, device: torch.device) -> dict:
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -86,7 +109,8 @@ def train_and_log(cfg: DictConfig, run: MlflowRun, device: torch.device, resumed
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         run.log_text(OmegaConf.to_yaml(overrides), "overrides.yaml")
 
-    data = load_data(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download, cfg.dataset.validation_size, device)
+    root = config.launch_dir() / cfg.dataset.root
+    data = load_data(cfg.dataset.name, root, cfg.dataset.download, cfg.dataset.validation_size, device)
     model = build_model(
         cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data.in_channels, data.num_classes, cfg.family
     ).to(device, memory_format=torch.channels_last)
@@ -103,10 +127,10 @@ def checkpoint_dir(cfg: DictConfig) -> Path | None:
     if not cfg.schedule.checkpoint_every:
         return None
     if cfg.tracking.checkpoint_dir:
-        return Path(cfg.tracking.checkpoint_dir).resolve()
+        return config.launch_dir() / cfg.tracking.checkpoint_dir
     if cfg.tracking.uri.startswith("sqlite:///"):
         return Path(cfg.tracking.uri.removeprefix("sqlite:///")).parent / "checkpoints"
-    return Path("checkpoints").resolve()
+    return config.launch_dir() / "checkpoints"
 
 
 def open_run(cfg: DictConfig, client, experiment_id: str, device: torch.device, parent: str | None) -> tuple[MlflowRun | None, bool]:
@@ -148,12 +172,10 @@ def run_job(cfg: DictConfig) -> float | None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(torch_threads(cfg))
 
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    parent = find_sweep_run(client, experiment_id, str(Path(HydraConfig.get().sweep.dir).resolve())) if in_sweep else None
-    run, resumed = open_run(cfg, client, experiment_id, device, parent)
+    run, resumed = open_run(cfg, client, experiment_id, device, cfg.tracking.parent_run_id)
     if run is None:
         return None
     log.info("%s: MLflow run %s in %s", run.name, run.run_id, cfg.tracking.uri)

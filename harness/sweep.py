@@ -2,6 +2,7 @@
 trains, open the sweep's parent run, and at the end close it, draw the figures and say which
 configurations failed."""
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -11,7 +12,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from harness.config import ConfigError, check_values, fingerprint
 from harness.plot import report_sweep
@@ -29,12 +30,39 @@ def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+def let_ray_size_its_object_store(config: DictConfig) -> None:
+    """hydra-ray-launcher 1.2 passes ray.init a 78 MB object store, which Ray 2 refuses when it
+    joins a running cluster ("object_store_memory must not be provided"), the launcher's main
+    use. Unless the user set a size, Ray chooses one; the launcher reads its config after this."""
+    init = config.hydra.launcher.get("ray", {}).get("init")
+    if init is not None and "object_store_memory" not in init:
+        with read_write(config.hydra), open_dict(init):
+            init.object_store_memory = None
+
+
+def stop_on_error(hook):
+    """Hydra turns an exception in a callback into a warning and goes on; a sweep without its
+    parent run, or one that silently lost its figures, must end with an error instead."""
+
+    @functools.wraps(hook)
+    def checked(*args, **kwargs):
+        try:
+            return hook(*args, **kwargs)
+        except Exception as error:
+            log.exception("The sweep's %s failed", hook.__name__)
+            fail(f"the sweep's {hook.__name__} failed: {type(error).__name__}: {error} (traceback above)", code=1)
+
+    return checked
+
+
 class SweepTracking(Callback):
     def __init__(self) -> None:
         self.client = None
         self.parent_run_id: str | None = None
 
+    @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        let_ray_size_its_object_store(config)
         jobs = sweep_overrides(config)
         fingerprints = []
         for overrides in jobs:
@@ -48,6 +76,17 @@ class SweepTracking(Callback):
             self.client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
         except StoreError as error:
             fail(str(error))
+        # What jobs need from here travels in their overrides, to whatever process or node runs
+        # them: the parent run's id, and the sweep folder as an absolute path.
+        with read_write(config.hydra):
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{Path(config.hydra.sweep.dir).resolve()}'")
+            if config.tracking.parent_run_id:  # the user's own parent run
+                self.parent_run_id = config.tracking.parent_run_id
+            else:
+                self.parent_run_id = self.open_parent_run(config, experiment_id, fingerprints)
+                config.hydra.overrides.task.append(f"tracking.parent_run_id='{self.parent_run_id}'")
+
+    def open_parent_run(self, config: DictConfig, experiment_id: str, fingerprints: list[str]) -> str:
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         # The same study launched again (after a kill, say) goes on in its parent run.
         study = hashlib.sha256(" ".join(sorted(fingerprints)).encode()).hexdigest()[:16]
@@ -56,21 +95,22 @@ class SweepTracking(Callback):
             order_by=["attributes.start_time DESC"], max_results=1,
         )  # fmt: skip
         if earlier:
-            self.parent_run_id = earlier[0].info.run_id
-            self.client.update_run(self.parent_run_id, status="RUNNING")
-            self.client.set_tag(self.parent_run_id, SWEEP_DIR_TAG, sweep_dir)
-            log.info("Sweep of %d jobs goes on in MLflow parent run %s", len(jobs), self.parent_run_id)
-            return
+            run_id = earlier[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, SWEEP_DIR_TAG, sweep_dir)
+            log.info("Sweep of %d jobs goes on in MLflow parent run %s", len(fingerprints), run_id)
+            return run_id
         overrides = " ".join(config.hydra.overrides.task)
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep {overrides}"[:250],
-            tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir, STUDY_TAG: study, "harness.jobs": len(jobs),
+            tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir, STUDY_TAG: study, "harness.jobs": str(len(fingerprints)),
                   "harness.overrides": overrides},  # fmt: skip
         )
-        self.parent_run_id = run.info.run_id
-        log.info("Sweep of %d jobs: MLflow parent run %s", len(jobs), self.parent_run_id)
+        log.info("Sweep of %d jobs: MLflow parent run %s", len(fingerprints), run.info.run_id)
+        return run.info.run_id
 
+    @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         children = self.client.search_runs(
             [self.client.get_run(self.parent_run_id).info.experiment_id],

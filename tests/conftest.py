@@ -1,6 +1,10 @@
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,3 +37,37 @@ def harness_command(module: str, *args: str, cwd: Path) -> subprocess.CompletedP
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on, all distinct: held open together while the kernel picks them."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+@pytest.fixture(scope="session")
+def tracking_server_state() -> Path:
+    """The state folder of the session's tracking server. Not under pytest's tmp_path: when the tests run
+    as root, PostgreSQL runs as `postgres`, who cannot enter /tmp/pytest-of-root (mode 700)."""
+    state = Path(tempfile.mkdtemp(prefix="harness-server-"))
+    state.chmod(0o755)
+    yield state
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tracking_server_state) -> str:
+    """The tracking URI of an MLflow server (`python -m harness.server`) with a PostgreSQL store, on free
+    ports, for the whole session; skipped where PostgreSQL is not installed."""
+    from harness import server
+
+    try:
+        server.postgres_programs()
+    except server.ServerError as error:
+        pytest.skip(str(error))
+    port, pg_port = free_ports(2)
+    try:
+        yield server.start(tracking_server_state, port=port, pg_port=pg_port, workers=2)
+    finally:  # also after a failed start, which may leave PostgreSQL running
+        server.stop(tracking_server_state)

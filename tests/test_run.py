@@ -283,3 +283,13 @@ def test_the_default_budget_shows_both_effects(tmp_path):
     final = {run.info.run_name: 100 * run.data.metrics["train_error"] for run in job_runs(MlflowClient(store))}
     assert final["plain-56"] - final["plain-20"] >= 5, final
     assert final["plain-56"] - final["resnet-56"] >= 5, final
+
+
+def test_an_error_in_the_sweep_callback_stops_the_command():
+    """Hydra turns a callback's exception into a warning and goes on: a sweep would run without
+    its parent run, or end without its figures, and exit 0."""
+    from harness.sweep import SweepTracking
+
+    with pytest.raises(SystemExit) as stopped:
+        SweepTracking().on_multirun_end(config=OmegaConf.create({"tracking": {"figures": True}}))
+    assert stopped.value.code == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 
 from harness.data.sources import NUM_CLASSES, SOURCES, DataError
 
@@ -43,7 +44,11 @@ def load_data(name: str, root: str | Path, download: bool, validation_size: int 
     images are held out and evaluated instead of the test split (P1 tuned on 45k/5k)."""
     if name not in SOURCES:
         raise DataError(f"dataset={name!r} is not known; valid data sets are {', '.join(SOURCES)}.")
-    train_x, train_y, test_x, test_y = SOURCES[name](Path(root), download)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    # Parallel jobs sharing a root would otherwise unzip or download into the same files at once.
+    with FileLock(root / f".{name}.lock"):
+        train_x, train_y, test_x, test_y = SOURCES[name](root, download)
     eval_split = "test"
     if validation_size:
         if not 0 < validation_size < len(train_x):

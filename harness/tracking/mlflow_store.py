@@ -66,18 +66,6 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         ) from error
 
 
-def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_dir: str) -> str | None:
-    """The parent run of the sweep writing to `sweep_dir`. Looked up in the store, so it is found
-    from any process or machine that shares the store."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{SWEEP_DIR_TAG}` = '{sweep_dir}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
-
-
 def find_run(client: MlflowClient, experiment_id: str, config_fingerprint: str):
     """The latest run that trained this config in this experiment and is still part of its sweep."""
     runs = client.search_runs(
