@@ -1,6 +1,6 @@
 """The Hydra callback around a sweep (`-m`): check every job's config before the first one
-trains, open the sweep's parent run, and at the end close it, draw the figures and say which
-configurations failed."""
+trains, open the sweep's parent run and hand its id to every job, whichever launcher runs it
+and wherever, and at the end close it, draw the figures and say which configurations failed."""
 
 import functools
 import hashlib
