@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import config
 from harness.data import DataError, load_data
+from harness.launchers import cpus_per_job
 from harness.models import build_model, canonical_shortcut, model_name, resolve_family
 from harness.tracking.mlflow_store import (
     FINGERPRINT_TAG,
@@ -26,6 +27,7 @@ from harness.tracking.mlflow_store import (
     connect,
     find_run,
     flatten,
+    sqlite_folder,
     supersede,
 )
 from harness.train import DivergedError, Result, train
@@ -48,20 +50,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise config.ConfigError(f"device={name} was asked for, but torch sees no CUDA device here; use device=auto or cpu.")
     return torch.device(name)
-
-
-def cpus_per_job(launcher: DictConfig | None, cores: int) -> int:
-    """The cores each job of a sweep may use, as its Hydra launcher schedules jobs."""
-    if launcher is None:  # not launched by Hydra: alone on the machine
-        return cores
-    if "n_jobs" in launcher:  # joblib: n_jobs at once on this machine; -1 means one per core, -2 all but one...
-        at_once = launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs
-        return cores // max(1, at_once)
-    if "ray" in launcher:  # Ray runs as many tasks on a node as their num_cpus (default 1) allow
-        return launcher.ray.remote.get("num_cpus") or 1
-    if "cpus_per_task" in launcher:  # submitit: SLURM's allocation (1 CPU unless asked), or local processes
-        return launcher.cpus_per_task or 1
-    return cores  # the basic launcher runs one job at a time
 
 
 def torch_threads(cfg: DictConfig) -> int:
@@ -128,9 +116,8 @@ def checkpoint_dir(cfg: DictConfig) -> Path | None:
         return None
     if cfg.tracking.checkpoint_dir:
         return config.launch_dir() / cfg.tracking.checkpoint_dir
-    if cfg.tracking.uri.startswith("sqlite:///"):
-        return Path(cfg.tracking.uri.removeprefix("sqlite:///")).parent / "checkpoints"
-    return config.launch_dir() / "checkpoints"
+    store_folder = sqlite_folder(cfg.tracking.uri)
+    return store_folder / "checkpoints" if store_folder else config.launch_dir() / "checkpoints"
 
 
 def open_run(cfg: DictConfig, client, experiment_id: str, device: torch.device, parent: str | None) -> tuple[MlflowRun | None, bool]:

@@ -12,7 +12,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, read_write
 
 from harness.config import ConfigError, check_values, fingerprint
 from harness.plot import report_sweep
@@ -28,16 +28,6 @@ def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
     parsed = OverridesParser.create().parse_overrides(params + list(cfg.hydra.overrides.task))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def let_ray_size_its_object_store(config: DictConfig) -> None:
-    """hydra-ray-launcher 1.2 passes ray.init a 78 MB object store, which Ray 2 refuses when it
-    joins a running cluster ("object_store_memory must not be provided"), the launcher's main
-    use. Unless the user set a size, Ray chooses one; the launcher reads its config after this."""
-    init = config.hydra.launcher.get("ray", {}).get("init")
-    if init is not None and "object_store_memory" not in init:
-        with read_write(config.hydra), open_dict(init):
-            init.object_store_memory = None
 
 
 def stop_on_error(hook):
@@ -62,7 +52,6 @@ class SweepTracking(Callback):
 
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        let_ray_size_its_object_store(config)
         jobs = sweep_overrides(config)
         fingerprints = []
         for overrides in jobs:
@@ -76,18 +65,18 @@ class SweepTracking(Callback):
             self.client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
         except StoreError as error:
             fail(str(error))
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         # What jobs need from here travels in their overrides, to whatever process or node runs
         # them: the parent run's id, and the sweep folder as an absolute path.
         with read_write(config.hydra):
-            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{Path(config.hydra.sweep.dir).resolve()}'")
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
             if config.tracking.parent_run_id:  # the user's own parent run
                 self.parent_run_id = config.tracking.parent_run_id
             else:
-                self.parent_run_id = self.open_parent_run(config, experiment_id, fingerprints)
+                self.parent_run_id = self.open_parent_run(config, experiment_id, fingerprints, sweep_dir)
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{self.parent_run_id}'")
 
-    def open_parent_run(self, config: DictConfig, experiment_id: str, fingerprints: list[str]) -> str:
-        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+    def open_parent_run(self, config: DictConfig, experiment_id: str, fingerprints: list[str], sweep_dir: str) -> str:
         # The same study launched again (after a kill, say) goes on in its parent run.
         study = hashlib.sha256(" ".join(sorted(fingerprints)).encode()).hexdigest()[:16]
         earlier = None if config.rerun else self.client.search_runs(

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from conftest import TINY, free_ports, harness_command
-from harness.run import cpus_per_job
+from harness.launchers import cpus_per_job
 
 # Every metric of a TINY run, and the steps it must have: curves every 5 iterations,
 # evaluations and probes every 10.

@@ -41,11 +41,17 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def sqlite_folder(uri: str) -> Path | None:
+    """The folder of a SQLite store's database, None for other stores."""
+    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
+
+
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the id of the named experiment, created if new. A SQLite store keeps its
     artifacts in an `artifacts` folder beside the database."""
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    store_folder = sqlite_folder(uri)
+    if store_folder:
+        store_folder.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     try:
         if uri.startswith(("http://", "https://")):
@@ -54,9 +60,7 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return client, found.experiment_id
-        location = None
-        if uri.startswith("sqlite:///"):
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        location = (store_folder / "artifacts").as_uri() if store_folder else None
         return client, client.create_experiment(experiment, artifact_location=location)
     except Exception as error:
         raise StoreError(
