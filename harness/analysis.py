@@ -2,9 +2,12 @@
 
 P1 Fig. 7 plots the standard deviation of every 3x3 layer's response, "the outputs of each
 3x3 layer, after BN and before other nonlinearity (ReLU/addition)", and P1 §4.1 argues that
-with BN neither forward responses nor backward gradients vanish in plain nets. `probe`
-measures both on a fixed batch without touching the training run: BN running statistics are
-restored and the gradients cleared, so curves are identical with the analysis on or off.
+with BN neither forward responses nor backward-propagated signals vanish in plain nets.
+`probe` measures both on a fixed batch without touching the training run: BN running
+statistics are restored and the gradients cleared, so curves are identical with the analysis
+on or off. The backward signal is the gradient of the loss with respect to each residual
+unit's output (the same positions in a plain net), as RMS per element: unlike weight-gradient
+norms it does not mix layer sizes, nor scale with 1/||w|| as BN makes weight gradients do.
 """
 
 from dataclasses import dataclass
@@ -13,6 +16,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from harness.tracking import probe_table
 
 
 @dataclass
@@ -56,10 +61,22 @@ def gradient_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every residual unit (block) of the net, from the input, named like the layers in it."""
+    return [(f"s{i + 1}.b{j + 1:02d}", block) for i, stage in enumerate(model.stages) for j, block in enumerate(stage)]
+
+
+def l2(tensors) -> float:
+    return torch.sqrt(sum((t.detach().float() ** 2).sum() for t in tensors)).item()
+
+
 def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> pd.DataFrame:
-    """One row per layer: `response_std` of each 3x3 layer (evaluation mode, as at test time)
-    and `grad_norm`, the L2 norm of each parameterised layer's gradient of the probe batch's
-    loss (training mode, as in training)."""
+    """Rows of four kinds, each numbered from the input: `response`, the std of each 3x3
+    layer's response (evaluation mode, as at test time); and in training mode, as in training,
+    for the probe batch's loss: `output_grad`, the RMS per element of its gradient with respect
+    to each unit's output (listed from the last unit to the first, as backpropagation goes);
+    `grad_norm` and `weight_norm`, the L2 norms of each parameterised layer's gradient and
+    weights (their ratio is the layer's relative update size)."""
     responses = {}
     layers = response_layers(model)
     hooks = [
@@ -78,31 +95,46 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> pd.Da
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.train()
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(images), labels).backward()
+    output_grads = {}
+
+    def keep_output_grad(name: str, output: torch.Tensor) -> None:
+        output.register_hook(lambda grad: output_grads.__setitem__(name, grad.float().pow(2).mean().sqrt().item()))
+
+    unit_list = units(model)
+    hooks = [unit.register_forward_hook(lambda _, __, out, name=name: keep_output_grad(name, out)) for name, unit in unit_list]
+    try:
+        F.cross_entropy(model(images), labels).backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
     named = gradient_layers(model)
-    norms = {
-        name: torch.sqrt(sum((p.grad.float() ** 2).sum() for p in module.parameters(recurse=False) if p.grad is not None)).item()
-        for name, module in named
-    }
+    norms = {name: l2(p.grad for p in module.parameters(recurse=False) if p.grad is not None) for name, module in named}
+    weights = {name: l2(module.parameters(recurse=False)) for name, module in named}
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
     model.train(was_training)
 
-    rows = [{"layer": layer.name, "kind": "response", "value": responses[layer.name]} for layer in layers]
-    rows += [{"layer": name, "kind": "grad_norm", "value": norms[name]} for name, _ in named]
-    table = pd.DataFrame(rows)
-    table["index"] = table.groupby("kind").cumcount() + 1  # layer index, from the input
-    return table[["kind", "index", "layer", "value"]]
+    rows = [("response", i, layer.name, responses[layer.name]) for i, layer in enumerate(layers, 1)]
+    rows += [("output_grad", i, name, output_grads[name]) for i, (name, _) in reversed(list(enumerate(unit_list, 1)))]
+    rows += [("grad_norm", i, name, norms[name]) for i, (name, _) in enumerate(named, 1)]
+    rows += [("weight_norm", i, name, weights[name]) for i, (name, _) in enumerate(named, 1)]
+    return pd.DataFrame(rows, columns=["kind", "index", "layer", "value"])
+
+
+def first_over_last(table: pd.DataFrame) -> float:
+    """How much the backward signal grows (> 1) or shrinks (< 1) on its way from the last unit's
+    output to the first's: RMS of the output gradient at the first unit over the last."""
+    grads = table[table["kind"] == "output_grad"].sort_values("index")["value"]
+    return grads.iloc[0] / grads.iloc[-1]
 
 
 def record(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tracker, step: int) -> pd.DataFrame:
     """Probe the model and log the table (one artifact per point keeps the MLflow UI usable at
     depth 110) and two summary metrics."""
     table = probe(model, images, labels)
-    tracker.log_table(table, f"analysis/step-{step:07d}.csv")
+    tracker.log_table(table, probe_table(step))
     responses = table[table["kind"] == "response"]["value"]
-    convs = table[(table["kind"] == "grad_norm") & table["layer"].str.contains("conv")]["value"]
-    tracker.log_metrics({"response_std_mean": responses.mean(), "grad_norm_min_over_max": convs.min() / convs.max()}, step)
+    tracker.log_metrics({"response_std_mean": responses.mean(), "output_grad_first_over_last": first_over_last(table)}, step)
     return table

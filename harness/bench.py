@@ -9,6 +9,10 @@ then the ratios b/a and b/c, the share of a default-budget run spent probing lay
 and gradients (`harness.analysis`), and the achieved GFLOP/s against the machine's own
 large-matmul rate measured in the same run. All in one process, so that
 ratios compare like with like on a noisy machine.
+
+With --resize N all three see N x N images: (b) resizes each batch on the device
+(dataset.resize=N), (c) runs the seed's own per-image Resize(N) before ToTensor. The seed's
+experiment is `--depths 18 --resize 96`.
 """
 
 import argparse
@@ -49,8 +53,8 @@ def new_model(depth: int) -> torch.nn.Module:
     return build_model(depth, in_channels=1).to(memory_format=torch.channels_last)
 
 
-def step_flops(depth: int) -> int:
-    model, images, labels = new_model(depth), torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+def step_flops(depth: int, size: int) -> int:
+    model, images, labels = new_model(depth), torch.randn(BATCH, 1, size, size), torch.randint(0, 10, (BATCH,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(images), labels).backward()
     return counter.get_total_flops()
@@ -71,13 +75,16 @@ def timed_steps(batches, model: torch.nn.Module, steps: int, warmup: int = 3) ->
     raise ValueError("too few batches")
 
 
-def pure_compute(depth: int, steps: int) -> float:
-    images, labels = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+def pure_compute(depth: int, steps: int, size: int) -> float:
+    images, labels = torch.randn(BATCH, 1, size, size), torch.randint(0, 10, (BATCH,))
     return timed_steps(((images, labels) for _ in iter(int, 1)), new_model(depth), steps)
 
 
-def seed_style(depth: int, steps: int, root: Path) -> float:
-    dataset = FashionMNIST(root, train=True, transform=transforms.ToTensor())
+def seed_style(depth: int, steps: int, root: Path, resize: int | None) -> float:
+    pipeline = [transforms.ToTensor()]
+    if resize:
+        pipeline.insert(0, transforms.Resize(resize))
+    dataset = FashionMNIST(root, train=True, transform=transforms.Compose(pipeline))
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
     return timed_steps(iter(loader), new_model(depth), steps)
 
@@ -103,10 +110,13 @@ class TimedTracker:
 
 def harness_loop(depth: int, steps: int, data, run: MlflowRun) -> tuple[float, float]:
     """Images per second of `harness.train.train` and the share of its time spent tracking."""
+    # Like the 128-image evaluation split, a 128-image final training error keeps the closing
+    # evaluations out of the timing.
+    common = ["schedule.final_train_subset=128"] + ([f"dataset.resize={data.resize}"] if data.resize else [])
     cfg = compose_config(f"schedule.batch_size={BATCH}", f"schedule.iterations={steps}", f"schedule.eval_every={steps + 1}",
-                         "analysis=false")  # fmt: skip
+                         "analysis=false", *common)  # fmt: skip
     model = new_model(depth)
-    train(compose_config("schedule.iterations=3"), model, data, MemoryTracker(), torch.device("cpu"))  # warm-up
+    train(compose_config("schedule.iterations=3", *common), model, data, MemoryTracker(), torch.device("cpu"))  # warm-up
     tracker = TimedTracker(run)
     start = time.perf_counter()
     train(cfg, model, data, tracker, torch.device("cpu"))
@@ -135,20 +145,23 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56])
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
     parser.add_argument("--root", type=Path, default=Path("data"), help="Fashion-MNIST root, as dataset.root")
+    parser.add_argument("--resize", type=int, default=None, help="images resized to N x N, as dataset.resize (the seed: 96)")
     args = parser.parse_args()
 
     # A 128-image evaluation split keeps the loop's closing evaluation out of the timing.
-    data = load_data("fashion_mnist", args.root, True, 128, torch.device("cpu"))
+    data = load_data("fashion_mnist", args.root, True, 128, torch.device("cpu"), resize=args.resize)
+    size = data.image_size
     gemm = matmul_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul 2048^3: {gemm:.1f} GFLOP/s")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul 2048^3: {gemm:.1f} GFLOP/s; "
+          f"{size}x{size} images")
     print("depth  pure(a) img/s  harness(b)  seed-style(c)    b/a    b/c  tracking  analysis  GFLOP/s (% of matmul)")
     with tempfile.TemporaryDirectory() as store:
         client, experiment_id = connect(f"sqlite:///{store}/mlflow.db", "bench")
         for depth in args.depths:
-            a = pure_compute(depth, args.steps)
+            a = pure_compute(depth, args.steps, size)
             b, tracking = harness_loop(depth, args.steps, data, MlflowRun.start(client, experiment_id, f"bench-{depth}", {}))
-            c = seed_style(depth, args.steps, args.root)
-            gflops = step_flops(depth) * a / BATCH / 1e9
+            c = seed_style(depth, args.steps, args.root, args.resize)
+            gflops = step_flops(depth, size) * a / BATCH / 1e9
             analysis = analysis_share(depth, data, b)
             print(f"{depth:5d}  {a:13.0f}  {b:10.0f}  {c:13.0f}  {b / a:5.3f}  {b / c:5.3f}  {tracking:8.2%}  {analysis:8.2%}  "
                   f"{gflops:6.1f} ({gflops / gemm:.0%})")  # fmt: skip

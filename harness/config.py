@@ -12,8 +12,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from harness.data import DATASETS
-from harness.models import ACTIVATIONS, SHORTCUTS, canonical_shortcut, resolve_family
+from harness.data import DATASETS, NORMALIZATIONS
+from harness.models import ACTIVATIONS, SHORTCUTS, resolve_family, resolve_shortcut
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,8 @@ class DatasetConfig:
     augment: bool = True  # pad, random crop, horizontal flip (P1 on CIFAR)
     pad: int = 4
     validation_size: int | None = None  # hold out this many training images and evaluate on them
+    resize: int | None = None  # resize every image to this many pixels square, on the device (the seed: 96)
+    normalize: str = "per_pixel_mean"  # P1 subtracts the per-pixel mean; none: pixels in [0, 1] (the seed's ToTensor)
 
 
 @dataclass
@@ -45,11 +47,14 @@ class ScheduleConfig:
     lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of iterations; lr /= 10 at each
     warmup_lr: float | None = None  # P1's ResNet-110: this lr until the training error < warmup_until_error
     warmup_until_error: float = 0.8
+    warmup_max_iterations: int | None = None  # warm-up ends here at the latest (and always at the first lr drop)
+    warmup_min_depth: int = 0  # only nets at least this deep warm up (P1: ResNet-110 and 1202)
     log_every: int = 10  # iterations per point of the training curves (the mean over those iterations)
     eval_every: int = MISSING
     eval_subset: int | None = None  # images evaluated at intermediate points; the last point uses all
     checkpoint_every: int | None = None  # iterations between checkpoints (a multiple of log_every); None: none
     analysis_every: int = MISSING  # iterations between probes of layer responses and gradients
+    final_train_subset: int | None = None  # training images the final training error is measured on; None: all
 
 
 @dataclass
@@ -63,10 +68,16 @@ class TrackingConfig:
 
 
 @dataclass
+class ReportConfig:
+    min_effect: float = 1.0  # points of error a claim's mean difference must reach to count as reproduced
+    confidence: float = 0.95  # of the Student t interval around each claim's mean paired difference
+
+
+@dataclass
 class Config:
     depth: int = 20
     residual: bool = True
-    shortcut: str = "zero_pad"  # option A; projection = B, full_projection = C; identity = A
+    shortcut: str = "auto"  # auto: A for basic-block nets, B for bottleneck nets (P1); zero_pad = A, projection = B, full_projection = C
     activation: str = "post"  # post (P1) or pre (P2)
     family: str = "auto"  # auto, cifar or imagenet: which net a depth of both families (50, 152) means
     seed: int = 0
@@ -79,23 +90,91 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
-# Where and how a run is executed and tracked, not what it trains.
-PRESENTATION_KEYS = ("tracking", "threads", "cores", "device", "rerun", "analysis", "dataset.root", "dataset.download")
+# Where and how a run is executed, tracked and reported, not what it trains.
+PRESENTATION_KEYS = ("tracking", "report", "threads", "cores", "device", "rerun", "analysis",
+                     "dataset.root", "dataset.download", "schedule.checkpoint_every")  # fmt: skip
+# What tells the nets of one study apart; everything else that is trained is the study's recipe.
+NET_KEYS = ("depth", "residual", "shortcut", "activation", "family", "seed")
+WARMUP_KEYS = ("warmup_lr", "warmup_until_error", "warmup_max_iterations", "warmup_min_depth")
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """What a config trains, as a short hash: relaunching the same study finds its runs by it."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for key in PRESENTATION_KEYS:
+def _drop(tree: dict, keys) -> dict:
+    for key in keys:
         *parents, leaf = key.split(".")
-        node = resolved
+        node = tree
         for parent in parents:
             node = node.get(parent, {})
         node.pop(leaf, None)
-    resolved["shortcut"] = canonical_shortcut(resolved["shortcut"])
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    return tree
+
+
+def _recipe_rules(trained: dict, unused: dict[str, str]) -> None:
+    """Keys that no net of the recipe uses leave it."""
+    if trained["optimizer"]["name"] != "sgd":
+        unused["optimizer.momentum"] = f"optimizer={trained['optimizer']['name']} has no momentum parameter"
+    if not trained["dataset"]["augment"]:
+        unused["dataset.pad"] = "augmentation is off (dataset.augment=false)"
+    schedule = trained["schedule"]
+    if schedule["warmup_lr"] is None:
+        for key in WARMUP_KEYS[1:]:
+            unused[f"schedule.{key}"] = "there is no warm-up (schedule.warmup_lr=null)"
+        unused.pop("schedule.warmup_lr", None)
+        _drop(trained, [f"schedule.{key}" for key in WARMUP_KEYS])
+
+
+def _net_rules(trained: dict, unused: dict[str, str]) -> None:
+    """The automatic values resolved, and the keys this particular net does not use removed."""
+    trained["family"] = resolve_family(trained["depth"], trained["family"])
+    if trained["residual"]:
+        trained["shortcut"] = resolve_shortcut(trained["shortcut"], trained["depth"], trained["family"])
+    else:
+        if trained["shortcut"] != "auto":
+            unused["shortcut"] = "a plain net (residual=false) has no shortcuts"
+        trained["shortcut"] = "none"
+    schedule = trained["schedule"]
+    if "warmup_lr" in schedule and trained["depth"] < schedule["warmup_min_depth"]:
+        for key in WARMUP_KEYS:
+            unused[f"schedule.{key}"] = f"depth {trained['depth']} is below schedule.warmup_min_depth={schedule['warmup_min_depth']}"
+        _drop(trained, [f"schedule.{key}" for key in WARMUP_KEYS])
+
+
+def effective_config(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
+    """(what this config trains, {key: why it has no effect}): the resolved config with `auto`
+    values resolved and the keys this net does not use removed (a plain net's shortcut, Adam's
+    momentum, ...). Two configs that train the same net are equal here."""
+    trained, unused = OmegaConf.to_container(cfg, resolve=True), {}
+    _recipe_rules(trained, unused)
+    _net_rules(trained, unused)
+    return trained, unused
+
+
+def _hash(tree: dict) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """What a config trains, as a short hash: relaunching a study finds its runs by it, and a
+    net that two sweeps share is trained once."""
+    return _hash(_drop(effective_config(cfg)[0], PRESENTATION_KEYS))
+
+
+def recipe(cfg: DictConfig) -> str:
+    """What a study holds fixed across its nets (data, budget, optimizer, warm-up rule, ...), as a
+    short hash: a report never pools runs of different recipes."""
+    trained = OmegaConf.to_container(cfg, resolve=True)
+    _recipe_rules(trained, {})
+    return _hash(_drop(trained, PRESENTATION_KEYS + NET_KEYS))
+
+
+def unused_notes(cfg: DictConfig, overridden: list[str]) -> list[str]:
+    """A note for every key the user set (in `overridden`, Hydra's override strings) that this
+    config does not use."""
+    keys = {override.split("=", 1)[0].lstrip("+~") for override in overridden}
+    _, unused = effective_config(cfg)
+    return [f"note: {key}={OmegaConf.select(cfg, key)} has no effect here: {why}." for key, why in unused.items() if key in keys]
 
 
 def launch_dir() -> Path:
@@ -138,9 +217,9 @@ def check_values(cfg: DictConfig) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     need(
-        cfg.shortcut in SHORTCUTS + ("identity",),
-        f"shortcut={cfg.shortcut} is not valid; use zero_pad (option A, alias identity), "
-        "projection (option B) or full_projection (option C).",
+        cfg.shortcut in SHORTCUTS + ("identity", "auto"),
+        f"shortcut={cfg.shortcut} is not valid; use auto (A for basic-block nets, B for bottleneck nets, as P1), "
+        "zero_pad (option A, alias identity), projection (option B) or full_projection (option C).",
     )
     need(cfg.activation in ACTIVATIONS, f"activation={cfg.activation} is not valid; use post (P1) or pre (P2).")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), f"device={cfg.device} is not valid; use auto, cpu or cuda[:N].")
@@ -148,6 +227,11 @@ def check_values(cfg: DictConfig) -> None:
     need(cfg.cores is None or cfg.cores > 0, f"cores={cfg.cores} must be a positive number of cores, or null for all.")
     need(cfg.dataset.name in DATASETS, f"dataset={cfg.dataset.name} is not valid; use one of {', '.join(DATASETS)}.")
     need(cfg.dataset.pad >= 0, f"dataset.pad={cfg.dataset.pad} must be 0 or more pixels.")
+    need(cfg.dataset.resize is None or cfg.dataset.resize >= 8, f"dataset.resize={cfg.dataset.resize} must be 8 or more pixels, or null to keep the size.")
+    need(
+        cfg.dataset.normalize in NORMALIZATIONS,
+        f"dataset.normalize={cfg.dataset.normalize} is not valid; use per_pixel_mean (P1) or none (pixels in [0, 1], the seed's ToTensor).",
+    )
     need(cfg.optimizer.name in ("sgd", "adam"), f"optimizer={cfg.optimizer.name} is not valid; use sgd or adam.")
     need(cfg.optimizer.lr > 0, f"optimizer.lr={cfg.optimizer.lr} must be positive.")
     schedule = cfg.schedule
@@ -174,3 +258,14 @@ def check_values(cfg: DictConfig) -> None:
         schedule.warmup_lr is None or schedule.warmup_lr > 0,
         f"schedule.warmup_lr={schedule.warmup_lr} must be positive, or null for no warm-up.",
     )
+    need(
+        schedule.warmup_max_iterations is None or schedule.warmup_max_iterations > 0,
+        f"schedule.warmup_max_iterations={schedule.warmup_max_iterations} must be a positive number of iterations, "
+        "or null (the warm-up then ends at the first lr drop at the latest).",
+    )
+    need(
+        schedule.final_train_subset is None or schedule.final_train_subset > 0,
+        f"schedule.final_train_subset={schedule.final_train_subset} must be a positive number of images, or null for all.",
+    )
+    need(0 < cfg.report.confidence < 1, f"report.confidence={cfg.report.confidence} must lie between 0 and 1 (0.95 for 95%).")
+    need(cfg.report.min_effect >= 0, f"report.min_effect={cfg.report.min_effect} must be 0 or more points of error.")

@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from harness import config
 from harness.data import DataError, load_data
 from harness.launchers import cpus_per_job
-from harness.models import build_model, canonical_shortcut, model_name, resolve_family
+from harness.models import build_model, model_name, resolve_family
 from harness.tracking.mlflow_store import (
     FINGERPRINT_TAG,
+    RECIPE_TAG,
     ROLE_TAG,
     MlflowRun,
     StoreError,
@@ -33,6 +34,7 @@ from harness.tracking.mlflow_store import (
 from harness.train import DivergedError, Result, train
 
 log = logging.getLogger(__name__)
+SMALLEST_IMAGENET_INPUT = 64  # pixels; below it the ImageNet stem leaves stage 4 almost nothing
 REPO = Path(__file__).resolve().parents[1]
 
 config.register()
@@ -71,14 +73,15 @@ def git_commit() -> str:
 
 
 def run_tags(cfg: DictConfig, device: torch.device) -> dict:
-    """What the MLflow UI should let a user filter and group by."""
+    """What the MLflow UI should let a user filter and group by: the net as it was built."""
+    trained, _ = config.effective_config(cfg)
     return {
         ROLE_TAG: "job",
-        "model": model_name(cfg.depth, cfg.residual, cfg.shortcut, cfg.activation),
-        "family": resolve_family(cfg.depth, cfg.family),
+        "model": model_name(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation),
+        "family": trained["family"],
         "depth": cfg.depth,
         "residual": cfg.residual,
-        "shortcut": canonical_shortcut(cfg.shortcut) if cfg.residual else "none",
+        "shortcut": trained["shortcut"],
         "activation": cfg.activation,
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
@@ -86,25 +89,35 @@ def run_tags(cfg: DictConfig, device: torch.device) -> dict:
         "torch_version": torch.__version__,
         "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
+        RECIPE_TAG: config.recipe(cfg),
     }
 
 
 def train_and_log(cfg: DictConfig, run: MlflowRun, device: torch.device, resumed: bool) -> Result:
     if not resumed:  # a resumed run has its params already, and MLflow never changes a param
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        run.log_params(flatten(resolved))
+        trained, _ = config.effective_config(cfg)
+        run.log_params(flatten({**trained, "device": device.type, "threads": torch.get_num_threads()}))
         run.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         run.log_text(OmegaConf.to_yaml(overrides), "overrides.yaml")
 
     root = config.launch_dir() / cfg.dataset.root
-    data = load_data(cfg.dataset.name, root, cfg.dataset.download, cfg.dataset.validation_size, device)
+    data = load_data(cfg.dataset.name, root, cfg.dataset.download, cfg.dataset.validation_size, device,
+                     resize=cfg.dataset.resize, normalize=cfg.dataset.normalize)  # fmt: skip
+    family = resolve_family(cfg.depth, cfg.family)
+    if family == "imagenet" and data.image_size < SMALLEST_IMAGENET_INPUT:
+        # The 7x7/2 stem and max pool shrink a 28-pixel image to 7, and stage 4 convolves 1x1 maps.
+        log.warning("%s: an ImageNet-style net on %dx%d inputs (under %d pixels): its last stage sees 1x1 maps; "
+                    "dataset.resize=96 gives the seed's setting", run.name, data.image_size, data.image_size,
+                    SMALLEST_IMAGENET_INPUT)  # fmt: skip
+        run.set_tags({"harness.small_input": data.image_size})
     model = build_model(
         cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data.in_channels, data.num_classes, cfg.family
     ).to(device, memory_format=torch.channels_last)
     result = train(cfg, model, data, run, device)
 
-    run.log_json({"run": run.name, "eval_split": data.eval_split, **vars(result)}, "summary.json")
+    run.log_json({"run": run.name, **vars(result)}, "summary.json")
     if cfg.tracking.log_model:
         run.log_torch_state(model.state_dict(), "model.pt")
     return result
@@ -124,7 +137,7 @@ def open_run(cfg: DictConfig, client, experiment_id: str, device: torch.device, 
     """(run, resumed): the run that trains this config. None when the config already has a
     FINISHED run (unless rerun=true); the same run again when it stopped after a checkpoint; a
     new run otherwise, which replaces an earlier failed one in its sweep."""
-    name = model_name(cfg.depth, cfg.residual, cfg.shortcut, cfg.activation)
+    name = run_tags(cfg, device)["model"]
     config_fingerprint = config.fingerprint(cfg)
     previous = None if cfg.rerun else find_run(client, experiment_id, config_fingerprint)
     folder = checkpoint_dir(cfg)
@@ -162,6 +175,9 @@ def run_job(cfg: DictConfig) -> float | None:
     torch.set_num_threads(torch_threads(cfg))
 
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if HydraConfig.initialized() and not in_sweep:  # a sweep's callback says these once for all its jobs
+        for note in config.unused_notes(cfg, list(HydraConfig.get().overrides.task)):
+            print(note)
     run, resumed = open_run(cfg, client, experiment_id, device, cfg.tracking.parent_run_id)
     if run is None:
         return None
@@ -182,8 +198,9 @@ def run_job(cfg: DictConfig) -> float | None:
             fail(f"{run.name}: {error}", code=1)
         raise
     run.finish("FINISHED")
-    log.info("%s: train error %.4f, test error %.4f in %.0f s", run.name, result.train_error, result.test_error, result.seconds)
-    return result.test_error
+    log.info("%s: final training error %.2f%%, %s error %.2f%% in %.0f s", run.name, 100 * result.final_train_error,
+             result.eval_split, 100 * result.eval_error, result.seconds)  # fmt: skip
+    return result.eval_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

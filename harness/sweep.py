@@ -1,6 +1,7 @@
 """The Hydra callback around a sweep (`-m`): check every job's config before the first one
 trains, open the sweep's parent run and hand its id to every job, whichever launcher runs it
-and wherever, and at the end close it, draw the figures and say which configurations failed."""
+and wherever, and at the end record the study's members (the runs it trained and those it
+reused from earlier sweeps), report on all of them and say which configurations failed."""
 
 import functools
 import hashlib
@@ -14,10 +15,13 @@ from hydra.experimental.callback import Callback
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, read_write
 
-from harness.config import ConfigError, check_values, fingerprint
-from harness.plot import report_sweep
+import pandas as pd
+
+from harness.config import ConfigError, check_values, fingerprint, unused_notes
+from harness.report import report_sweep
 from harness.run import fail
-from harness.tracking.mlflow_store import ROLE_TAG, SWEEP_DIR_TAG, StoreError, connect
+from harness.tracking.mlflow_store import ROLE_TAG, SWEEP_DIR_TAG, StoreError, connect, find_run
+from harness.tracking.runs import write_members
 
 log = logging.getLogger(__name__)
 STUDY_TAG = "harness.study"  # the fingerprints of all jobs of a sweep, hashed
@@ -48,12 +52,15 @@ def stop_on_error(hook):
 class SweepTracking(Callback):
     def __init__(self) -> None:
         self.client = None
+        self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self.fingerprints: list[str] = []  # one per job; jobs that train the same net share one
+        self.job_overrides: list[list[str]] = []
 
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_overrides(config)
-        fingerprints = []
+        fingerprints, notes = [], {}
         for overrides in jobs:
             try:
                 job = compose(config_name=kwargs.get("config_name") or "config", overrides=overrides)
@@ -61,8 +68,17 @@ class SweepTracking(Callback):
             except ConfigError as error:
                 fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
             fingerprints.append(fingerprint(job))
+            self.job_overrides.append(overrides)
+            notes.update(dict.fromkeys(unused_notes(job, overrides)))
+        for note in notes:  # once for the sweep, not once per job
+            print(note)
+        distinct = len(set(fingerprints))
+        if distinct < len(fingerprints):
+            print(f"note: the sweep's {len(fingerprints)} jobs train {distinct} distinct nets; each is trained once.")
+        self.fingerprints = fingerprints
         try:
             self.client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
+            self.experiment_id = experiment_id
         except StoreError as error:
             fail(str(error))
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
@@ -101,16 +117,41 @@ class SweepTracking(Callback):
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        children = self.client.search_runs(
-            [self.client.get_run(self.parent_run_id).info.experiment_id],
-            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
-        )
-        failed = sorted(run.info.run_name for run in children if run.info.status != "FINISHED")
+        members = self.members()
+        folder = Path(config.hydra.sweep.dir)
+        if not members.empty:
+            write_members(self.client, self.parent_run_id, members, folder)
+        failed = members[members["status"] != "FINISHED"]
+        trained = int((members["role"] == "trained").sum())
+        reused = len(members) - trained
+        for key, value in {"harness.members": len(members), "harness.trained": trained, "harness.reused": reused}.items():
+            self.client.set_tag(self.parent_run_id, key, str(value))
+        written = []
         if config.tracking.figures:
-            report_sweep(self.client, self.parent_run_id, Path(config.hydra.sweep.dir) / "figures")
-        self.client.set_terminated(self.parent_run_id, "FAILED" if failed else "FINISHED")
-        finished = len(children) - len(failed)
-        print(f"Sweep done: {finished} of {len(children)} runs finished (MLflow parent run {self.parent_run_id}).")
-        if failed:
-            fail(f"{len(failed)} run(s) failed: {', '.join(failed)}; their errors are in the MLflow tag harness.error.", code=1)
+            report = config.report
+            written = report_sweep(self.client, self.parent_run_id, folder / "figures", report.min_effect, report.confidence)
+        self.client.set_terminated(self.parent_run_id, "FAILED" if len(failed) else "FINISHED")
+        print(f"Sweep done: {len(members)} runs: {trained} trained, {reused} reused from earlier sweeps, "
+              f"{len(failed)} not finished (MLflow parent run {self.parent_run_id}).")  # fmt: skip
+        if written:
+            print(f"Figures and report: {(folder / 'figures').resolve()}")
+        if len(failed):
+            names = ", ".join(f"{row.name} (run {row.run_id}, {row.overrides})" for row in failed.itertuples())
+            fail(f"{len(failed)} run(s) did not finish: {names}; their errors are in the MLflow tag harness.error.", code=1)
 
+    def members(self) -> pd.DataFrame:
+        """One row per distinct net of the sweep: the run that holds it now (trained by this sweep,
+        or reused from an earlier one), with its status and the job overrides that asked for it."""
+        rows, seen = [], set()
+        for fp, overrides in zip(self.fingerprints, self.job_overrides):
+            if fp in seen:
+                continue
+            seen.add(fp)
+            run = find_run(self.client, self.experiment_id, fp)
+            if run is None:  # the job failed before it could open a run
+                continue
+            parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+            rows.append({"run_id": run.info.run_id, "name": run.info.run_name, "seed": run.data.tags.get("seed"),
+                         "status": run.info.status, "role": "trained" if parent == self.parent_run_id else "reused",
+                         "overrides": " ".join(overrides)})  # fmt: skip
+        return pd.DataFrame(rows, columns=["run_id", "name", "seed", "status", "role", "overrides"])

@@ -32,8 +32,11 @@ class DivergedError(RuntimeError):
 class Result:
     train_error: float  # running training error of the last logging window (P1's dashed curves)
     train_loss: float
-    test_error: float  # on the whole evaluation split, after the last iteration
-    test_loss: float
+    final_train_error: float  # the final model on the training split, evaluation mode, no augmentation
+    final_train_loss: float
+    eval_error: float  # on the whole evaluation split (test or validation), after the last iteration
+    eval_loss: float
+    eval_split: str  # "test" or "validation": the metrics are test_* or val_*
     iterations: int
     seconds: float
 
@@ -49,11 +52,25 @@ def learning_rate(step: int, base_lr: float, iterations: int, drops: list[float]
     return base_lr * 0.1 ** sum(step >= round(fraction * iterations) for fraction in drops)
 
 
+def warmup_end(cfg: DictConfig) -> int:
+    """The iteration at which P1's warm-up ends at the latest; 0 for nets that do not warm up.
+    It ends earlier, at a logging boundary, once the training error is below
+    `schedule.warmup_until_error`."""
+    schedule = cfg.schedule
+    if schedule.warmup_lr is None or cfg.depth < schedule.warmup_min_depth:
+        return 0
+    first_drop = min((round(fraction * schedule.iterations) for fraction in schedule.lr_drops), default=schedule.iterations)
+    return min(first_drop, schedule.warmup_max_iterations or schedule.iterations)
+
+
+def eval_prefix(data: Data) -> str:
+    """Held-out training images are a validation split, never to be confused with the test set."""
+    return "test" if data.eval_split == "test" else "val"
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, limit: int | None = None, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean loss, error rate) on the first `limit` images of the evaluation split (all if None)."""
-    images = data.eval_images[:limit]
-    labels = data.eval_labels[:limit]
+def evaluate(model: nn.Module, data: Data, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean loss, error rate) of the model in evaluation mode on these (uint8) images."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
     wrong = torch.zeros((), device=images.device)
@@ -95,7 +112,8 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     sampler = BatchSampler(len(data.train_images), schedule.batch_size, generator)
     optimizer = make_optimizer(cfg.optimizer, model)
     # P1 (ResNet-110): a low rate until the training error falls below 80%, then the base rate.
-    warming_up = schedule.warmup_lr is not None
+    warmup_until = warmup_end(cfg)
+    warming_up = warmup_until > 0
     start = 0
     saved = tracker.restore()
     if saved is not None:  # a stopped run: continue exactly where its last checkpoint left it
@@ -105,6 +123,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         probe_images = data.normalise(data.eval_images[: analysis.PROBE_IMAGES])
         probe_labels = data.eval_labels[: analysis.PROBE_IMAGES]
 
+    split = eval_prefix(data)
     window_loss = torch.zeros((), device=device)
     window_wrong = torch.zeros((), device=device)
     window_steps = 0
@@ -114,7 +133,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     steps = range(start, schedule.iterations)
     progress = tqdm(steps, desc=tracker.name, unit="it", initial=start, total=schedule.iterations, disable=None, leave=False)
     for step in progress:
-        lr = schedule.warmup_lr if warming_up else learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
+        lr = schedule.warmup_lr if warming_up and step < warmup_until else learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -143,14 +162,17 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
                 raise DivergedError(iteration, train_loss)
             tracker.log_metrics({"train_loss": train_loss, "train_error": train_error, "lr": lr}, step=iteration)
             progress.set_postfix(loss=f"{train_loss:.3f}", err=f"{train_error:.3f}", refresh=False)
-            warming_up = warming_up and train_error >= schedule.warmup_until_error
+            if warming_up and (train_error < schedule.warmup_until_error or iteration >= warmup_until):
+                warming_up = False
+                tracker.log_metrics({"warmup_ended_at": min(iteration, warmup_until)}, step=iteration)
             window_loss.zero_()
             window_wrong.zero_()
             window_steps = 0
 
         if iteration % schedule.eval_every == 0 and iteration < schedule.iterations:
-            test_loss, test_error = evaluate(model, data, limit=schedule.eval_subset)
-            tracker.log_metrics({"test_loss": test_loss, "test_error": test_error}, step=iteration)
+            subset = schedule.eval_subset
+            eval_loss, eval_error = evaluate(model, data, data.eval_images[:subset], data.eval_labels[:subset])
+            tracker.log_metrics({f"{split}_loss": eval_loss, f"{split}_error": eval_error}, step=iteration)
 
         if cfg.analysis and (iteration % schedule.analysis_every == 0 or iteration == schedule.iterations):
             analysis.record(model, probe_images, probe_labels, tracker, iteration)
@@ -160,14 +182,22 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
             tracker.checkpoint(training_state(iteration, warming_up, model, optimizer, sampler))
 
     # The last point of the test curve is always measured on the whole evaluation split.
-    test_loss, test_error = evaluate(model, data)
-    tracker.log_metrics({"test_loss": test_loss, "test_error": test_error}, step=schedule.iterations)
+    eval_loss, eval_error = evaluate(model, data, data.eval_images, data.eval_labels)
+    # The running error averages a window of a moving model, in training mode: the claims about
+    # training error compare the final model itself, on a fixed sample of the training split.
+    subset = schedule.final_train_subset
+    final_train_loss, final_train_error = evaluate(model, data, data.train_images[:subset], data.train_labels[:subset])
+    tracker.log_metrics({f"{split}_loss": eval_loss, f"{split}_error": eval_error, "final_train_loss": final_train_loss,
+                         "final_train_error": final_train_error}, step=schedule.iterations)  # fmt: skip
     progress.close()
     return Result(
         train_error=train_error,
         train_loss=train_loss,
-        test_error=test_error,
-        test_loss=test_loss,
+        final_train_error=final_train_error,
+        final_train_loss=final_train_loss,
+        eval_error=eval_error,
+        eval_loss=eval_loss,
+        eval_split=data.eval_split,
         iterations=schedule.iterations,
         seconds=time.perf_counter() - start_time,
     )

@@ -3,8 +3,9 @@
 P1's CIFAR recipe: subtract the per-pixel mean, pad 4 pixels, take a random crop of the
 original size and flip horizontally with probability 1/2; test on the original image only.
 Fashion-MNIST gets the same treatment (28x28 crops from the padded 36x36 image), our
-documented analogue. Everything runs on tensors with one seeded generator per run: no
-per-image PIL work and no worker processes in the hot loop.
+documented analogue. The seed instead fed Fashion-MNIST at 96x96 in [0, 1] (`Resize(96)` +
+`ToTensor`): `resize` and `normalize="none"` give that. Everything runs on tensors with one
+seeded generator per run: no per-image PIL work and no worker processes in the hot loop.
 """
 
 from dataclasses import dataclass
@@ -16,8 +17,11 @@ from filelock import FileLock
 
 from harness.data.sources import NUM_CLASSES, SOURCES, DataError
 
-__all__ = ["DataError", "Data", "BatchSampler", "load_data", "augment", "DATASETS"]
+__all__ = ["DataError", "Data", "BatchSampler", "load_data", "augment", "DATASETS", "NORMALIZATIONS"]
 DATASETS = tuple(SOURCES)
+# per_pixel_mean: P1 subtracts the training images' per-pixel mean; none: pixels in [0, 1], as
+# torchvision's ToTensor (the seed's pipeline).
+NORMALIZATIONS = ("per_pixel_mean", "none")
 
 
 @dataclass
@@ -27,23 +31,48 @@ class Data:
     eval_images: torch.Tensor  # the test split, or the held-out validation split
     eval_labels: torch.Tensor
     eval_split: str  # "test" or "validation"
-    mean: torch.Tensor  # per-pixel mean of the training images, (C, H, W), in [0, 1]
-    std: float
+    mean: torch.Tensor  # subtracted from every image in [0, 1]: the training images' per-pixel mean (C, H, W), or 0
     num_classes: int
+    resize: int | None = None  # pixels square the model sees; None: the stored size
 
     @property
     def in_channels(self) -> int:
         return self.train_images.shape[1]
 
+    @property
+    def image_size(self) -> int:
+        return self.resize or self.train_images.shape[-1]
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - self.mean) / self.std
+        """A uint8 batch as the model's float input. Resizing is linear, so it commutes with
+        subtracting the mean: the mean stays at the stored size and is taken off first."""
+        images = images.float() / 255 - self.mean
+        if self.resize is None:
+            return images
+        # PIL's bilinear filter, which torchvision's Resize applies to PIL images, is what
+        # antialias=True computes, upsampling and downsampling alike.
+        return F.interpolate(images, size=(self.resize, self.resize), mode="bilinear", antialias=True)
 
 
-def load_data(name: str, root: str | Path, download: bool, validation_size: int | None, device: torch.device) -> Data:
+def load_data(
+    name: str,
+    root: str | Path,
+    download: bool,
+    validation_size: int | None,
+    device: torch.device,
+    resize: int | None = None,
+    normalize: str = "per_pixel_mean",
+) -> Data:
     """The named data set on `device`; with `validation_size`, the last that many training
-    images are held out and evaluated instead of the test split (P1 tuned on 45k/5k)."""
+    images are held out and evaluated instead of the test split (P1 tuned on 45k/5k). The
+    images stay uint8 at their stored size; `Data.normalise` applies `normalize` and `resize`
+    batch by batch."""
     if name not in SOURCES:
         raise DataError(f"dataset={name!r} is not known; valid data sets are {', '.join(SOURCES)}.")
+    if normalize not in NORMALIZATIONS:
+        raise DataError(f"normalize={normalize!r} is not known; use one of {', '.join(NORMALIZATIONS)}.")
+    if resize is not None and resize < 1:
+        raise DataError(f"resize={resize} must be a positive number of pixels, or None to keep the stored size.")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     # Parallel jobs sharing a root would otherwise unzip or download into the same files at once.
@@ -56,16 +85,19 @@ def load_data(name: str, root: str | Path, download: bool, validation_size: int 
         train_x, test_x = train_x[:-validation_size], train_x[-validation_size:]
         train_y, test_y = train_y[:-validation_size], train_y[-validation_size:]
         eval_split = "validation"
-    pixels = train_x.float() / 255
+    if normalize == "per_pixel_mean":
+        mean = (train_x.float() / 255).mean(dim=0)
+    else:
+        mean = torch.zeros(train_x.shape[1:])
     return Data(
         train_images=train_x.to(device),
         train_labels=train_y.to(device),
         eval_images=test_x.to(device),
         eval_labels=test_y.to(device),
         eval_split=eval_split,
-        mean=pixels.mean(dim=0).to(device),
-        std=pixels.std().item(),
+        mean=mean.to(device),
         num_classes=NUM_CLASSES[name],
+        resize=resize,
     )
 
 

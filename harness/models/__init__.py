@@ -7,6 +7,17 @@ from harness.models.resnet import (
     canonical_shortcut,
     model_name,
     resolve_family,
+    resolve_shortcut,
 )
 
-__all__ = ["ACTIVATIONS", "SHORTCUTS", "VALID_DEPTHS", "ResNet", "build_model", "canonical_shortcut", "model_name", "resolve_family"]
+__all__ = [
+    "ACTIVATIONS",
+    "SHORTCUTS",
+    "VALID_DEPTHS",
+    "ResNet",
+    "build_model",
+    "canonical_shortcut",
+    "model_name",
+    "resolve_family",
+    "resolve_shortcut",
+]

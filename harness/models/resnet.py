@@ -59,6 +59,14 @@ def preact_shortcut(shortcut: nn.Module | None, x: torch.Tensor, activated: torc
     return shortcut(activated)
 
 
+def pre_activation(bn: nn.BatchNorm2d | None, x: torch.Tensor) -> torch.Tensor:
+    """A pre-activation unit's BN-ReLU; None for the network's first unit, whose input the stem
+    has already activated (P2 section 4.1)."""
+    if bn is None:
+        return x
+    return F.relu(bn(x))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs, BN after each, ReLU after the addition (P1, post-activation)."""
 
@@ -91,15 +99,17 @@ class BasicBlock(nn.Module):
 
 
 class PreActBasicBlock(nn.Module):
-    """P2's full pre-activation: BN-ReLU-conv-BN-ReLU-conv, then the addition, nothing after."""
+    """P2's full pre-activation: BN-ReLU-conv-BN-ReLU-conv, then the addition, nothing after.
+    With `preactivate=False` (the network's first unit) there is no bn1: the stem's BN-ReLU
+    activates the input before it splits into the two paths."""
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str):
+    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str, preactivate: bool = True):
         super().__init__()
         out_planes = planes * self.expansion
         self.residual = residual
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.bn1 = nn.BatchNorm2d(in_planes) if preactivate else None
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, out_planes)
@@ -107,8 +117,7 @@ class PreActBasicBlock(nn.Module):
         self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride, norm=None) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn1(x)
-        out = self.relu(out)
+        out = pre_activation(self.bn1, x)
         identity = preact_shortcut(self.shortcut, x, activated=out)
 
         out = self.conv1(out)
@@ -122,7 +131,11 @@ class PreActBasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3, 1x1 expand (x4), BN after each, ReLU after the addition."""
+    """1x1 reduce, 3x3, 1x1 expand (x4), BN after each, ReLU after the addition.
+
+    A stage's first block strides on the 3x3 conv, as torchvision does ("ResNet v1.5"); P1's
+    Caffe models stride the first 1x1 conv instead, which skips three quarters of its input.
+    The parameter count is the same, the features and the compute are not."""
 
     expansion = 4
 
@@ -159,15 +172,16 @@ class Bottleneck(nn.Module):
 
 
 class PreActBottleneck(nn.Module):
-    """Pre-activation bottleneck of P2: (BN-ReLU-conv) x3, then the addition."""
+    """Pre-activation bottleneck of P2: (BN-ReLU-conv) x3, then the addition; strides on the 3x3
+    conv like `Bottleneck`. `preactivate=False` as in `PreActBasicBlock`."""
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str):
+    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str, preactivate: bool = True):
         super().__init__()
         out_planes = planes * self.expansion
         self.residual = residual
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.bn1 = nn.BatchNorm2d(in_planes) if preactivate else None
         self.conv1 = conv1x1(in_planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes, stride)
@@ -177,8 +191,7 @@ class PreActBottleneck(nn.Module):
         self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride, norm=None) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn1(x)
-        out = self.relu(out)
+        out = pre_activation(self.bn1, x)
         identity = preact_shortcut(self.shortcut, x, activated=out)
 
         out = self.conv1(out)
@@ -215,25 +228,22 @@ class ResNet(nn.Module):
         self.residual = residual
         self.shortcut_option = shortcut
 
+        # Pre-activation nets keep the stem's BN-ReLU too: it is the first unit's pre-activation,
+        # taken before the split so that both paths see it (P2 section 4.1, fb.resnet.torch).
         if imagenet_stem:
-            # P2's pre-activation ImageNet nets keep a conv-BN-ReLU stem before the max pool.
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False),
                 nn.BatchNorm2d(widths[0]),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             )
-        elif pre_activation:
-            # P2: the first unit's own BN-ReLU activates the stem conv.
-            self.stem = nn.Sequential(conv3x3(in_channels, widths[0]))
         else:
             self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
 
+        first_unit = {"preactivate": False} if pre_activation else {}
         self.stages = nn.Sequential(
-            *(
-                self._make_stage(block, width, blocks, stride=1 if i == 0 else 2)
-                for i, (width, blocks) in enumerate(zip(widths, blocks_per_stage))
-            )
+            self._make_stage(block, widths[0], blocks_per_stage[0], stride=1, **first_unit),
+            *(self._make_stage(block, width, blocks, stride=2) for width, blocks in zip(widths[1:], blocks_per_stage[1:])),
         )
         # P2: after the last pre-activation unit, one more BN-ReLU before pooling.
         self.final_activation = (
@@ -249,11 +259,11 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_stage(self, block: type[nn.Module], planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for i in range(blocks):
-            layers.append(block(self.in_planes, planes, stride if i == 0 else 1, self.residual, self.shortcut_option))
-            self.in_planes = planes * block.expansion
+    def _make_stage(self, block: type[nn.Module], planes: int, blocks: int, stride: int, **first_block_options) -> nn.Sequential:
+        layers = [block(self.in_planes, planes, stride, self.residual, self.shortcut_option, **first_block_options)]
+        self.in_planes = planes * block.expansion
+        for _ in range(1, blocks):
+            layers.append(block(self.in_planes, planes, 1, self.residual, self.shortcut_option))
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -302,28 +312,44 @@ def resolve_family(depth: int, family: str = "auto") -> str:
     raise ValueError(f"depth={depth} is not valid{family_text}; valid depths are {wanted[family]}.")
 
 
+VALID_SHORTCUTS = (
+    "auto (option A, or B for the bottleneck nets 50, 101, 152), zero_pad (option A; alias identity), "
+    "projection (option B) or full_projection (option C)"
+)
+
+
 def canonical_shortcut(shortcut: str) -> str:
-    """P1 calls option A 'identity shortcuts', so `identity` names `zero_pad`."""
+    """P1 calls option A 'identity shortcuts', so `identity` names `zero_pad`. `auto` depends on
+    the net, so only `resolve_shortcut` takes it."""
+    if shortcut == "auto":
+        raise ValueError("shortcut='auto' depends on the net; resolve it with resolve_shortcut(shortcut, depth, family).")
     shortcut = "zero_pad" if shortcut == "identity" else shortcut
     if shortcut not in SHORTCUTS:
-        raise ValueError(
-            f"shortcut={shortcut!r} is not valid; use zero_pad (option A; alias identity), "
-            "projection (option B) or full_projection (option C)."
-        )
+        raise ValueError(f"shortcut={shortcut!r} is not valid; use {VALID_SHORTCUTS}.")
     return shortcut
+
+
+def resolve_shortcut(shortcut: str, depth: int, family: str = "auto") -> str:
+    """The option this net uses. `auto` is P1's choice: option A for the CIFAR nets and
+    ResNet-18/34 (Table 3 reports 34 A), B for the bottleneck nets (section 3.3, 50/101/152)."""
+    if shortcut != "auto":
+        return canonical_shortcut(shortcut)
+    if resolve_family(depth, family) == "imagenet" and IMAGENET_LAYOUTS[depth][0] == "bottleneck":
+        return "projection"
+    return "zero_pad"
 
 
 def build_model(
     depth: int,
     residual: bool = True,
-    shortcut: str = "zero_pad",
+    shortcut: str = "auto",
     activation: str = "post",
     in_channels: int = 3,
     num_classes: int = 10,
     family: str = "auto",
 ) -> ResNet:
     """The plain (residual=False) or residual net of P1/P2 with this many weighted layers."""
-    shortcut = canonical_shortcut(shortcut)
+    shortcut = resolve_shortcut(shortcut, depth, family)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not valid; use post (P1) or pre (P2's full pre-activation).")
     pre = activation == "pre"
@@ -340,13 +366,17 @@ def build_model(
 SHORTCUT_LETTERS = {"zero_pad": "A", "projection": "B", "full_projection": "C"}
 
 
-def model_name(depth: int | None, residual: bool, shortcut: str = "zero_pad", activation: str = "post") -> str:
-    """The paper's names: plain-56, resnet-56; other shortcut options and pre-activation are
-    suffixed (resnet-56-B-pre). A plain net has no shortcut to name. Without a depth, the
-    variant's name: plain, resnet-B-pre."""
+def model_name(
+    depth: int | None, residual: bool, shortcut: str = "auto", activation: str = "post", family: str = "auto"
+) -> str:
+    """The paper's names: plain-56, resnet-56; options other than A and pre-activation are
+    suffixed (resnet-56-B-pre, and resnet-50-B under `auto`, so a name never hides the option).
+    A plain net has no shortcut to name. Without a depth, the variant's name: plain,
+    resnet-B-pre; `auto` then has no meaning and is refused."""
     name = ("resnet" if residual else "plain") + ("" if depth is None else f"-{depth}")
-    if residual and canonical_shortcut(shortcut) != "zero_pad":
-        name += f"-{SHORTCUT_LETTERS[canonical_shortcut(shortcut)]}"
+    if residual:
+        option = canonical_shortcut(shortcut) if depth is None else resolve_shortcut(shortcut, depth, family)
+        name += "" if option == "zero_pad" else f"-{SHORTCUT_LETTERS[option]}"
     if activation == "pre":
         name += "-pre"
     return name

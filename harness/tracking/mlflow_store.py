@@ -21,6 +21,7 @@ SWEEP_DIR_TAG = "harness.sweep_dir"
 ERROR_TAG = "harness.error"
 CHECKPOINT_TAG = "harness.checkpoint"
 FINGERPRINT_TAG = "harness.fingerprint"
+RECIPE_TAG = "harness.recipe"  # what the nets of one study share: a report groups runs by it
 SUPERSEDED_TAG = "harness.superseded_by"
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
 

@@ -1,0 +1,261 @@
+"""The paper's figures from DataFrames (`harness.tracking.runs`): each function takes runs of
+one recipe (and curves or probe tables) and returns a matplotlib figure, or None when the runs
+hold none of the nets it compares. No I/O: `harness.report` saves them.
+
+One grammar everywhere: one colour per depth; dashed = training error, bold = test (or
+validation) error, as in P1; seeds drawn as their mean with a band; y axes from 0; a subtitle
+that says the data set, the budget and the number of seeds.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in CI
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from harness.stats import base_variant, t_interval
+from harness.tracking.runs import describe_recipe
+
+DEPTH_COLOURS = {
+    20: "tab:blue", 32: "tab:orange", 44: "tab:green", 56: "tab:red", 110: "tab:purple", 1202: "tab:brown",
+    18: "tab:cyan", 34: "tab:olive", 50: "tab:pink", 101: "tab:gray", 152: "black",
+}  # fmt: skip
+OTHER_COLOURS = plt.get_cmap("tab20").colors
+VARIANT_MARKERS = {"plain": "o", "resnet": "s"}
+
+
+def depth_colour(depth: int) -> tuple | str:
+    """The same colour for a depth in every panel and every figure."""
+    return DEPTH_COLOURS.get(depth, OTHER_COLOURS[depth % len(OTHER_COLOURS)])
+
+
+def eval_name(runs: pd.DataFrame) -> str:
+    return "validation" if (runs["eval_split"] == "validation").any() else "test"
+
+
+def subtitle(runs: pd.DataFrame) -> str:
+    seeds = runs.groupby("model")["seed"].nunique()
+    counted = f"{seeds.min()} seed{'s' if seeds.min() > 1 else ''}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()} seeds"
+    return f"{describe_recipe(runs)}; {counted} per net"
+
+
+def titled(fig: plt.Figure, title: str, runs: pd.DataFrame) -> plt.Figure:
+    fig.suptitle(f"{title}\n{subtitle(runs)}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def draw_curves(ax: plt.Axes, runs: pd.DataFrame, curves: pd.DataFrame, metrics=("train_error", "eval_error")) -> None:
+    """Seeds of one net as their mean with a min-max band. Intermediate test points may use a
+    subset of the evaluation split (`schedule.eval_subset`); the last point, on all of it, is
+    drawn as a filled marker."""
+    for depth, group in runs.groupby("depth"):
+        colour = depth_colour(depth)
+        for metric in metrics:
+            points = curves[curves["run_id"].isin(group["run_id"]) & (curves["metric"] == metric)]
+            if points.empty:
+                continue
+            by_step = points.groupby("step")["value"].agg(["mean", "min", "max"])
+            bold = metric == "eval_error"
+            ax.plot(by_step.index, by_step["mean"], color=colour, linestyle="-" if bold else "--", linewidth=2.0 if bold else 1.0)
+            if bold:
+                ax.plot(by_step.index[-1:], by_step["mean"].iloc[-1:], "o", color=colour, markersize=5)
+            if group["seed"].nunique() > 1:
+                ax.fill_between(by_step.index, by_step["min"], by_step["max"], color=colour, alpha=0.15, linewidth=0)
+    if not curves.empty and curves["step"].max() >= 10_000:
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(4, 4))  # P1 counts iterations in 1e4
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("error (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+
+
+def legend(ax: plt.Axes, runs: pd.DataFrame, styles: bool = True) -> None:
+    """Depths (colours) and, once, the line styles."""
+    handles = [Line2D([], [], color=depth_colour(d), linewidth=2, label=m) for d, m in runs.groupby("depth")["model"].first().items()]
+    if styles:
+        handles += [Line2D([], [], color="grey", linestyle="--", linewidth=1, label="train (running)"),
+                    Line2D([], [], color="grey", linewidth=2, label=eval_name(runs)),
+                    Line2D([], [], color="grey", marker="o", linestyle="", label=f"whole {eval_name(runs)} set")]  # fmt: skip
+    if runs["seed"].nunique() > 1:
+        handles.append(plt.Rectangle((0, 0), 1, 1, color="grey", alpha=0.2, label="min–max over seeds"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+
+
+def figure_1(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
+    """P1 Fig. 1: the shallowest and the deepest plain CIFAR-style net, training error left,
+    test error right."""
+    plain = base_variant(runs[runs["family"] == "cifar"], residual=False)
+    if plain["depth"].nunique() < 2:
+        return None
+    pair = plain[plain["depth"].isin([plain["depth"].min(), plain["depth"].max()])]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for ax, metric, title in zip(axes, ("train_error", "eval_error"), ("training error (running)", f"{eval_name(runs)} error")):
+        draw_curves(ax, pair, curves, metrics=(metric,))
+        ax.set_title(title, fontsize=9)
+        legend(ax, pair, styles=False)
+    return titled(fig, "Plain nets, shallowest vs deepest (P1 Fig. 1)", runs)
+
+
+def curve_panels(panels: list[tuple[str, pd.DataFrame]], curves: pd.DataFrame, title: str, runs: pd.DataFrame) -> plt.Figure | None:
+    panels = [(name, nets) for name, nets in panels if not nets.empty]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (name, nets) in zip(axes[0], panels):
+        draw_curves(ax, nets, curves)
+        ax.set_title(name, fontsize=9)
+        legend(ax, nets)
+    return titled(fig, title, runs)
+
+
+def figure_6(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
+    """P1 Fig. 6: plain nets, residual nets, and the deepest pair of residual nets (CIFAR-style)."""
+    cifar = runs[runs["family"] == "cifar"]
+    plain, residual = base_variant(cifar, residual=False), base_variant(cifar, residual=True)
+    deepest = sorted(residual["depth"].unique())[-2:]
+    panels = [("plain", plain), ("residual", residual)]
+    if len(deepest) == 2 and residual["depth"].nunique() > 2:
+        panels.append((f"residual, deepest: {deepest[0]} vs {deepest[1]}", residual[residual["depth"].isin(deepest)]))
+    return curve_panels(panels, curves, "Training (dashed) and test (bold) error of the CIFAR-style nets (P1 Fig. 6)", runs)
+
+
+def figure_4(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
+    """P1 Fig. 4 analogue: plain-18/34 and ResNet-18/34 (ImageNet-style nets)."""
+    imagenet = runs[runs["family"] == "imagenet"]
+    panels = [("plain", base_variant(imagenet, residual=False)), ("ResNet", base_variant(imagenet, residual=True))]
+    return curve_panels(panels, curves, "Training (dashed) and test (bold) error of the ImageNet-style nets (P1 Fig. 4)", runs)
+
+
+def error_vs_depth(runs: pd.DataFrame, confidence: float = 0.95) -> plt.Figure | None:
+    """Final training error (of the final model) and final test error against depth, one line
+    per variant; with 2 or more seeds the mean and its t interval as error bars."""
+    if runs["depth"].nunique() < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    several = runs.groupby("model")["seed"].nunique().max() > 1
+    others = iter(OTHER_COLOURS[4:])
+    for variant, group in runs.groupby("variant"):
+        colour = {"plain": "tab:red", "resnet": "tab:blue"}.get(variant) or next(others)
+        for ax, metric in zip(axes, ("final_train_error", "eval_error")):
+            rows = [(depth, t_interval(values.dropna(), confidence)) for depth, values in group.groupby("depth")[metric]]
+            depths = [depth for depth, _ in rows]
+            means = [i.mean for _, i in rows]
+            half = [0 if i.n < 2 else i.high - i.mean for _, i in rows]
+            ax.errorbar(depths, means, yerr=half if several else None, color=colour, marker=VARIANT_MARKERS.get(variant, "^"),
+                        linewidth=2, capsize=4, label=variant)  # fmt: skip
+    for ax, title in zip(axes, ("final training error (final model, training images)", f"final {eval_name(runs)} error")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("depth (weighted layers)")
+        ax.set_xticks(sorted(runs["depth"].unique()))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("error (%)")
+    bars = f", bars: {confidence:.0%} t interval of the mean over seeds" if several else ""
+    return titled(fig, f"Error against depth{bars}", runs)
+
+
+def final_probes(runs: pd.DataFrame, analysis: pd.DataFrame, kind: str, last: bool = True) -> pd.DataFrame:
+    """Each net's first or last probe of one kind, the mean over seeds per layer index."""
+    steps = analysis.groupby("run_id")["step"].transform("max" if last else "min")
+    at = analysis[(analysis["step"] == steps) & (analysis["kind"] == kind)]
+    merged = at.merge(runs[["run_id", "depth", "variant", "model"]], on="run_id")
+    return merged.groupby(["depth", "variant", "model", "index"], as_index=False)["value"].mean()
+
+
+def figure_7(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure | None:
+    """P1 Fig. 7: std of each 3x3 layer's response (after BN, before ReLU/addition) by layer
+    index (top) and sorted in descending order (bottom), plain (dotted) vs residual (solid)."""
+    nets = pd.concat([base_variant(runs[runs["family"] == "cifar"], residual) for residual in (False, True)])
+    responses = final_probes(nets, analysis, "response")
+    if responses.empty:
+        return None
+    fig, (by_layer, by_size) = plt.subplots(2, 1, figsize=(8, 7))
+    for (depth, variant, model), net in responses.groupby(["depth", "variant", "model"]):
+        style = dict(color=depth_colour(depth), linestyle=":" if variant == "plain" else "-", linewidth=1.5, label=model)
+        by_layer.plot(net["index"], net["value"], **style)
+        by_size.plot(range(1, len(net) + 1), net["value"].sort_values(ascending=False), **style)
+    by_layer.set_xlabel("layer index (original)")
+    by_size.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (by_layer, by_size):
+        ax.set_ylabel("std")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    return titled(fig, "Std of 3x3 layer responses at the last probe, plain dotted, residual solid (P1 Fig. 7)", runs)
+
+
+def deepest_pair(runs: pd.DataFrame) -> int | None:
+    """The deepest CIFAR-style depth that has both a plain and a residual net."""
+    cifar = runs[runs["family"] == "cifar"]
+    both = set(cifar[cifar["residual"]]["depth"]) & set(cifar[~cifar["residual"]]["depth"])
+    return max(both) if both else None
+
+
+def probe_profiles(ax: plt.Axes, net: pd.DataFrame) -> None:
+    """One line per probe (first, middle, last), coloured by iteration."""
+    steps = sorted(net["step"].unique())
+    shown = sorted({steps[0], steps[len(steps) // 2], steps[-1]}) if steps else []
+    colours = plt.get_cmap("viridis")([i / max(1, len(shown) - 1) for i in range(len(shown))])
+    for step, colour in zip(shown, colours):
+        at_step = net[net["step"] == step].groupby("index")["value"].mean()
+        ax.plot(at_step.index, at_step.values, color=colour, linewidth=1.2, label=f"iteration {step}")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+
+
+def gradient_profile(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure | None:
+    """Top: the backward signal, RMS of the loss gradient at each unit's output, by unit index
+    from the input (P1 §4.1: do plain nets' signals vanish?). Bottom: each conv layer's relative
+    update size, weight-gradient norm over weight norm. Plain vs residual at the deepest
+    common depth, at the first, middle and last probe."""
+    depth = deepest_pair(runs)
+    if depth is None or not (analysis["kind"] == "output_grad").any():
+        return None
+    convs = analysis[analysis["layer"].str.contains("conv")]
+    grads = convs[convs["kind"] == "grad_norm"].set_index(["run_id", "step", "index"])["value"]
+    weights = convs[convs["kind"] == "weight_norm"].set_index(["run_id", "step", "index"])["value"]
+    relative = (grads / weights).dropna().reset_index()
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharey="row")
+    for column, residual in enumerate((False, True)):
+        nets = base_variant(runs[(runs["family"] == "cifar") & (runs["depth"] == depth)], residual)
+        signal = analysis[(analysis["kind"] == "output_grad") & analysis["run_id"].isin(nets["run_id"])]
+        probe_profiles(axes[0, column], signal)
+        axes[0, column].set_title(nets["model"].iloc[0] if not nets.empty else "", fontsize=9)
+        axes[0, column].set_xlabel("unit index (from the input)")
+        probe_profiles(axes[1, column], relative[relative["run_id"].isin(nets["run_id"])])
+        axes[1, column].set_xlabel("conv layer index (from the input)")
+    axes[0, 0].set_ylabel("RMS of dLoss/d(unit output)")
+    axes[1, 0].set_ylabel("||grad|| / ||weight||")
+    return titled(fig, "Backward signal per unit (top) and relative update size per conv layer (bottom) (P1 §4.1)", runs)
+
+
+def claims_vs_budget(table: pd.DataFrame, min_effect: float, confidence: float = 0.95) -> plt.Figure | None:
+    """Each claim's mean paired difference against the training budget (iterations), with its t
+    interval: how the gaps move as the budget grows. `table` has one row per (claim, budget):
+    key, iterations, mean, low, high, n (from `harness.report.budget_table`)."""
+    if table.empty or table["iterations"].nunique() < 2:
+        return None
+    keys = list(dict.fromkeys(table["key"]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        rows = table[table["key"] == key].sort_values("iterations")
+        half = (rows["high"] - rows["mean"]).fillna(0)
+        ax.errorbar(rows["iterations"], rows["mean"], yerr=half, marker="o", capsize=4, color="black")
+        ax.axhline(0, color="grey", linewidth=1)
+        unit = rows["unit"].iloc[0]
+        if unit == "points":
+            ax.axhline(min_effect, color="tab:green", linestyle=":", linewidth=1)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("iterations")
+        ax.set_xticks(sorted(rows["iterations"].unique()))
+        ax.set_ylabel(f"paired difference ({'points of error' if unit == 'points' else '% of plain'})")
+        ax.grid(alpha=0.3)
+    seeds = f"{table['n'].min()}–{table['n'].max()}" if table["n"].nunique() > 1 else f"{table['n'].iloc[0]}"
+    fig.suptitle(f"Each claim's gap against the budget: mean over {seeds} seeds, bars: {confidence:.0%} t interval; "
+                 "above 0 = as claimed, dotted: minimum effect", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig
