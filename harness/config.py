@@ -115,8 +115,10 @@ def _recipe_rules(trained: dict, unused: dict[str, str]) -> None:
     """Keys that no net of the recipe uses leave it."""
     if trained["optimizer"]["name"] != "sgd":
         unused["optimizer.momentum"] = f"optimizer={trained['optimizer']['name']} has no momentum parameter"
+        _drop(trained, ["optimizer.momentum"])
     if not trained["dataset"]["augment"]:
         unused["dataset.pad"] = "augmentation is off (dataset.augment=false)"
+        _drop(trained, ["dataset.pad"])
     schedule = trained["schedule"]
     if schedule["warmup_lr"] is None:
         for key in WARMUP_KEYS[1:]:
@@ -212,6 +214,20 @@ def check_values(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(message)
 
+    # `+key=value` adds keys that the schema does not have; Hydra accepts them, the harness not.
+    def unknown(node: DictConfig, schema: DictConfig, prefix: str = "") -> list[str]:
+        found = []
+        known = set(schema.keys())
+        for key in node.keys():
+            if key not in known:
+                found.append(f"{prefix}{key}")
+            elif isinstance(schema._get_node(key), DictConfig) and isinstance(node._get_node(key), DictConfig):
+                found += unknown(node._get_node(key), schema._get_node(key), f"{prefix}{key}.")
+        return found
+
+    extra = unknown(cfg, OmegaConf.structured(Config))
+    need(not extra, f"+{extra[0] if extra else ''}: Key '{extra[0] if extra else ''}' not in 'Config', the schema in "
+                    "harness/config.py (its keys are listed in README.md); remove it or fix its name.")  # fmt: skip
     try:
         resolve_family(cfg.depth, cfg.family)
     except ValueError as error:
@@ -269,3 +285,17 @@ def check_values(cfg: DictConfig) -> None:
     )
     need(0 < cfg.report.confidence < 1, f"report.confidence={cfg.report.confidence} must lie between 0 and 1 (0.95 for 95%).")
     need(cfg.report.min_effect >= 0, f"report.min_effect={cfg.report.min_effect} must be 0 or more points of error.")
+    training_images = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}[cfg.dataset.name]
+    held_out = cfg.dataset.validation_size
+    need(
+        held_out is None or 0 < held_out < training_images,
+        f"dataset.validation_size={held_out} must be null (evaluate on the test split) or a number of training "
+        f"images to hold out between 1 and {training_images - 1} ({cfg.dataset.name} has {training_images}).",
+    )
+    trainable = training_images - (held_out or 0)
+    need(
+        schedule.batch_size <= trainable,
+        f"schedule.batch_size={schedule.batch_size} is larger than the {trainable} training images of "
+        f"{cfg.dataset.name}" + (f" left after dataset.validation_size={held_out}" if held_out else "")
+        + f"; use at most {trainable}.",
+    )

@@ -3,9 +3,12 @@ one recipe (and curves or probe tables) and returns a matplotlib figure, or None
 hold none of the nets it compares. No I/O: `harness.report` saves them.
 
 One grammar everywhere: one colour per depth; dashed = training error, bold = test (or
-validation) error, as in P1; seeds drawn as their mean with a band; y axes from 0; a subtitle
-that says the data set, the budget and the number of seeds.
+validation) error, as in P1; where plain and residual nets share a panel, dotted = plain;
+seeds drawn as their mean with a band or interval; y axes from 0; a subtitle that says the data
+set, the budget and the number of seeds.
 """
+
+import textwrap
 
 import matplotlib
 
@@ -22,7 +25,6 @@ DEPTH_COLOURS = {
     18: "tab:cyan", 34: "tab:olive", 50: "tab:pink", 101: "tab:gray", 152: "black",
 }  # fmt: skip
 OTHER_COLOURS = plt.get_cmap("tab20").colors
-VARIANT_MARKERS = {"plain": "o", "resnet": "s"}
 
 
 def depth_colour(depth: int) -> tuple | str:
@@ -41,7 +43,8 @@ def subtitle(runs: pd.DataFrame) -> str:
 
 
 def titled(fig: plt.Figure, title: str, runs: pd.DataFrame) -> plt.Figure:
-    fig.suptitle(f"{title}\n{subtitle(runs)}", fontsize=10)
+    width = int(fig.get_figwidth() * 14)  # characters of the subtitle's font that fit across
+    fig.suptitle(f"{title}\n" + textwrap.fill(subtitle(runs), width), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -128,30 +131,40 @@ def figure_4(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
     return curve_panels(panels, curves, "Training (dashed) and test (bold) error of the ImageNet-style nets (P1 Fig. 4)", runs)
 
 
+def variant_style(variant: str) -> dict:
+    """Where plain and residual nets share a panel: dotted = plain, solid = residual (P1 Fig. 7),
+    dash-dot = any other variant; a marker shape per variant."""
+    if variant == "plain":
+        return {"linestyle": ":", "marker": "o"}
+    return {"linestyle": "-", "marker": "s"} if variant == "resnet" else {"linestyle": "-.", "marker": "^"}
+
+
 def error_vs_depth(runs: pd.DataFrame, confidence: float = 0.95) -> plt.Figure | None:
     """Final training error (of the final model) and final test error against depth, one line
-    per variant; with 2 or more seeds the mean and its t interval as error bars."""
+    per variant; each depth in its colour; with 2 or more seeds the mean and its t interval as
+    error bars."""
     if runs["depth"].nunique() < 2:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
     several = runs.groupby("model")["seed"].nunique().max() > 1
-    others = iter(OTHER_COLOURS[4:])
     for variant, group in runs.groupby("variant"):
-        colour = {"plain": "tab:red", "resnet": "tab:blue"}.get(variant) or next(others)
+        style = variant_style(variant)
         for ax, metric in zip(axes, ("final_train_error", "eval_error")):
             rows = [(depth, t_interval(values.dropna(), confidence)) for depth, values in group.groupby("depth")[metric]]
-            depths = [depth for depth, _ in rows]
-            means = [i.mean for _, i in rows]
-            half = [0 if i.n < 2 else i.high - i.mean for _, i in rows]
-            ax.errorbar(depths, means, yerr=half if several else None, color=colour, marker=VARIANT_MARKERS.get(variant, "^"),
-                        linewidth=2, capsize=4, label=variant)  # fmt: skip
+            ax.plot([d for d, _ in rows], [i.mean for _, i in rows], color="dimgrey", linewidth=1.5, linestyle=style["linestyle"])
+            for depth, interval in rows:
+                half = interval.high - interval.mean if several and interval.n > 1 else None
+                ax.errorbar([depth], [interval.mean], yerr=None if half is None else [[half], [half]], color=depth_colour(depth),
+                            marker=style["marker"], markersize=7, capsize=4, linestyle="")  # fmt: skip
+    handles = [Line2D([], [], color="dimgrey", label=variant, **variant_style(variant)) for variant in runs["variant"].unique()]
+    handles += [Line2D([], [], color=depth_colour(d), marker="o", linestyle="", label=f"depth {d}") for d in sorted(runs["depth"].unique())]
     for ax, title in zip(axes, ("final training error (final model, training images)", f"final {eval_name(runs)} error")):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("depth (weighted layers)")
         ax.set_xticks(sorted(runs["depth"].unique()))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    axes[0].legend(handles=handles, fontsize=7)
     axes[0].set_ylabel("error (%)")
     bars = f", bars: {confidence:.0%} t interval of the mean over seeds" if several else ""
     return titled(fig, f"Error against depth{bars}", runs)
@@ -174,7 +187,7 @@ def figure_7(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure | None:
         return None
     fig, (by_layer, by_size) = plt.subplots(2, 1, figsize=(8, 7))
     for (depth, variant, model), net in responses.groupby(["depth", "variant", "model"]):
-        style = dict(color=depth_colour(depth), linestyle=":" if variant == "plain" else "-", linewidth=1.5, label=model)
+        style = dict(color=depth_colour(depth), linestyle=variant_style(variant)["linestyle"], linewidth=1.5, label=model)
         by_layer.plot(net["index"], net["value"], **style)
         by_size.plot(range(1, len(net) + 1), net["value"].sort_values(ascending=False), **style)
     by_layer.set_xlabel("layer index (original)")
@@ -218,7 +231,8 @@ def gradient_profile(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure |
     convs = analysis[analysis["layer"].str.contains("conv")]
     grads = convs[convs["kind"] == "grad_norm"].set_index(["run_id", "step", "index"])["value"]
     weights = convs[convs["kind"] == "weight_norm"].set_index(["run_id", "step", "index"])["value"]
-    relative = (grads / weights).dropna().reset_index()
+    relative = (grads / weights).dropna().reset_index().sort_values(["run_id", "step", "index"])
+    relative["index"] = relative.groupby(["run_id", "step"]).cumcount() + 1  # numbered among the convs
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharey="row")
     for column, residual in enumerate((False, True)):
         nets = base_variant(runs[(runs["family"] == "cifar") & (runs["depth"] == depth)], residual)

@@ -1,8 +1,68 @@
 """What the harness knows about Hydra's launcher plugins: how many cores each job of a
 launcher may use, and the one adapter that hydra-ray-launcher needs with Ray 2."""
 
+import _thread
+import logging
+import os
+import threading
+import time
+
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
+
+from harness.lease import BOOT, HOST, process_start
+
+log = logging.getLogger(__name__)
+# The process of the sweep that started this job: HOST:BOOT:PID:START. Launchers that start jobs
+# on this machine (joblib's loky workers, submitit_local's processes) pass the environment on.
+SWEEP_PROCESS_ENV = "HARNESS_SWEEP_PROCESS"
+WATCH_SECONDS = 1.0  # how often a job looks for its sweep
+GRACE_SECONDS = 30.0  # for the job to mark its run KILLED before the process exits regardless
+_orphaned = threading.Event()
+# Called on a Ctrl-C that reaches the command (the sweep marks its parent run KILLED). Kept here,
+# not in harness.run, which runs as __main__ and is imported again by the sweep.
+INTERRUPT_HOOKS: list = []
+_watching = threading.Lock()
+_watcher: threading.Thread | None = None
+
+
+def mark_sweep_process() -> None:
+    """Called by the sweep: the jobs its launcher starts on this machine will watch this process."""
+    os.environ[SWEEP_PROCESS_ENV] = f"{HOST}:{BOOT}:{os.getpid()}:{process_start(os.getpid())}"
+
+
+def orphaned() -> bool:
+    return _orphaned.is_set()
+
+
+def watch_sweep() -> None:
+    """In a job that a sweep's launcher started on this machine, in another process: a daemon
+    thread that ends this process when the sweep's process is gone (killed, SIGKILL included),
+    so that no job trains on as an orphan. The job gets a KeyboardInterrupt first, to mark its
+    run KILLED; after GRACE_SECONDS the process exits regardless."""
+    global _watcher
+    value = os.environ.get(SWEEP_PROCESS_ENV, "")
+    host, boot, pid, start = (value.split(":") + ["", "", "", ""])[:4]
+    if not value or host != HOST or boot != BOOT or not pid.isdigit() or int(pid) == os.getpid():
+        return  # no sweep, one on another machine (Ray, SLURM), or this job runs in the sweep's process
+    with _watching:
+        if _watcher is not None:
+            return
+        _watcher = threading.Thread(target=_watch, args=(int(pid), start), name="sweep-watch", daemon=True)
+        _watcher.start()
+
+
+def _watch(pid: int, start: str) -> None:
+    while True:
+        time.sleep(WATCH_SECONDS)
+        now = process_start(pid)
+        if now is None or (start.isdigit() and now not in (0, int(start))):
+            break
+    log.error("the sweep's process %d is gone: this job stops", pid)
+    _orphaned.set()
+    _thread.interrupt_main()
+    time.sleep(GRACE_SECONDS)
+    os._exit(1)
 
 
 def cpus_per_job(launcher: DictConfig | None, cores: int) -> int:

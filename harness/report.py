@@ -5,9 +5,12 @@ signal's verdicts, a table of final errors and the paper's figures (`harness.fig
 sweep and logs the files to its parent run.
 """
 
+import base64
 import math
+import re
 from pathlib import Path
 
+import markdown
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -198,7 +201,25 @@ def write_report(runs: pd.DataFrame, curves: pd.DataFrame, analysis: pd.DataFram
         text += [f"- {r.model} seed {r.seed} (run {r.run_id}): {r.status}" for r in runs[runs["status"] != "FINISHED"].itertuples()]
         text += [f"- {line}" for line in [*missing, *notes]]
     (out_dir / "report.md").write_text("\n".join(text) + "\n")
-    return [*written, out_dir / "report.md"]
+    return [*written, out_dir / "report.md", write_html("\n".join(text), out_dir, title)]
+
+
+def write_html(text: str, out_dir: Path, title: str) -> Path:
+    """report.html: the markdown report as one self-contained page, figures embedded, so that
+    MLflow's artifact view (and any browser, from any folder) shows it whole."""
+    body = markdown.markdown(text, extensions=["tables"])
+
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode((out_dir / match.group(1)).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"/]+\.png)"', embed, body)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}")  # fmt: skip
+    page = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n<body>{body}</body></html>\n'
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
 
 
 def report_runs(client: MlflowClient, runs: pd.DataFrame, out_dir: Path, title: str, min_effect: float = 1.0,

@@ -6,6 +6,8 @@ reused from earlier sweeps), report on all of them and say which configurations 
 import functools
 import hashlib
 import logging
+import sys
+import time
 from pathlib import Path
 
 from hydra import compose
@@ -17,11 +19,15 @@ from omegaconf import DictConfig, read_write
 
 import pandas as pd
 
-from harness.config import ConfigError, check_values, fingerprint, unused_notes
+from harness.config import ConfigError, check_values, effective_config, fingerprint, unused_notes
+from harness.launchers import INTERRUPT_HOOKS, mark_sweep_process
+from harness.lease import heartbeat_of
+from harness.models import model_name
 from harness.report import report_sweep
-from harness.run import fail
+from harness.run import check_data_root, fail, git_commit
 from harness.tracking.mlflow_store import ROLE_TAG, SWEEP_DIR_TAG, StoreError, connect, find_run
 from harness.tracking.runs import write_members
+from harness.tracking.ui import closing_lines, describe_sweep, sweep_tags
 
 log = logging.getLogger(__name__)
 STUDY_TAG = "harness.study"  # the fingerprints of all jobs of a sweep, hashed
@@ -56,6 +62,7 @@ class SweepTracking(Callback):
         self.parent_run_id: str | None = None
         self.fingerprints: list[str] = []  # one per job; jobs that train the same net share one
         self.job_overrides: list[list[str]] = []
+        self.names: list[str] = []  # the net each job trains, as its run is named
 
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -65,10 +72,12 @@ class SweepTracking(Callback):
             try:
                 job = compose(config_name=kwargs.get("config_name") or "config", overrides=overrides)
                 check_values(job)
+                check_data_root(job)
             except ConfigError as error:
                 fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
             fingerprints.append(fingerprint(job))
             self.job_overrides.append(overrides)
+            self.names.append(model_name(job.depth, job.residual, effective_config(job)[0]["shortcut"], job.activation))
             notes.update(dict.fromkeys(unused_notes(job, overrides)))
         for note in notes:  # once for the sweep, not once per job
             print(note)
@@ -82,6 +91,8 @@ class SweepTracking(Callback):
         except StoreError as error:
             fail(str(error))
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        mark_sweep_process()  # the jobs that a local launcher starts end when this process ends
+        INTERRUPT_HOOKS.append(self.on_interrupt)
         # What jobs need from here travels in their overrides, to whatever process or node runs
         # them: the parent run's id, and the sweep folder as an absolute path.
         with read_write(config.hydra):
@@ -110,7 +121,7 @@ class SweepTracking(Callback):
             experiment_id,
             run_name=f"sweep {overrides}"[:250],
             tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir, STUDY_TAG: study, "harness.jobs": str(len(fingerprints)),
-                  "harness.overrides": overrides},  # fmt: skip
+                  "harness.overrides": overrides, **sweep_tags(git_commit(), len(fingerprints))},  # fmt: skip
         )
         log.info("Sweep of %d jobs: MLflow parent run %s", len(fingerprints), run.info.run_id)
         return run.info.run_id
@@ -122,6 +133,9 @@ class SweepTracking(Callback):
         if not members.empty:
             write_members(self.client, self.parent_run_id, members, folder)
         failed = members[members["status"] != "FINISHED"]
+        missing = self.missing()  # jobs that stopped before they could open a run (their data, say)
+        if missing:
+            failed = pd.concat([failed, pd.DataFrame(missing, columns=members.columns)], ignore_index=True)
         trained = int((members["role"] == "trained").sum())
         reused = len(members) - trained
         for key, value in {"harness.members": len(members), "harness.trained": trained, "harness.reused": reused}.items():
@@ -131,13 +145,56 @@ class SweepTracking(Callback):
             report = config.report
             written = report_sweep(self.client, self.parent_run_id, folder / "figures", report.min_effect, report.confidence)
         self.client.set_terminated(self.parent_run_id, "FAILED" if len(failed) else "FINISHED")
+        reports = [path.resolve() for path in written if path.name in ("report.html", "report.md")]
+        report_file = max(reports, key=lambda path: path.suffix == ".html", default=None)  # html where there is one
+        describe_sweep(self.client, self.parent_run_id, members, report_file)
         print(f"Sweep done: {len(members)} runs: {trained} trained, {reused} reused from earlier sweeps, "
               f"{len(failed)} not finished (MLflow parent run {self.parent_run_id}).")  # fmt: skip
         if written:
             print(f"Figures and report: {(folder / 'figures').resolve()}")
+        for line in closing_lines(config.tracking.uri, self.experiment_id, self.parent_run_id, report_file):
+            print(line)
         if len(failed):
             names = ", ".join(f"{row.name} (run {row.run_id}, {row.overrides})" for row in failed.itertuples())
             fail(f"{len(failed)} run(s) did not finish: {names}; their errors are in the MLflow tag harness.error.", code=1)
+
+    def missing(self) -> list[dict]:
+        """The jobs of this sweep whose net has no run at all: they failed before opening one."""
+        rows, seen = [], set()
+        for fp, overrides, name in zip(self.fingerprints, self.job_overrides, self.names):
+            if fp not in seen and find_run(self.client, self.experiment_id, fp) is None:
+                rows.append({"run_id": "none", "name": name, "seed": None, "status": "NOT STARTED", "role": "trained",
+                             "overrides": " ".join(overrides)})  # fmt: skip
+            seen.add(fp)
+        return rows
+
+    def on_interrupt(self) -> None:
+        """Ctrl-C: one line per run of this sweep that did not finish, the parent run KILLED."""
+        if self.client is None or self.parent_run_id is None:
+            print("Sweep stopped (Ctrl-C) before its parent run was opened.", file=sys.stderr)
+            return
+        try:
+            deadline = time.monotonic() + 15  # jobs in other processes mark their runs KILLED themselves
+            while True:
+                members = self.members()
+                ours = members[(members["role"] == "trained") & (members["status"] != "FINISHED")]
+                running = [self.client.get_run(run_id) for run_id in ours[ours["status"] == "RUNNING"]["run_id"]]
+                if not any(beat and beat.alive() for beat in map(heartbeat_of, running)) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            for row in ours.itertuples():
+                run = self.client.get_run(row.run_id)
+                beat = heartbeat_of(run)
+                alive = run.info.status == "RUNNING" and beat is not None and beat.alive()
+                if run.info.status == "RUNNING" and not alive:
+                    self.client.set_terminated(row.run_id, "KILLED")  # its process died before it could
+                state = "still RUNNING in another process" if alive else "KILLED"
+                print(f"stopped {row.name} (run {row.run_id}, {row.overrides}): {state}", file=sys.stderr)
+            self.client.set_terminated(self.parent_run_id, "KILLED")
+            print(f"Sweep stopped (Ctrl-C): MLflow parent run {self.parent_run_id} KILLED; the same command resumes "
+                  "its runs from their last checkpoints.", file=sys.stderr)  # fmt: skip
+        except BaseException as error:  # Ctrl-C again, or the store: one line
+            print(f"Sweep stopped (Ctrl-C); its runs could not all be marked: {type(error).__name__}: {error}", file=sys.stderr)
 
     def members(self) -> pd.DataFrame:
         """One row per distinct net of the sweep: the run that holds it now (trained by this sweep,

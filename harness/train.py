@@ -5,6 +5,7 @@ Iteration-based, as P1 counts its schedule: `schedule.iterations` SGD steps of
 iterations. The loop reports to a `Tracker` and knows nothing of MLflow.
 """
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from harness import analysis
 from harness.data import BatchSampler, Data, augment
 from harness.tracking import Tracker
 
+log = logging.getLogger(__name__)
+
 
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
@@ -26,6 +29,28 @@ class DivergedError(RuntimeError):
     def __init__(self, step: int, loss: float):
         super().__init__(f"training diverged at iteration {step}: loss {loss}")
         self.step = step
+
+
+class ProgressLog:
+    """The progress bar's stand-in where tqdm switches itself off (output to a file, a cluster
+    job): a log line at most every `every` seconds with the iteration, the rate, the running
+    training error and the time left."""
+
+    def __init__(self, name: str, start: int, total: int, batch_size: int, enabled: bool, every: float = 30.0):
+        self.name, self.start, self.total, self.batch_size, self.enabled, self.every = name, start, total, batch_size, enabled, every
+        self.started = self.last = time.monotonic()
+
+    def update(self, iteration: int, train_error: float) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.every:
+            return
+        self.last = now
+        rate = (iteration - self.start) / (now - self.started)
+        left = (self.total - iteration) / rate if rate > 0 else math.nan
+        error = "not yet measured" if math.isnan(train_error) else f"{100 * train_error:.2f}%"
+        eta = "?" if math.isnan(left) else f"{int(left // 60)}:{int(left % 60):02d}"
+        log.info("%s: iteration %d/%d, %.2f it/s (%.0f images/s), running training error %s, ETA %s min", self.name,
+                 iteration, self.total, rate, rate * self.batch_size, error, eta)  # fmt: skip
 
 
 @dataclass
@@ -132,6 +157,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     model.train()
     steps = range(start, schedule.iterations)
     progress = tqdm(steps, desc=tracker.name, unit="it", initial=start, total=schedule.iterations, disable=None, leave=False)
+    progress_log = ProgressLog(tracker.name, start, schedule.iterations, schedule.batch_size, enabled=progress.disable)
     for step in progress:
         lr = schedule.warmup_lr if warming_up and step < warmup_until else learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
         for group in optimizer.param_groups:
@@ -161,7 +187,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
             if not math.isfinite(train_loss):
                 raise DivergedError(iteration, train_loss)
             tracker.log_metrics({"train_loss": train_loss, "train_error": train_error, "lr": lr}, step=iteration)
-            progress.set_postfix(loss=f"{train_loss:.3f}", err=f"{train_error:.3f}", refresh=False)
+            progress.set_postfix(loss=f"{train_loss:.3f}", err=f"{100 * train_error:.2f}%", refresh=False)
             if warming_up and (train_error < schedule.warmup_until_error or iteration >= warmup_until):
                 warming_up = False
                 tracker.log_metrics({"warmup_ended_at": min(iteration, warmup_until)}, step=iteration)
@@ -180,6 +206,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         # Checkpoints fall on logging boundaries (the config checks it): the window is empty.
         if schedule.checkpoint_every and iteration % schedule.checkpoint_every == 0 and iteration < schedule.iterations:
             tracker.checkpoint(training_state(iteration, warming_up, model, optimizer, sampler))
+        progress_log.update(iteration, train_error)
 
     # The last point of the test curve is always measured on the whole evaluation split.
     eval_loss, eval_error = evaluate(model, data, data.eval_images, data.eval_labels)

@@ -20,6 +20,21 @@ torch.set_num_threads(1)
 TINY = ["schedule=smoke", "dataset.validation_size=500"]
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_state():
+    """Global torch state that a test (or the code it runs in process: `harness.run.run_job`
+    sets deterministic algorithms and the thread count) may change, as it was before the test:
+    the next test in the same worker must not inherit it."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    rng = torch.get_rng_state()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_num_threads(threads)
+    torch.set_rng_state(rng)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """One Fashion-MNIST copy for the whole session (unzipped from Debian's package)."""

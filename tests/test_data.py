@@ -1,5 +1,6 @@
 """Behaviour of harness.data: reading CIFAR-10/100 and Fashion-MNIST from their original files,
-the validation hold-out, normalisation, augmentation and the batch sampler.
+the validation hold-out, normalisation, resizing, augmentation and the batch sampler; and the
+seed's experiment config.
 
 CIFAR is faked with tiny folders in CIFAR's own python format; Fashion-MNIST is the real data
 from Debian's dataset-fashion-mnist package (skipped where that is not installed).
@@ -13,9 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision import transforms
+from torchvision.datasets import FashionMNIST
 
 import harness.data.sources as sources
-from harness.data import BatchSampler, DataError, augment, load_data
+from harness.config import check_values, compose_config
+from harness.data import NORMALIZATIONS, BatchSampler, DataError, augment, load_data
+from harness.models import build_model
+from harness.tracking import MemoryTracker
+from harness.train import train
 
 
 CPU = torch.device("cpu")
@@ -146,6 +153,58 @@ def test_normalise_centres_each_pixel_of_the_training_images(cifar10, validation
     assert data.normalise(data.eval_images).mean(dim=0).abs().max().item() > 0.1  # other images are not centred
 
 
+def test_normalise_subtracts_the_mean_only(cifar10):
+    """P1 subtracts the per-pixel mean and divides by nothing: pixels keep their [0, 1] scale."""
+    root, _ = cifar10
+    data = load_data("cifar10", root, download=False, validation_size=None, device=CPU)
+    assert not hasattr(data, "std")
+    for images in (data.train_images, data.eval_images):
+        torch.testing.assert_close(data.normalise(images), images.float() / 255 - data.mean, rtol=0, atol=1e-7)
+
+
+def test_normalize_none_gives_pixels_in_0_1(cifar10):
+    """normalize="none" is torchvision's ToTensor, the seed's pipeline: the uint8 pixels divided by 255."""
+    root, _ = cifar10
+    data = load_data("cifar10", root, download=False, validation_size=None, device=CPU, normalize="none")
+    for images in (data.train_images, data.eval_images):
+        assert torch.equal(data.normalise(images), images.float() / 255)
+
+
+def test_unknown_normalize_raises(cifar10):
+    """An unknown normalisation fails, listing the known ones."""
+    root, _ = cifar10
+    assert NORMALIZATIONS == ("per_pixel_mean", "none")
+    with pytest.raises(DataError, match="per_pixel_mean, none"):
+        load_data("cifar10", root, download=False, validation_size=None, device=CPU, normalize="std")
+
+
+def test_resize_keeps_the_training_images_centred(cifar10):
+    """Resizing is linear: normalised and resized, the training images still have mean ~0 per pixel."""
+    root, _ = cifar10
+    data = load_data("cifar10", root, download=False, validation_size=None, device=CPU, resize=48)
+    assert data.image_size == 48 and data.mean.shape == (3, 32, 32)  # the stored size
+    normalised = data.normalise(data.train_images)
+    assert normalised.shape == (40, 3, 48, 48)
+    assert normalised.mean(dim=0).abs().max().item() < 1e-5
+
+
+def test_every_batch_the_model_sees_is_resized(cifar10):
+    """Training (augmented), evaluation and probe batches all reach the model at dataset.resize;
+    without it, at the stored size."""
+    root, _ = cifar10
+    for resize, size in [(40, 40), (None, 32)]:
+        data = load_data("cifar10", root, download=False, validation_size=None, device=CPU, resize=resize)
+        assert data.image_size == size
+        cfg = compose_config("dataset=cifar10", "dataset.augment=true", "schedule=smoke", "schedule.iterations=10",
+                             "schedule.batch_size=16", "schedule.final_train_subset=16", "analysis=true")  # fmt: skip
+        model = build_model(20)
+        shapes = set()
+        model.register_forward_pre_hook(lambda _, inputs: shapes.add(tuple(inputs[0].shape)))
+        train(cfg, model, data, MemoryTracker(), CPU)
+        # 16-image training batches, the 8-image test split and probe batch, the final 16 training images
+        assert shapes == {(16, 3, size, size), (8, 3, size, size)}
+
+
 def test_truncated_cifar_batch_names_the_file(cifar10):
     """A batch whose rows are not 3072 bytes long fails with a DataError naming that file."""
     root, _ = cifar10
@@ -227,6 +286,23 @@ def test_fashion_mnist_pixels_and_labels_match_the_idx_files(fashion_mnist):
         labels = np.frombuffer(f.read(8 + 100)[8:], dtype=np.uint8)
     assert torch.equal(data.train_images[:2, 0], torch.from_numpy(first.copy()))
     assert data.eval_labels[:100].tolist() == labels.tolist()
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("size", [96, 20])
+def test_resize_matches_the_seeds_torchvision_pipeline(fashion_mnist, size):
+    """normalize="none" with resize=96 gives the seed's Resize(96) + ToTensor on PIL images, within
+    one grey level: PIL resamples 8-bit images in fixed point and rounds to uint8, so it may differ
+    from the exact float result by up to 1/255 (measured: at most 1/255, on average 0.17/255).
+    Downsampling (20) matches too, which needs antialias (without it: up to 89/255)."""
+    root, _ = fashion_mnist
+    data = load_data("fashion_mnist", root, download=False, validation_size=None, device=CPU, resize=size, normalize="none")
+    seed = FashionMNIST(root, train=False, transform=transforms.Compose([transforms.Resize(size), transforms.ToTensor()]))
+    expected = torch.stack([seed[i][0] for i in range(100)])
+    difference = (data.normalise(data.eval_images[:100]) - expected).abs()
+    assert difference.shape == (100, 1, size, size)
+    assert difference.max().item() <= 1 / 255 + 1e-6
+    assert difference.mean().item() < 0.25 / 255
 
 
 def copy_raw(source_root: Path, target_root: Path) -> Path:
@@ -353,3 +429,24 @@ def test_batch_sampler_refuses_batches_larger_than_the_data():
         BatchSampler(10, 11, generator(0))
     sampler = BatchSampler(10, 10, generator(0))
     assert sorted(sampler.next().tolist()) == list(range(10))
+
+
+# --- the seed's experiment ----------------------------------------------------------------------
+
+
+def test_seed_experiment_composes_to_the_seeds_recipe():
+    """+experiment=seed_resnet18_fmnist: ResNet-18 with option B, Fashion-MNIST at 96x96 in [0, 1],
+    unaugmented, Adam lr 1e-3, batch 256, 5 epochs of 234 iterations, the whole test set every epoch."""
+    cfg = compose_config("+experiment=seed_resnet18_fmnist")
+    check_values(cfg)
+    assert (cfg.depth, cfg.residual, cfg.shortcut, cfg.activation) == (18, True, "projection", "post")
+    assert cfg.dataset.name == "fashion_mnist" and cfg.dataset.resize == 96 and cfg.dataset.normalize == "none"
+    assert not cfg.dataset.augment and cfg.dataset.validation_size is None
+    assert cfg.optimizer.name == "adam" and cfg.optimizer.lr == 1e-3 and cfg.optimizer.weight_decay == 0
+    schedule = cfg.schedule
+    epoch = 60000 // 256
+    assert schedule.batch_size == 256 and schedule.iterations == 5 * epoch == 1170
+    assert list(schedule.lr_drops) == [] and schedule.warmup_lr is None
+    assert schedule.eval_every == epoch and schedule.eval_subset is None
+    assert schedule.checkpoint_every == epoch and epoch % schedule.log_every == 0
+    assert cfg.tracking.experiment == "seed_resnet18_fmnist"

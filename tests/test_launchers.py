@@ -14,10 +14,12 @@ from conftest import TINY, free_ports, harness_command
 from harness.launchers import cpus_per_job
 
 # Every metric of a TINY run, and the steps it must have: curves every 5 iterations,
-# evaluations and probes every 10.
+# evaluations (on the 500 held-out images: val_*, never test_*) and probes every 10, the final
+# model's training error once at the end. No warm-up in the smoke schedule: no warmup_ended_at.
 EXPECTED_STEPS = {
     "train_error": [5, 10, 15, 20], "train_loss": [5, 10, 15, 20], "lr": [5, 10, 15, 20],
-    "test_error": [10, 20], "test_loss": [10, 20], "response_std_mean": [10, 20], "grad_norm_min_over_max": [10, 20],
+    "val_error": [10, 20], "val_loss": [10, 20], "final_train_error": [20], "final_train_loss": [20],
+    "response_std_mean": [10, 20], "output_grad_first_over_last": [10, 20],
 }  # fmt: skip
 EIGHT_JOBS = ["-m", "depth=20", "residual=true,false", "seed=0,1,2,3", *TINY]
 
@@ -70,6 +72,7 @@ def test_threads_per_job_follow_the_launcher(launcher, cores, expected):
     assert cpus_per_job(OmegaConf.create(launcher), cores) == expected
 
 
+@pytest.mark.integration
 def test_joblib_runs_eight_jobs_four_at_a_time_into_sqlite(tmp_path, data_root):
     """The default store, written by 4 processes at once: no lost run or metric point, one
     parent, and each job with a quarter of the 4 cores it is told it has (torch alone would
@@ -79,12 +82,13 @@ def test_joblib_runs_eight_jobs_four_at_a_time_into_sqlite(tmp_path, data_root):
         f"dataset.root={data_root}", "tracking.figures=false", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "8 of 8 runs finished" in result.stdout
+    assert "Sweep done: 8 runs: 8 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
     children = check_sweep(MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"), 8)
     assert {run.data.tags["threads"] for run in children} == {"1"}
     assert most_at_once(children) >= 2
 
 
+@pytest.mark.integration
 def test_submitit_local_runs_jobs_as_slurm_would(tmp_path, store, data_root):
     """submitit_local goes through the same submission path as submitit_slurm: pickled jobs in
     fresh processes, their logs in the sweep folder."""
@@ -122,6 +126,7 @@ def ray_cluster(tmp_path_factory):
     subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
+@pytest.mark.integration
 def test_ray_runs_eight_jobs_into_the_postgres_server(tmp_path, data_root, ray_cluster, tracking_server):
     """8 jobs on a Ray cluster, tracked by the MLflow server on PostgreSQL, with the artifacts
     served by it; relative paths and the sweep folder mean the launch directory's."""
@@ -132,7 +137,7 @@ def test_ray_runs_eight_jobs_into_the_postgres_server(tmp_path, data_root, ray_c
         "dataset.root=data", f"tracking.uri={tracking_server}", "tracking.experiment=ray", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "8 of 8 runs finished" in result.stdout
+    assert "Sweep done: 8 runs: 8 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
     client = MlflowClient(tracking_server)
     children = check_sweep(client, 8, experiment="ray")
     assert most_at_once(children) >= 2

@@ -9,14 +9,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from harness.models import build_model, model_name
+from harness.models import build_model, model_name, resolve_shortcut
 from harness.models.resnet import (
     BasicBlock,
     Bottleneck,
     PreActBasicBlock,
+    PreActBottleneck,
     ZeroPadShortcut,
 )
 
@@ -62,18 +64,52 @@ def post_main_path(block: BasicBlock, x: torch.Tensor) -> torch.Tensor:
     return block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
 
 
+def pre_activated(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A pre-activation block's BN-ReLU; the network's first block has none (bn1 is None)."""
+    return x if block.bn1 is None else torch.relu(block.bn1(x))
+
+
 def pre_main_path(block: PreActBasicBlock, x: torch.Tensor) -> torch.Tensor:
     """P2's full pre-activation residual function: BN-ReLU-conv-BN-ReLU-conv."""
-    return block.conv2(torch.relu(block.bn2(block.conv1(torch.relu(block.bn1(x))))))
+    return block.conv2(torch.relu(block.bn2(block.conv1(pre_activated(block, x)))))
+
+
+def bottleneck_main_path(block: Bottleneck, x: torch.Tensor) -> torch.Tensor:
+    """P1's bottleneck F(x): 1x1-BN-ReLU, 3x3-BN-ReLU, 1x1-BN, without the final ReLU."""
+    out = torch.relu(block.bn1(block.conv1(x)))
+    out = torch.relu(block.bn2(block.conv2(out)))
+    return block.bn3(block.conv3(out))
+
+
+def preact_bottleneck_main_path(block: PreActBottleneck, x: torch.Tensor) -> torch.Tensor:
+    """P2's pre-activation bottleneck F(x): (BN-ReLU-conv) x3."""
+    out = block.conv1(pre_activated(block, x))
+    out = block.conv2(torch.relu(block.bn2(out)))
+    return block.conv3(torch.relu(block.bn3(out)))
+
+
+def unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# Each block class: its residual function F and what follows the addition (P1: ReLU; P2: nothing).
+MAIN_PATHS = {
+    BasicBlock: (post_main_path, torch.relu),
+    PreActBasicBlock: (pre_main_path, unchanged),
+    Bottleneck: (bottleneck_main_path, torch.relu),
+    PreActBottleneck: (preact_bottleneck_main_path, unchanged),
+}
 
 
 # --- parameter counts --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("shortcut", ["zero_pad", "auto"])
 @pytest.mark.parametrize("depth", sorted(CIFAR_PARAMS))
-def test_cifar_resnet_parameter_counts_match_paper(depth):
-    """ResNet-20 ... 1202 with option A have exactly the counts of P1 Table 6 (BN affine, biased fc)."""
-    model = build_model(depth, residual=True, shortcut="zero_pad", activation="post", in_channels=3, num_classes=10)
+def test_cifar_resnet_parameter_counts_match_paper(depth, shortcut):
+    """ResNet-20 ... 1202 with option A (auto's choice for them) have exactly the counts of P1
+    Table 6 (BN affine, biased fc)."""
+    model = build_model(depth, residual=True, shortcut=shortcut, activation="post", in_channels=3, num_classes=10)
     assert count_params(model) == CIFAR_PARAMS[depth]
 
 
@@ -96,6 +132,18 @@ def test_imagenet_parameter_counts_match_torchvision(depth, expected, reference)
     """ImageNet nets with option B (projection + BN where shapes change) count like torchvision's."""
     model = build_model(depth, residual=True, shortcut="projection", in_channels=3, num_classes=1000)
     assert count_params(model) == count_params(reference()) == expected
+
+
+@pytest.mark.parametrize(
+    "depth, expected, projections",
+    [(18, 11_515_688, 0), (34, 21_623_848, 0), (50, 25_557_032, 4)],
+)
+def test_imagenet_default_shortcut_is_p1s_choice(depth, expected, projections):
+    """The default (auto) is P1's: option A for ResNet-18/34 (torchvision's count minus the three
+    1x1 projections and their BNs, 173,824 parameters), option B for ResNet-50 (torchvision's count)."""
+    model = build_model(depth, in_channels=3, num_classes=1000)
+    assert count_params(model) == expected
+    assert len(projection_shortcuts(model)) == projections
 
 
 def test_depth_50_family_cifar_gives_a_cifar_net_and_auto_the_bottleneck_net():
@@ -205,11 +253,45 @@ def test_bottleneck_block_output_is_main_path_plus_shortcut():
     assert isinstance(block, Bottleneck) and block.conv2.stride == (2, 2)
     x = torch.randn(2, 256, 8, 8)
     with torch.no_grad():
-        main = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
-        main = block.bn3(block.conv3(torch.relu(main)))
         out = block(x)
         assert out.shape == (2, 512, 4, 4)
-        assert torch.allclose(out, torch.relu(main + block.shortcut(x)), atol=1e-5)
+        assert torch.allclose(out, torch.relu(bottleneck_main_path(block, x) + block.shortcut(x)), atol=1e-5)
+
+
+BLOCK_CASES = [
+    (BasicBlock, {}),
+    (PreActBasicBlock, {}),
+    (PreActBasicBlock, {"preactivate": False}),
+    (Bottleneck, {}),
+    (PreActBottleneck, {}),
+    (PreActBottleneck, {"preactivate": False}),
+]
+
+
+@pytest.mark.parametrize("stride", [1, 2], ids=["same-shape", "stage-change"])
+@pytest.mark.parametrize(
+    "block_class, options", BLOCK_CASES, ids=[c.__name__ + ("-first" if o else "") for c, o in BLOCK_CASES]
+)
+def test_every_block_class_differs_from_its_plain_twin_only_by_the_addition(block_class, options, stride):
+    """Each block class, residual and plain with the same weights (option A): the residual one
+    gives finish(F(x) + shortcut(x)), the plain one finish(F(x)), with the output shape of its stage."""
+    planes = 8
+    out_planes = planes * block_class.expansion
+    in_planes = out_planes if stride == 1 else out_planes // 2
+    torch.manual_seed(0)
+    residual = randomise_batchnorm(block_class(in_planes, planes, stride, residual=True, shortcut="zero_pad", **options))
+    torch.manual_seed(0)
+    plain = randomise_batchnorm(block_class(in_planes, planes, stride, residual=False, shortcut="zero_pad", **options))
+    assert count_params(residual) == count_params(plain)
+    main_path, finish = MAIN_PATHS[block_class]
+    x = torch.randn(2, in_planes, 8, 8)
+    shortcut = x if stride == 1 else ZeroPadShortcut(in_planes, out_planes, stride)(x)
+    with torch.no_grad():
+        main = main_path(plain, x)
+        assert residual(x).shape == plain(x).shape == (2, out_planes, 8 // stride, 8 // stride)
+        assert torch.allclose(residual(x), finish(main + shortcut), atol=1e-5)
+        assert torch.allclose(plain(x), finish(main), atol=1e-5)
+        assert not torch.allclose(residual(x), plain(x), atol=1e-3)
 
 
 # --- shortcut options A, B, C ------------------------------------------------------------------
@@ -289,13 +371,15 @@ def test_preact_identity_block_is_bn_relu_conv_twice_plus_x():
         assert (out < 0).any()  # nothing clips the sum
 
 
-def test_preact_projection_sees_the_activated_input():
+@pytest.mark.parametrize("block_class, in_planes", [(PreActBasicBlock, 16), (PreActBottleneck, 64)])
+def test_preact_projection_sees_the_activated_input(block_class, in_planes):
     """P2: a projection shortcut is pre-activated too, i.e. applied to relu(bn1(x))."""
-    model = randomise_batchnorm(build_model(20, activation="pre", shortcut="projection"))
-    block = model.stages[1][0]
-    x = torch.randn(2, 16, 8, 8)
+    torch.manual_seed(0)
+    block = randomise_batchnorm(block_class(in_planes, 32, 2, residual=True, shortcut="projection"))
+    main_path, _ = MAIN_PATHS[block_class]
+    x = torch.randn(2, in_planes, 8, 8)
     with torch.no_grad():
-        expected = pre_main_path(block, x) + block.shortcut(torch.relu(block.bn1(x)))
+        expected = main_path(block, x) + block.shortcut(torch.relu(block.bn1(x)))
         assert torch.allclose(block(x), expected, atol=1e-5)
 
 
@@ -318,16 +402,13 @@ def test_preact_plain_block_is_its_main_path():
         assert torch.allclose(block(x), pre_main_path(block, x), atol=1e-5)
 
 
-def test_preact_cifar_stem_has_no_batchnorm_and_model_ends_with_bn_relu():
-    """P2: the CIFAR stem is the bare conv (the first unit activates it); after the last unit one
-    more BN-ReLU comes before pooling. Post-activation nets have neither difference."""
+def test_preact_model_ends_with_bn_relu():
+    """P2: after the last unit one more BN-ReLU comes before pooling; not in post-activation nets."""
     pre = randomise_batchnorm(build_model(20, activation="pre"))
-    assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in pre.stem.modules())
     assert [type(m) for m in pre.final_activation] == [nn.BatchNorm2d, nn.ReLU]
     assert pre.final_activation[0].num_features == 64
 
     post = build_model(20, activation="post")
-    assert any(isinstance(m, nn.BatchNorm2d) for m in post.stem.modules())
     assert isinstance(post.final_activation, nn.Identity)
 
     captured = {}
@@ -347,6 +428,116 @@ def test_preact_cifar_stem_has_no_batchnorm_and_model_ends_with_bn_relu():
         h.remove()
 
 
+STEMS = {
+    20: [nn.Conv2d, nn.BatchNorm2d, nn.ReLU],
+    18: [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d],
+    50: [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d],
+}
+
+
+@pytest.mark.parametrize("residual", [True, False], ids=["resnet", "plain"])
+@pytest.mark.parametrize("depth", sorted(STEMS), ids=lambda d: f"depth{d}")
+def test_preact_first_unit_takes_the_stem_activation(depth, residual):
+    """P2 section 4.1: the first activation comes right after conv1, before the split. The stem
+    ends in BN-ReLU (then the max pool for ImageNet nets), the first unit has no bn1 of its own,
+    every other unit has one, and both paths of the first unit take the stem's output."""
+    model = randomise_batchnorm(build_model(depth, residual=residual, activation="pre"))
+    assert [type(m) for m in model.stem] == STEMS[depth]
+    first, *others = blocks(model)
+    assert first.bn1 is None
+    assert all(isinstance(b.bn1, nn.BatchNorm2d) for b in others)
+
+    main_path, _ = MAIN_PATHS[type(first)]
+    with torch.no_grad():
+        x = model.stem(torch.randn(2, 3, 32, 32))
+        assert isinstance(layers_in_execution_order(first, x)[0], nn.Conv2d)  # no BN before the first conv
+        shortcut = first.shortcut(x) if first.shortcut is not None else x
+        expected = main_path(first, x) + shortcut if residual else main_path(first, x)
+        assert torch.allclose(first(x), expected, atol=1e-5)
+
+
+class ReferencePreActUnit(nn.Module):
+    """One unit of preresnet.lua's CIFAR net, written from P2 and the fb.resnet.torch layout:
+    BN-ReLU inside the branch (none in the network's first unit, whose input the stem activated),
+    a projection on the pre-activated input, zero-padding or identity on the raw input."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, first: bool, projection: bool, residual: bool):
+        super().__init__()
+        self.stride = stride
+        self.extra = planes - in_planes
+        self.residual = residual
+        self.bn_in = None if first else nn.BatchNorm2d(in_planes)
+        self.proj = nn.Conv2d(in_planes, planes, 1, stride, bias=False) if residual and projection and self.extra else None
+        self.conv_a = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn_mid = nn.BatchNorm2d(planes)
+        self.conv_b = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x if self.bn_in is None else F.relu(self.bn_in(x))
+        if self.proj is not None:
+            s = self.proj(a)
+        else:
+            s = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra))
+        f = self.conv_b(F.relu(self.bn_mid(self.conv_a(a))))
+        return f + s if self.residual else f
+
+
+class ReferencePreActCifarNet(nn.Module):
+    """preresnet.lua's CIFAR net: conv-BN-ReLU, 3n units at 16/32/64 filters, BN-ReLU, pool, fc."""
+
+    def __init__(self, n: int, projection: bool, residual: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        units, in_planes = [], 16
+        for stage, planes in enumerate((16, 32, 64)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                units.append(ReferencePreActUnit(in_planes, planes, stride, not units, projection, residual))
+                in_planes = planes
+        self.units = nn.ModuleList(units)
+        self.bn_out = nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.conv(x)))
+        for unit in self.units:
+            x = unit(x)
+        x = F.relu(self.bn_out(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def layers_in_execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """The convs, BNs and linear layers of `model` in the order a forward pass runs them."""
+    order = []
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in model.modules() if isinstance(m, kinds)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return order
+
+
+@pytest.mark.parametrize(
+    "residual, shortcut", [(True, "zero_pad"), (True, "projection"), (False, "zero_pad")], ids=["A", "B", "plain"]
+)
+def test_preact_resnet20_matches_an_independent_preresnet_lua(residual, shortcut):
+    """Our pre-activation ResNet-20, its weights and BN statistics copied layer by layer (in
+    execution order) into a re-implementation of fb.resnet.torch's preresnet.lua, gives the same
+    logits: the stem's BN-ReLU feeds both paths of the first unit."""
+    torch.manual_seed(0)
+    ours = randomise_batchnorm(build_model(20, residual=residual, shortcut=shortcut, activation="pre"))
+    reference = ReferencePreActCifarNet(3, projection=shortcut == "projection", residual=residual).eval()
+    x = torch.randn(4, 3, 32, 32)
+    pairs = zip(layers_in_execution_order(ours, x), layers_in_execution_order(reference, x), strict=True)
+    for mine, theirs in pairs:
+        assert type(mine) is type(theirs)
+        theirs.load_state_dict(mine.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(reference(x), ours(x), atol=1e-5, rtol=1e-5)
+
+
 # --- errors and names --------------------------------------------------------------------------
 
 
@@ -361,8 +552,10 @@ def test_invalid_depth_names_valid_depths(depth):
 
 def test_invalid_shortcut_and_activation_raise():
     """Unknown shortcut and activation names fail, naming the valid choices."""
-    with pytest.raises(ValueError, match="shortcut='foo'.*zero_pad.*projection.*full_projection"):
+    with pytest.raises(ValueError, match="shortcut='foo'.*auto.*zero_pad.*identity.*projection.*full_projection"):
         build_model(20, shortcut="foo")
+    with pytest.raises(ValueError, match="shortcut='foo'.*auto.*zero_pad.*identity.*projection.*full_projection"):
+        resolve_shortcut("foo", 50)
     with pytest.raises(ValueError, match="activation='mid'.*post.*pre"):
         build_model(20, activation="mid")
 
@@ -376,11 +569,57 @@ def test_invalid_shortcut_and_activation_raise():
         ((56, True, "projection", "pre"), "resnet-56-B-pre"),
         ((20, True, "full_projection"), "resnet-20-C"),
         ((20, False, "projection", "pre"), "plain-20-pre"),
+        ((18, True), "resnet-18"),
+        ((50, True), "resnet-50-B"),
+        ((50, True, "auto", "pre"), "resnet-50-B-pre"),
+        ((50, True, "auto", "post", "cifar"), "resnet-50"),
+        ((50, True, "zero_pad"), "resnet-50"),
+        ((None, True, "projection", "pre"), "resnet-B-pre"),
+        ((None, True, "identity"), "resnet"),
+        ((None, False), "plain"),
+        ((None, False, "auto", "pre"), "plain-pre"),
     ],
 )
 def test_model_name(args, name):
-    """Names follow the papers: plain-56, resnet-56, with -B/-C and -pre suffixes."""
+    """Names follow the papers: plain-56, resnet-56, with -B/-C and -pre suffixes; `auto` is named
+    by the option it resolves to, so option B always shows."""
     assert model_name(*args) == name
+
+
+def test_model_name_refuses_auto_without_a_depth():
+    """A variant name (no depth) cannot resolve `auto` for a residual net."""
+    with pytest.raises(ValueError, match="auto"):
+        model_name(None, True, "auto")
+
+
+@pytest.mark.parametrize(
+    "shortcut, depth, family, expected",
+    [
+        ("auto", 20, "auto", "zero_pad"),
+        ("auto", 110, "auto", "zero_pad"),
+        ("auto", 18, "auto", "zero_pad"),
+        ("auto", 34, "auto", "zero_pad"),
+        ("auto", 50, "auto", "projection"),
+        ("auto", 101, "auto", "projection"),
+        ("auto", 152, "auto", "projection"),
+        ("auto", 50, "cifar", "zero_pad"),
+        ("auto", 152, "cifar", "zero_pad"),
+        ("identity", 50, "auto", "zero_pad"),
+        ("zero_pad", 50, "auto", "zero_pad"),
+        ("projection", 20, "auto", "projection"),
+        ("full_projection", 18, "auto", "full_projection"),
+    ],
+)
+def test_resolve_shortcut(shortcut, depth, family, expected):
+    """auto: option B for the bottleneck nets (50/101/152), A otherwise (P1); others as given."""
+    assert resolve_shortcut(shortcut, depth, family) == expected
+
+
+def test_build_model_resolves_auto():
+    """build_model's default shortcut is auto, stored resolved on the model."""
+    assert build_model(20).shortcut_option == "zero_pad"
+    assert build_model(50).shortcut_option == "projection"
+    assert build_model(50, family="cifar").shortcut_option == "zero_pad"
 
 
 @pytest.mark.parametrize("activation", ["post", "pre"])

@@ -37,6 +37,7 @@ def count(state: Path, query: str, *params) -> int:
         return cursor.fetchone()[0]
 
 
+@pytest.mark.integration
 def test_runs_metrics_params_and_artifacts_round_trip(tracking_server, tracking_server_state, tmp_path):
     client = MlflowClient(tracking_uri=tracking_server)
     experiment_id = client.create_experiment("server-round-trip")
@@ -64,6 +65,7 @@ def test_runs_metrics_params_and_artifacts_round_trip(tracking_server, tracking_
     assert count(state, "SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'loss'", run_id) == 250
 
 
+@pytest.mark.integration
 def test_start_is_idempotent_and_stop_stops_both(tracking_server, tracking_server_state):
     paths = server.Paths(tracking_server_state)
     pid, pg_port = server.server_pid(paths), server.pg_port(paths)
@@ -128,6 +130,7 @@ def test_postgres_is_looked_up_on_path_then_in_debians_folders(tmp_path, monkeyp
         server.postgres_programs()
 
 
+@pytest.mark.integration
 def test_unreachable_state_folder_is_explained_as_root(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("only root hands PostgreSQL to the postgres user")

@@ -8,6 +8,8 @@ documented analogue. The seed instead fed Fashion-MNIST at 96x96 in [0, 1] (`Res
 seeded generator per run: no per-image PIL work and no worker processes in the hot loop.
 """
 
+import hashlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,18 @@ class Data:
         return F.interpolate(images, size=(self.resize, self.resize), mode="bilinear", antialias=True)
 
 
+def data_lock(root: Path, name: str) -> FileLock:
+    """A lock beside the data, or, where the root is read-only (a shared copy that already holds
+    the data), one in the temporary folder keyed by the root's path."""
+    beside = root / f".{name}.lock"
+    try:
+        beside.touch(exist_ok=True)
+        return FileLock(beside)
+    except OSError:
+        key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+        return FileLock(Path(tempfile.gettempdir()) / f"harness-data-{name}-{key}.lock")
+
+
 def load_data(
     name: str,
     root: str | Path,
@@ -76,7 +90,7 @@ def load_data(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     # Parallel jobs sharing a root would otherwise unzip or download into the same files at once.
-    with FileLock(root / f".{name}.lock"):
+    with data_lock(root, name):
         train_x, train_y, test_x, test_y = SOURCES[name](root, download)
     eval_split = "test"
     if validation_size:

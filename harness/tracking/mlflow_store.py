@@ -4,6 +4,9 @@ Everything goes through `MlflowClient` with explicit run ids, never MLflow's glo
 run, because jobs of one sweep may live in other processes or on other machines.
 """
 
+import contextlib
+import errno
+import io
 import json
 import os
 import tempfile
@@ -12,9 +15,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from harness.tracking.ui import experiment_tags, mark_experiment
 
 ROLE_TAG = "harness.role"  # "sweep" on a sweep's parent run, "job" on every training run
 SWEEP_DIR_TAG = "harness.sweep_dir"
@@ -23,11 +30,24 @@ CHECKPOINT_TAG = "harness.checkpoint"
 FINGERPRINT_TAG = "harness.fingerprint"
 RECIPE_TAG = "harness.recipe"  # what the nets of one study share: a report groups runs by it
 SUPERSEDED_TAG = "harness.superseded_by"
+FAILURE_TAG = "harness.failure"  # "environment" (disk, store, data: resumable) or "run" (divergence, a bug)
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
 
 
 class StoreError(RuntimeError):
     """The tracking store cannot be reached or used."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file that cannot be read back."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        super().__init__(f"{path} cannot be read ({type(cause).__name__}: {str(cause)[:200]})")
+        self.path = path
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -51,18 +71,29 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the id of the named experiment, created if new. A SQLite store keeps its
     artifacts in an `artifacts` folder beside the database."""
     store_folder = sqlite_folder(uri)
-    if store_folder:
-        store_folder.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
     try:
+        lock = contextlib.nullcontext()
+        if store_folder:
+            store_folder.mkdir(parents=True, exist_ok=True)
+            # MLflow creates a fresh SQLite store's tables on first use, and two launches that
+            # start together would both create them ("table ... already exists"): one at a time.
+            lock = FileLock(store_folder / f"{Path(uri).name}.lock", timeout=120)
         if uri.startswith(("http://", "https://")):
             # MLflow's own client retries for minutes; a server that is not there should fail now.
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            return client, found.experiment_id
-        location = (store_folder / "artifacts").as_uri() if store_folder else None
-        return client, client.create_experiment(experiment, artifact_location=location)
+        with lock:
+            client = MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:  # created elsewhere, or by an older harness: the UI's tags if missing
+                return client, mark_experiment(client, found)
+            location = (store_folder / "artifacts").as_uri() if store_folder else None
+            try:
+                return client, client.create_experiment(experiment, artifact_location=location, tags=experiment_tags())
+            except MlflowException as error:  # a server's other client was first
+                found = client.get_experiment_by_name(experiment)
+                if error.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+                    raise
+                return client, mark_experiment(client, found)
     except Exception as error:
         raise StoreError(
             f"The MLflow tracking store at tracking.uri={uri} cannot be used ({type(error).__name__}: "
@@ -108,6 +139,9 @@ class MlflowRun:
         self.flush_seconds = None if checkpoint_dir else 10.0
         self.pending: list[Metric] = []
         self.last_flush = time.monotonic()
+        self.lease = None  # harness.lease.Lease: checked before every write of metrics
+        self.saved_state: dict | None = None  # the checkpoint as read_checkpoint found it
+        self.saved_iteration: int | None = None  # of the last checkpoint written or read
 
     @classmethod
     def start(
@@ -131,8 +165,14 @@ class MlflowRun:
     def reopen(self) -> None:
         """RUNNING again, to be resumed from the checkpoint: a stopped run's error is history."""
         self.client.update_run(self.run_id, status="RUNNING")
-        if ERROR_TAG in self.client.get_run(self.run_id).data.tags:
-            self.client.delete_tag(self.run_id, ERROR_TAG)
+        tags = self.client.get_run(self.run_id).data.tags
+        for tag in (ERROR_TAG, FAILURE_TAG):
+            if tag in tags:
+                self.client.delete_tag(self.run_id, tag)
+
+    def check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         timestamp = int(time.time() * 1000)
@@ -145,18 +185,57 @@ class MlflowRun:
         previous checkpoint whole), then send those metrics."""
         import torch
 
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        self.check_lease()
+        # Serialised in memory first: torch.save on a full disk fails deep in its zip writer
+        # ("unexpected pos") without saying why; a plain write says ENOSPC.
+        buffer = io.BytesIO()
+        torch.save({**state, "pending_metrics": [(m.key, m.value, m.timestamp, m.step) for m in self.pending]}, buffer)
         partial = self.checkpoint_path.with_suffix(".partial")
-        torch.save({**state, "pending_metrics": [(m.key, m.value, m.timestamp, m.step) for m in self.pending]}, partial)
-        os.replace(partial, self.checkpoint_path)
+        try:
+            self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, self.checkpoint_path)
+            self.saved_iteration = state.get("iteration")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            cause = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error)).lower()
+            kept = (f"the previous checkpoint {self.checkpoint_path} is intact" if self.checkpoint_path.exists()
+                    else "there is no earlier checkpoint")  # fmt: skip
+            raise CheckpointError(f"could not write the checkpoint {partial}: {cause}; the partial file was "
+                                  f"removed and {kept}") from error  # fmt: skip
         self.flush()
 
-    def restore(self) -> dict | None:
+    def read_checkpoint(self) -> dict | None:
+        """The last checkpoint's state (None if there is none); CorruptCheckpoint if it cannot be
+        read. Read once: `restore` takes it from here."""
         import torch
 
-        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+        if self.saved_state is None and self.has_checkpoint():
+            try:
+                state = torch.load(self.checkpoint_path, weights_only=False)
+                if not isinstance(state, dict) or not {"iteration", "pending_metrics"} <= state.keys():
+                    raise ValueError("not a checkpoint of this harness")
+            except Exception as error:
+                raise CorruptCheckpoint(self.checkpoint_path, error) from error
+            self.saved_state = state
+            self.saved_iteration = state["iteration"]
+        return self.saved_state
+
+    def set_checkpoint_aside(self) -> Path:
+        """Move an unreadable checkpoint out of the way (kept for inspection): last.pt.corrupt."""
+        aside = self.checkpoint_path.with_name(self.checkpoint_path.name + ".corrupt")
+        os.replace(self.checkpoint_path, aside)
+        return aside
+
+    def restore(self) -> dict | None:
+        state = self.read_checkpoint()
+        self.saved_state = None
+        if state is None:
             return None
-        state = torch.load(self.checkpoint_path, weights_only=False)
         # The store may hold some of these already (a kill during the flush); MLflow ignores
         # a metric logged twice with the same key, step, timestamp and value.
         self.pending = [Metric(*m) for m in state.pop("pending_metrics")]
@@ -167,6 +246,8 @@ class MlflowRun:
         return self.checkpoint_path is not None and self.checkpoint_path.exists()
 
     def flush(self) -> None:
+        if self.pending:
+            self.check_lease()
         for start in range(0, len(self.pending), 1000):  # MLflow takes at most 1000 metrics a batch
             self.client.log_batch(self.run_id, metrics=self.pending[start : start + 1000])
         self.pending = []
@@ -201,11 +282,19 @@ class MlflowRun:
             torch.save(state, path)
             self.log_file(path)
 
-    def finish(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
+    def finish(self, status: str = "FINISHED", error: BaseException | None = None, resumable: bool = False) -> None:
         """Flush what is pending and close the run; a failed run keeps its error as a tag. A
-        KILLED run keeps its checkpoint and sends nothing past it: it resumes from there."""
+        KILLED run keeps its checkpoint and sends nothing past it: it resumes from there. A run
+        whose lease another launch took is left to that launch (LeaseLost). A `resumable` failure
+        (disk, store, data) is kept like a KILLED run: it resumes from its checkpoint."""
         try:
-            if status == "KILLED" and self.has_checkpoint():
+            self.check_lease()
+        except BaseException:
+            if self.lease is not None:
+                self.lease.release()
+            raise
+        try:
+            if (status == "KILLED" or resumable) and self.has_checkpoint():
                 self.pending = []
             self.flush()
             if status == "FINISHED" and self.has_checkpoint():
@@ -213,4 +302,8 @@ class MlflowRun:
         finally:
             if error is not None:
                 self.set_tags({ERROR_TAG: f"{type(error).__name__}: {error}"})
-            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.from_string(status)))
+            try:
+                self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.from_string(status)))
+            finally:
+                if self.lease is not None:
+                    self.lease.release()

@@ -44,6 +44,19 @@ def _recipe_of(tags: dict, params: dict) -> str:
     return "old-" + hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def _warmup(params: dict) -> str:
+    """P1's warm-up rule as the run's params state it, in words."""
+    lr = params.get("schedule.warmup_lr")
+    if lr in (None, "None"):
+        return "none"
+    rule = f"lr {lr} until {100 * float(params['schedule.warmup_until_error']):.0f}% error"
+    if params.get("schedule.warmup_max_iterations") not in (None, "None"):
+        rule += f", at most {params['schedule.warmup_max_iterations']} iterations"
+    if params.get("schedule.warmup_min_depth", "0") != "0":
+        rule += f", depth ≥ {params['schedule.warmup_min_depth']}"
+    return rule
+
+
 def _row(run) -> dict:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     residual = tags["residual"] == "True"
@@ -51,7 +64,6 @@ def _row(run) -> dict:
     activation = tags["activation"]
     depth = int(tags["depth"])
     eval_split = "validation" if "val_error" in metrics else "test"
-    warmup = params.get("schedule.warmup_lr")
     return {
         "run_id": run.info.run_id,
         "name": run.info.run_name,
@@ -73,8 +85,7 @@ def _row(run) -> dict:
         "lr": float(params.get("optimizer.lr", "nan")),
         "augment": params.get("dataset.augment") == "True",
         "resize": params.get("dataset.resize", "None"),
-        "warmup": (f"lr {warmup} until {100 * float(params['schedule.warmup_until_error']):.0f}% error, depth ≥ "
-                   f"{params.get('schedule.warmup_min_depth', '0')}" if warmup not in (None, "None") else "none"),  # fmt: skip
+        "warmup": _warmup(params),
         "eval_split": eval_split,
         # search_runs holds each metric's last value: the final running training error, the final
         # model's training error, and the final error on the whole evaluation split.
@@ -116,11 +127,16 @@ def load_analysis(client: MlflowClient, runs: pd.DataFrame) -> tuple[pd.DataFram
     with tempfile.TemporaryDirectory() as folder:
         for run in runs.itertuples():
             try:
-                for artifact in client.list_artifacts(run.run_id, PROBE_FOLDER):
+                artifacts = client.list_artifacts(run.run_id, PROBE_FOLDER)
+                for artifact in artifacts:
                     table = pd.read_csv(client.download_artifacts(run.run_id, artifact.path, folder))
                     tables.append(table.assign(run_id=run.run_id, step=probe_step(artifact.path)))
-            except Exception as error:  # a deleted or unreadable artifact folder: said, not hidden
+            except Exception as error:  # an unreadable artifact store: said, not hidden
                 missing.append(f"{run.model} seed {run.seed} (run {run.run_id}): probe tables unreadable ({type(error).__name__})")
+                continue
+            if not artifacts and not pd.isna(run.response_std_mean):  # it probed, but the tables are gone
+                missing.append(f"{run.model} seed {run.seed} (run {run.run_id}): probe tables missing; left out of "
+                               "the Fig. 7 and backward-signal figures and verdicts")  # fmt: skip
     columns = ["run_id", "step", "kind", "index", "layer", "value"]
     return (pd.concat(tables)[columns] if tables else pd.DataFrame(columns=columns)), missing
 

@@ -1,0 +1,116 @@
+"""What a config trains (`effective_config`, `fingerprint`), what a study holds fixed
+(`recipe`), the notes for keys that have no effect, and the value checks of the newer keys."""
+
+import pytest
+
+from harness.config import ConfigError, check_values, compose_config, effective_config, fingerprint, recipe, unused_notes
+
+
+def fp(*overrides: str) -> str:
+    return fingerprint(compose_config(*overrides))
+
+
+def rc(*overrides: str) -> str:
+    return recipe(compose_config(*overrides))
+
+
+SHORTCUTS = ("zero_pad", "projection", "full_projection")
+
+
+def test_a_plain_nets_shortcut_does_not_change_what_it_trains():
+    assert len({fp("residual=false", f"shortcut={s}") for s in SHORTCUTS}) == 1
+    assert fp("residual=false", "shortcut=projection") == fp("residual=false")  # auto
+    assert len({fp("residual=true", f"shortcut={s}") for s in SHORTCUTS}) == 3
+    trained, unused = effective_config(compose_config("residual=false", "shortcut=projection"))
+    assert trained["shortcut"] == "none" and "shortcut" in unused
+
+
+@pytest.mark.parametrize(
+    "unused, used, key",
+    [
+        (["optimizer=adam"], ["optimizer=sgd"], ["optimizer.momentum=0.5", "optimizer.momentum=0.95"]),
+        (["dataset.augment=false"], ["dataset.augment=true"], ["dataset.pad=2", "dataset.pad=4"]),
+        (["schedule.warmup_lr=null"], ["schedule.warmup_lr=0.01"], ["schedule.warmup_until_error=0.5", "schedule.warmup_until_error=0.8"]),
+        (["schedule.warmup_lr=null"], ["schedule.warmup_lr=0.01"], ["schedule.warmup_max_iterations=10", "schedule.warmup_max_iterations=50"]),
+        (["schedule.warmup_lr=null"], ["schedule.warmup_lr=0.01"], ["schedule.warmup_min_depth=0", "schedule.warmup_min_depth=20"]),
+        # A net below schedule.warmup_min_depth does not warm up: its warm-up lr is unused.
+        (["schedule.warmup_min_depth=56"], ["schedule.warmup_min_depth=20"], ["schedule.warmup_lr=0.01", "schedule.warmup_lr=0.02"]),
+    ],
+    ids=["adam-momentum", "pad-without-augment", "until-error", "max-iterations", "min-depth", "below-min-depth"],
+)
+def test_keys_that_have_no_effect_leave_the_fingerprint(unused, used, key):
+    assert fp(*unused, key[0]) == fp(*unused, key[1])
+    assert fp(*used, key[0]) != fp(*used, key[1])  # where the key is used, it counts
+
+
+def test_family_auto_and_its_resolved_family_are_one_net():
+    assert fp("depth=20", "family=auto") == fp("depth=20", "family=cifar")
+    assert fp("depth=50", "family=auto") == fp("depth=50", "family=imagenet")
+    assert fp("depth=50", "family=auto") != fp("depth=50", "family=cifar")  # depth 50 is 6n+2 too
+
+
+def test_where_and_how_a_run_is_tracked_leaves_the_fingerprint():
+    assert fp() == fp("tracking.uri=sqlite:////tmp/elsewhere.db", "threads=3", "device=cpu", "dataset.root=/data",
+                      "report.confidence=0.9", "tracking.figures=false")  # fmt: skip
+
+
+@pytest.mark.parametrize("override", ["schedule.iterations=500", "seed=1", "depth=56", "residual=false", "activation=pre", "optimizer.lr=0.05"])
+def test_what_is_trained_changes_the_fingerprint(override):
+    assert fp(override) != fp()
+
+
+@pytest.mark.parametrize(
+    "override", ["depth=56", "residual=false", "shortcut=projection", "activation=pre", "seed=2", "family=cifar", "threads=1"]
+)
+def test_the_nets_of_one_study_share_its_recipe(override):
+    assert rc(override) == rc()
+
+
+@pytest.mark.parametrize("override", ["schedule.iterations=500", "dataset=cifar10", "optimizer=adam", "schedule.batch_size=32"])
+def test_a_different_budget_or_data_set_is_a_different_recipe(override):
+    assert rc(override) != rc()
+
+
+def test_the_warmup_rule_is_part_of_the_recipe_even_for_nets_it_skips():
+    assert rc("+experiment=paper_cifar10", "depth=20") == rc("+experiment=paper_cifar10", "depth=110")
+    every_depth = ("+experiment=paper_cifar10", "schedule.warmup_min_depth=0")
+    assert rc(*every_depth, "depth=20") == rc(*every_depth, "depth=110")
+    assert rc(*every_depth, "depth=20") != rc("+experiment=paper_cifar10", "depth=20")  # another warm-up rule
+    assert rc("+experiment=paper_cifar10") != rc("+experiment=paper_cifar10", "schedule.warmup_lr=null")
+
+
+def test_notes_name_what_the_user_set_and_this_net_does_not_use():
+    overrides = ["residual=false", "shortcut=projection"]
+    notes = unused_notes(compose_config(*overrides), overrides)
+    assert len(notes) == 1
+    assert "shortcut=projection" in notes[0] and "plain net" in notes[0]
+    assert unused_notes(compose_config("residual=false"), ["residual=false"]) == []  # the user said nothing of shortcuts
+    assert unused_notes(compose_config("residual=true", "shortcut=projection"), ["shortcut=projection"]) == []
+    adam = ["optimizer=adam", "optimizer.momentum=0.5"]
+    (note,) = unused_notes(compose_config(*adam), adam)
+    assert "optimizer.momentum" in note and "adam" in note
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset.resize=3", "dataset.resize=3"),
+        ("dataset.normalize=foo", "dataset.normalize=foo"),
+        ("schedule.warmup_max_iterations=0", "schedule.warmup_max_iterations=0"),
+        ("schedule.final_train_subset=0", "schedule.final_train_subset=0"),
+        ("report.confidence=1.5", "report.confidence=1.5"),
+        ("report.min_effect=-1", "report.min_effect=-1"),
+    ],
+)
+def test_value_checks_of_the_newer_keys(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_values(compose_config(override))
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["dataset.resize=96", "dataset.normalize=none", "schedule.warmup_max_iterations=10", "schedule.final_train_subset=100",
+     "report.confidence=0.9", "dataset.resize=null"],
+)  # fmt: skip
+def test_valid_values_of_the_newer_keys_pass(override):
+    check_values(compose_config(override))

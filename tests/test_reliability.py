@@ -1,0 +1,486 @@
+"""One writer per run, sweeps that die whole, no progress lost to an I/O fault, every bad input
+one line (issue 13). The unit tests run in process; the integration tests launch the command as
+a user would, on a tiny budget (depth 8, one thread)."""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import harness_command
+from harness import lease
+from harness.config import ConfigError, check_values, compose_config
+from harness.data import data_lock, load_data
+from harness.lease import HEARTBEAT_TAG, Heartbeat, Lease, LeaseLost, claim
+from harness.run import check_overrides
+from harness.tracking.mlflow_store import CheckpointError, CorruptCheckpoint, MlflowRun
+
+# 100 iterations of ResNet-8 with a checkpoint every 10: long enough to be caught mid-run.
+RUN = ["harness.run", "schedule=smoke", "depth=8", "threads=1", "dataset.validation_size=500", "analysis=false",
+       "schedule.iterations=100", "schedule.checkpoint_every=10", "schedule.eval_every=50", "tracking.log_model=false",
+       "tracking.figures=false"]  # fmt: skip
+STEPS = list(range(5, 101, 5))  # every train_error step of RUN, once each
+FAST_LEASE = {"HARNESS_HEARTBEAT_SECONDS": "1"}  # stale after 3 s instead of 90 s
+
+
+# ---------------------------------------------------------------- unit tests
+
+
+def test_a_heartbeat_is_alive_while_fresh_and_its_local_owner_lives():
+    mine = Heartbeat.now(1)
+    assert mine.alive() and not mine.owner_gone()
+    old = Heartbeat.now(1)
+    old.time -= 3 * old.interval + 1
+    assert not old.alive()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = Heartbeat(time.time(), f"{lease.HOST}:{dead.pid}:abc", 1, 30.0, lease.BOOT, 1)
+    assert gone.owner_gone() and not gone.alive()  # a killed local owner frees the run at once
+    elsewhere = Heartbeat(time.time(), f"other-node:{dead.pid}:abc", 1, 30.0, "other-boot", 1)
+    assert elsewhere.alive()  # another machine's process: only its heartbeat's age tells
+    assert Heartbeat.parse(mine.encode()) == mine and Heartbeat.parse("garbage") is None
+
+
+def test_a_claim_is_won_by_exactly_one_of_simultaneous_claimers(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # the store's tables, created once
+    barrier, results = threading.Barrier(6), []
+
+    def contender():
+        client = MlflowClient(uri)
+        barrier.wait()
+        results.append(claim(client, "abc after none"))
+
+    threads = [threading.Thread(target=contender) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 5 + [True]
+    assert not claim(MlflowClient(uri), "abc after none")  # spent
+    assert claim(MlflowClient(uri), "abc after run1")  # another state, another claim
+    # A claim whose claimer died before its effect is passed over once it is older than the threshold.
+    monkeypatch.setattr(lease, "INTERVAL", 0.0)
+    assert claim(MlflowClient(uri), "abc after none")
+
+
+def test_a_lost_lease_stops_every_write(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("x")
+    run = MlflowRun.start(client, experiment, "resnet-8", {}, checkpoint_dir=tmp_path / "ckpt")
+    run.lease = Lease.take(client, run.run_id, 1)
+    run.log_metrics({"train_error": 0.5}, step=5)
+    run.flush()
+    other = Heartbeat(time.time(), "other-node:1:xyz", 2, 30.0)
+    client.set_tag(run.run_id, HEARTBEAT_TAG, other.encode())  # another launch took the run over
+    run.lease.beat()  # the renewing thread's next beat reads the store
+    assert run.lease.lost.is_set()
+    run.log_metrics({"train_error": 0.4}, step=10)
+    with pytest.raises(LeaseLost):
+        run.checkpoint({"iteration": 10})
+    with pytest.raises(LeaseLost):
+        run.finish("FINISHED")
+    assert [m.step for m in client.get_metric_history(run.run_id, "train_error")] == [5]
+    assert client.get_run(run.run_id).info.status == "RUNNING"  # left to its new owner
+    assert not (tmp_path / "ckpt" / run.run_id / "last.pt").exists()
+
+
+def test_a_lease_whose_renewal_stalled_expires_before_anyone_may_take_it(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    held = Lease.take(client, run_id, 1)
+    held.check()
+    held.written -= 2 * held.heartbeat.interval + 1  # as if the process had been suspended for 2 intervals
+    assert held.heartbeat.alive()  # others still count it as live: nobody takes it yet...
+    with pytest.raises(LeaseLost, match="expired"):
+        held.check()  # ...but it no longer writes
+    held.beat()
+    assert held.lost.is_set() and Heartbeat.parse(client.get_run(run_id).data.tags[HEARTBEAT_TAG]).time == held.heartbeat.time
+
+
+class NoStore:
+    def log_batch(self, *args, **kwargs):
+        raise AssertionError("nothing is pending here")
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_why(tmp_path, monkeypatch):
+    run = MlflowRun(NoStore(), "run1", "resnet-8", tmp_path)
+    run.checkpoint({"iteration": 10, "weights": torch.ones(3)})
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(CheckpointError) as failed:
+        run.checkpoint({"iteration": 20, "weights": torch.zeros(3)})
+    message = str(failed.value)
+    assert "no space left on device" in message and str(tmp_path / "run1" / "last.partial") in message
+    assert "previous checkpoint" in message and "intact" in message
+    assert sorted(p.name for p in (tmp_path / "run1").iterdir()) == ["last.pt"]
+    monkeypatch.undo()
+    state = MlflowRun(NoStore(), "run1", "resnet-8", tmp_path).read_checkpoint()
+    assert state["iteration"] == 10 and torch.equal(state["weights"], torch.ones(3))
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, None])
+def test_a_corrupt_checkpoint_is_named_and_set_aside(tmp_path, content):
+    run = MlflowRun(NoStore(), "run1", "resnet-8", tmp_path)
+    run.checkpoint({"iteration": 10})
+    path = tmp_path / "run1" / "last.pt"
+    path.write_bytes(content if content is not None else path.read_bytes()[:100])  # None: truncated
+    with pytest.raises(CorruptCheckpoint) as corrupt:
+        MlflowRun(NoStore(), "run1", "resnet-8", tmp_path).read_checkpoint()
+    assert str(path) in str(corrupt.value)
+    assert run.set_checkpoint_aside() == path.with_name("last.pt.corrupt") and not path.exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+foo=1", "Key 'foo' not in 'Config'"),
+        ("+dataset.bar=2", "Key 'dataset.bar' not in 'Config'"),
+        ("schedule.batch_size=100000", "schedule.batch_size=100000 is larger than the 60000 training images"),
+        ("dataset.validation_size=0", "dataset.validation_size=0 must be null"),
+        ("dataset.validation_size=60000", "dataset.validation_size=60000 must be null"),
+    ],
+)
+def test_values_outside_the_schema_or_the_data_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_values(compose_config(override))
+
+
+def test_a_batch_may_take_every_training_image_left():
+    check_values(compose_config("schedule.batch_size=59500", "dataset.validation_size=500"))
+    with pytest.raises(ConfigError, match="59501 is larger than the 59500 training images"):
+        check_values(compose_config("schedule.batch_size=59501", "dataset.validation_size=500"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["depth=abc"], "'abc' is not a valid integer; use 6n+2"),
+        (["-m", "depth=20,abc"], "'abc' is not a valid integer; use 6n+2"),
+        (["residual=maybe"], "'maybe' is not a valid bool; use true (ResNet) or false"),
+        (["schedule.iterations=1.5"], "'1.5' is not a valid integer"),
+        (["+foo=1"], "Key 'foo' not in 'Config'"),
+        (["-m", "+experiment=degradation", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=cifar10",
+          "dataset.validation_size=null", "optimizer.lr=1e-3", "depth=range(20,60,6)"], None),  # fmt: skip
+    ],
+)
+def test_overrides_of_the_wrong_type_name_the_valid_values(args, message):
+    if message is None:
+        check_overrides(args)
+    else:
+        with pytest.raises(ConfigError) as refused:
+            check_overrides(args)
+        assert message in str(refused.value)
+
+
+def test_the_data_lock_moves_to_the_temporary_folder_for_a_read_only_root(tmp_path, monkeypatch):
+    assert data_lock(tmp_path, "fashion_mnist").lock_file == str(tmp_path / ".fashion_mnist.lock")
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "touch", read_only)
+    lock = data_lock(tmp_path, "fashion_mnist")
+    assert not lock.lock_file.startswith(str(tmp_path)) and "harness-data-fashion_mnist-" in lock.lock_file
+    with lock:
+        pass
+
+
+# ---------------------------------------------------------------- integration tests
+
+
+def launch(args: list[str], cwd: Path, name: str, env: dict | None = None) -> subprocess.Popen:
+    """Start `python -m ARGS` in `cwd`, its output in files (read with output())."""
+    out, err = (open(cwd / f"{name}.{kind}", "w") for kind in ("out", "err"))
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    job = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=full_env, stdout=out, stderr=err, start_new_session=True)
+    job.name = name
+    LAUNCHED.append(job)
+    return job
+
+
+LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def reap_launched():
+    """A failed test leaves none of its launches running."""
+    yield
+    while LAUNCHED:
+        job = LAUNCHED.pop()
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
+
+def output(job: subprocess.Popen, cwd: Path) -> tuple[str, str]:
+    return (cwd / f"{job.name}.out").read_text(), (cwd / f"{job.name}.err").read_text()
+
+
+def wait_for(condition, job: subprocess.Popen | None = None, timeout: float = 1200, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert job is None or job.poll() is None, f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def job_runs(client: MlflowClient):
+    experiment = client.get_experiment_by_name("degradation")
+    return client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'job'") if experiment else []
+
+
+def steps(client: MlflowClient, run_id: str, key: str = "train_error") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    return list(folder.glob("*/last.pt"))
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow store, created once: creating one (MLflow's migrations) takes minutes on
+    a busy machine."""
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, store_template) -> str:
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(store_template, tmp_path / "mlruns" / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+@pytest.fixture
+def filled_data_root(data_root) -> Path:
+    load_data("fashion_mnist", data_root, False, 500, torch.device("cpu"))  # unzips the data once
+    return data_root
+
+
+@pytest.mark.integration
+def test_two_launches_at_the_same_instant_on_a_fresh_store_train_one_run_once(tmp_path, filled_data_root):
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"  # not there yet: both launches create it
+    args = [*RUN, f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
+    jobs = [launch(args, tmp_path, f"launch{i}", FAST_LEASE) for i in range(2)]
+    for job in jobs:
+        job.wait(timeout=1800)
+    outputs = [output(job, tmp_path) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert not any("Traceback" in err or "already exists" in err for _, err in outputs)
+    (run,) = job_runs(MlflowClient(store))
+    assert run.info.status == "FINISHED"
+    assert steps(MlflowClient(store), run.info.run_id) == STEPS
+    assert sum(f"running elsewhere: resnet-8 (MLflow run {run.info.run_id}" in out for out, _ in outputs) == 1
+
+
+@pytest.mark.integration
+def test_a_second_launch_leaves_a_live_run_alone(tmp_path, store, filled_data_root):
+    """While one launch trains, the same command again says `running elsewhere` and touches nothing."""
+    args = [*RUN, "schedule.iterations=400", f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
+    first = launch(args, tmp_path, "first", FAST_LEASE)
+    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), first, what="the first checkpoint")
+    second = launch(args, tmp_path, "second", FAST_LEASE)
+    assert second.wait(timeout=1800) == 0, output(second, tmp_path)[1][-2000:]
+    assert first.poll() is None, "the first launch ended before the second decided: make it longer"
+    assert first.wait(timeout=1800) == 0, output(first, tmp_path)[1][-2000:]
+    client = MlflowClient(store)
+    (run,) = job_runs(client)
+    out, err = output(second, tmp_path)
+    assert f"running elsewhere: resnet-8 (MLflow run {run.info.run_id}, heartbeat " in out, out + err
+    assert "resume" not in out
+    assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == list(range(5, 401, 5))
+
+
+def sweep_processes(sweep_pid: int) -> list[int]:
+    """Live processes that a sweep's launcher started (they carry the sweep's pid in their environment)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == sweep_pid:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f":{sweep_pid}:".encode() in environ and b"HARNESS_SWEEP_PROCESS=" in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.integration
+def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(tmp_path, store, filled_data_root):
+    args = [RUN[0], "-m", *RUN[1:], "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"tracking.uri={store}",
+            f"dataset.root={filled_data_root}"]  # fmt: skip
+    sweep = launch(args, tmp_path, "sweep")
+    wait_for(lambda: len(checkpoints(tmp_path / "mlruns" / "checkpoints")) == 2, sweep, what="both first checkpoints")
+    workers = sweep_processes(sweep.pid)
+    assert workers, "the joblib workers were not found"
+    sweep.kill()
+    sweep.wait()
+    wait_for(lambda: not sweep_processes(sweep.pid), timeout=45, what="the orphaned workers to exit")
+
+    again = launch([a for a in args], tmp_path, "again")
+    assert again.wait(timeout=1800) == 0, output(again, tmp_path)[1][-3000:]
+    out, err = output(again, tmp_path)
+    assert out.count("resume resnet-8") == 2 and "running elsewhere" not in out, out
+    client = MlflowClient(store)
+    runs = job_runs(client)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert steps(client, run.info.run_id) == STEPS
+        assert steps(client, run.info.run_id, "val_error") == [50, 100]
+    (parent,) = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.integration
+def test_ctrl_c_of_a_sweep_marks_its_parent_killed_without_a_traceback(tmp_path, store, filled_data_root):
+    args = [RUN[0], "-m", *RUN[1:], "seed=0,1", f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
+    sweep = launch(args, tmp_path, "sweep")
+    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), sweep, what="the first checkpoint")
+    os.killpg(sweep.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    assert sweep.wait(timeout=600) == 130
+    out, err = output(sweep, tmp_path)
+    assert "Traceback" not in err, err[-3000:]
+    client = MlflowClient(store)
+    (run,) = job_runs(client)
+    assert run.info.status == "KILLED"
+    (line,) = [line for line in err.splitlines() if line.startswith("stopped ")]
+    assert line.startswith(f"stopped resnet-8 (run {run.info.run_id}, ") and "seed=0" in line and line.endswith("KILLED")
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED" and f"parent run {parent.info.run_id} KILLED" in err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs, unmounted afterwards; skipped where this process may not mount."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)])
+
+
+@pytest.mark.integration
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_relaunch_resumes(tmp_path, store, filled_data_root, small_disk):
+    args = [*RUN, f"tracking.checkpoint_dir={small_disk}", f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
+    job = launch(args, tmp_path, "full")
+    wait_for(lambda: checkpoints(small_disk), job, what="the first checkpoint")
+    with open(small_disk / "filler", "wb") as filler:  # the rest of the disk
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    assert job.wait(timeout=1800) == 1
+    out, err = output(job, tmp_path)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-3000:]
+    (last,) = checkpoints(small_disk)
+    assert "no space left on device" in err and str(last.with_suffix(".partial")) in err
+    assert not list(small_disk.glob("*/*.partial"))
+    client = MlflowClient(store)
+    (failed,) = job_runs(client)
+    assert failed.info.status == "FAILED" and failed.data.tags["harness.failure"] == "environment"
+
+    (small_disk / "filler").unlink()
+    again = launch(args, tmp_path, "again")
+    assert again.wait(timeout=1800) == 0, output(again, tmp_path)[1][-3000:]
+    assert f"resume resnet-8: MLflow run {failed.info.run_id} from its last checkpoint" in output(again, tmp_path)[0]
+    (run,) = job_runs(client)
+    assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == STEPS
+    assert "harness.failure" not in run.data.tags and "harness.error" not in run.data.tags
+
+
+@pytest.mark.integration
+def test_a_corrupt_checkpoint_is_set_aside_with_one_line_and_training_restarts(tmp_path, store, filled_data_root):
+    args = [*RUN, f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
+    job = launch(args, tmp_path, "killed")
+    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), job, what="the first checkpoint")
+    job.kill()
+    job.wait()
+    (last,) = checkpoints(tmp_path / "mlruns" / "checkpoints")
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+
+    again = launch(args, tmp_path, "again")
+    assert again.wait(timeout=1800) == 0, output(again, tmp_path)[1][-3000:]
+    out, _ = output(again, tmp_path)
+    (line,) = [line for line in out.splitlines() if "corrupt checkpoint" in line]
+    assert str(last) in line and "last.pt.corrupt" in line and "restarts" in line
+    assert last.with_name("last.pt.corrupt").exists()
+    client = MlflowClient(store)
+    runs = {r.info.status: r for r in job_runs(client)}
+    assert set(runs) == {"KILLED", "FINISHED"}
+    assert runs["KILLED"].data.tags["harness.superseded_by"] == runs["FINISHED"].info.run_id
+    assert steps(client, runs["FINISHED"].info.run_id) == STEPS
+
+
+BAD_INPUTS = [
+    ("dataset.root=/proc/nonexistent", "dataset.root=/proc/nonexistent cannot be used"),
+    ("tracking.uri=garbage://x", "tracking.uri=garbage://x cannot be used"),
+    ("+foo=1", "Key 'foo' not in 'Config'"),
+    ("schedule.batch_size=100000", "schedule.batch_size=100000 is larger than the 59500 training images"),
+    ("depth=abc", "'abc' is not a valid integer; use 6n+2"),
+    ("residual=maybe", "'maybe' is not a valid bool; use true (ResNet) or false"),
+    ("dataset.validation_size=0", "dataset.validation_size=0 must be null"),
+]
+
+
+@pytest.mark.integration
+def test_every_bad_input_gets_one_line_and_stores_nothing(tmp_path, filled_data_root):
+    """All cases at once (each is its own process), then one by one: exit code 2, one line on
+    stderr, no traceback, no run in the store."""
+    jobs = []
+    for i, (bad, _) in enumerate(BAD_INPUTS):
+        cwd = tmp_path / f"case{i}"
+        cwd.mkdir()
+        store = f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"
+        jobs.append(launch([*RUN, f"tracking.uri={store}", f"dataset.root={filled_data_root}", bad], cwd, "bad"))
+    for i, ((bad, message), job) in enumerate(zip(BAD_INPUTS, jobs)):
+        job.wait(timeout=1800)
+        out, err = output(job, tmp_path / f"case{i}")
+        assert job.returncode == 2, (bad, err[-2000:])
+        assert len(err.strip().splitlines()) == 1 and message in err, (bad, err)
+        db = tmp_path / f"case{i}" / "mlruns" / "mlflow.db"
+        assert not db.exists() or not job_runs(MlflowClient(f"sqlite:///{db}")), bad
+
+
+@pytest.fixture
+def read_only_copy(tmp_path, filled_data_root):
+    """The data root, bind-mounted read-only; skipped where this process may not mount."""
+    folder = tmp_path / "ro-data"
+    folder.mkdir()
+    for command in (["mount", "--bind", str(filled_data_root), str(folder)], ["mount", "-o", "remount,ro,bind", str(folder)]):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+            pytest.skip(f"cannot bind-mount read-only here: {done.stderr.strip() or done.returncode}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)])
+
+
+@pytest.mark.integration
+def test_a_read_only_data_root_that_holds_the_data_works(tmp_path, store, read_only_copy):
+    with pytest.raises(OSError):
+        (read_only_copy / "probe").touch()
+    done = harness_command(*RUN, "schedule.iterations=20", f"tracking.uri={store}", f"dataset.root={read_only_copy}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = job_runs(MlflowClient(store))
+    assert run.info.status == "FINISHED"

@@ -1,0 +1,95 @@
+"""Sweeps as a user launches them (`python -m harness.run -m ...`): a sweep's members are the
+runs it trained and those it reused from earlier sweeps, and a net that several jobs ask for
+is trained once. Depth 8 (one block per stage) on the TINY budget keeps each sweep short."""
+
+import re
+import tempfile
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, harness_command
+
+pytestmark = pytest.mark.integration
+
+
+def sweep(tmp_path, store, data_root, *overrides: str):
+    result = harness_command("harness.run", "-m", *overrides, *TINY, f"tracking.uri={store}", f"dataset.root={data_root}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def parent_of(result) -> str:
+    (parent,) = re.findall(r"Sweep done: .*\(MLflow parent run (\w+)\)", result.stdout)
+    return parent
+
+
+def job_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("degradation")
+    return client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'job'")
+
+
+def artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        with open(client.download_artifacts(run_id, path, folder)) as file:
+            return file.read()
+
+
+def members(client: MlflowClient, parent: str) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as folder:
+        return pd.read_csv(client.download_artifacts(parent, "members.csv", folder))
+
+
+def rows(report: str, model: str) -> list[str]:
+    return [line for line in report.splitlines() if line.startswith(f"| {model} |")]
+
+
+def test_a_sweep_reuses_the_finished_runs_of_an_earlier_sweep(tmp_path, store, data_root):
+    first = sweep(tmp_path, store, data_root, "depth=8,14", "residual=true,false", "tracking.figures=false")
+    assert "Sweep done: 4 runs: 4 trained, 0 reused from earlier sweeps, 0 not finished" in first.stdout
+    client = MlflowClient(store)
+    earlier = {(r.info.run_name, r.data.tags["seed"]): r.info.run_id for r in job_runs(client)}
+    assert len(earlier) == 4
+
+    # Seed 0 of the depth-8 nets is FINISHED already; seed 1 is new.
+    second = sweep(tmp_path, store, data_root, "depth=8", "residual=true,false", "seed=0,1")
+    assert "Sweep done: 4 runs: 2 trained, 2 reused from earlier sweeps, 0 not finished" in second.stdout
+    assert second.stdout.count("skip ") == 2
+    parent = parent_of(second)
+    assert parent != parent_of(first)
+    runs = job_runs(client)
+    assert len(runs) == 6  # the reused nets were not trained again
+    new = {(r.info.run_name, r.data.tags["seed"]): r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
+    assert set(new) == {("plain-8", "1"), ("resnet-8", "1")}
+
+    table = members(client, parent)
+    assert set(table["run_id"]) == {earlier["plain-8", "0"], earlier["resnet-8", "0"], *new.values()}
+    roles = dict(zip(table["run_id"], table["role"]))
+    assert {roles[earlier["plain-8", "0"]], roles[earlier["resnet-8", "0"]]} == {"reused"}
+    assert {roles[run_id] for run_id in new.values()} == {"trained"}
+    tags = client.get_run(parent).data.tags
+    assert (tags["harness.members"], tags["harness.trained"], tags["harness.reused"]) == ("4", "2", "2")
+
+    report = artifact_text(client, parent, "figures/report.md")
+    assert "4 finished runs" in report
+    assert [row.split("|")[2].strip() for row in rows(report, "plain-8") + rows(report, "resnet-8")] == ["2", "2"]  # seeds 0 and 1
+    assert "-14" not in report  # the earlier sweep's other nets are not this sweep's
+
+
+def test_a_plain_net_is_trained_once_whatever_shortcut_the_sweep_names(tmp_path, store, data_root):
+    result = sweep(tmp_path, store, data_root, "depth=8", "residual=true,false", "shortcut=zero_pad,projection,full_projection")
+    assert "Sweep done: 4 runs: 4 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
+    assert result.stdout.count("a plain net (residual=false) has no shortcuts") == 1, result.stdout  # once for the sweep
+    assert "6 jobs train 4 distinct nets" in result.stdout
+    client = MlflowClient(store)
+    runs = job_runs(client)
+    assert sorted(r.info.run_name for r in runs) == ["plain-8", "resnet-8", "resnet-8-B", "resnet-8-C"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len(members(client, parent_of(result))) == 4
+
+    report = artifact_text(client, parent_of(result), "figures/report.md")
+    assert len(rows(report, "plain-8")) == 1
+    assert [row.split("|")[2].strip() for row in rows(report, "plain-8")] == ["1"]
+    assert {"resnet-8", "resnet-8-B", "resnet-8-C"} <= {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| resnet")}
+    assert "Shortcut options" in report
