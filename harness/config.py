@@ -176,7 +176,7 @@ def unused_notes(cfg: DictConfig, overridden: list[str]) -> list[str]:
     config does not use."""
     keys = {override.split("=", 1)[0].lstrip("+~") for override in overridden}
     _, unused = effective_config(cfg)
-    return [f"note: {key}={OmegaConf.select(cfg, key)} has no effect here: {why}." for key, why in unused.items() if key in keys]
+    return [f"note: {key} has no effect here: {why}." for key, why in unused.items() if key in keys]
 
 
 def launch_dir() -> Path:

@@ -83,7 +83,7 @@ def test_notes_name_what_the_user_set_and_this_net_does_not_use():
     overrides = ["residual=false", "shortcut=projection"]
     notes = unused_notes(compose_config(*overrides), overrides)
     assert len(notes) == 1
-    assert "shortcut=projection" in notes[0] and "plain net" in notes[0]
+    assert "note: shortcut has no effect" in notes[0] and "plain net" in notes[0]
     assert unused_notes(compose_config("residual=false"), ["residual=false"]) == []  # the user said nothing of shortcuts
     assert unused_notes(compose_config("residual=true", "shortcut=projection"), ["shortcut=projection"]) == []
     adam = ["optimizer=adam", "optimizer.momentum=0.5"]
