@@ -13,9 +13,21 @@ ratios compare like with like on a noisy machine.
 With --resize N all three see N x N images: (b) resizes each batch on the device
 (dataset.resize=N), (c) runs the seed's own per-image Resize(N) before ToTensor. The seed's
 experiment is `--depths 18 --resize 96`.
+
+With --contention: what sharing the cores does to a default job. The default training step
+(depth, batch size and threads of the default config), each in its own process as a sweep's
+jobs are: alone, then beside 1 and 3 copies of itself that train all the while, against the
+fair share (2x and 4x its time alone), for the harness's OpenMP setting and for each setting
+that --compare names (environment variables set in every process), e.g.
+`--compare GOMP_SPINCOUNT=300000` for libgomp's own default, the harness's before it set one.
 """
 
 import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +39,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
+from harness import OPENMP_WAIT, OPENMP_WAIT_VARIABLES
 from harness.analysis import PROBE_IMAGES, probe
 from harness.config import compose_config
 from harness.data import load_data
 from harness.models import build_model
+from harness.run import torch_threads
+from harness.stats import t_interval
 from harness.tracking import MemoryTracker
 from harness.tracking.mlflow_store import MlflowRun, connect
 from harness.train import train
@@ -140,13 +155,124 @@ def analysis_share(depth: int, data, images_per_second: float) -> float:
     return probes * seconds / training
 
 
+def default_steps():
+    """Training steps of the default config's net, batch and threads on random Fashion-MNIST-sized
+    images, forever; yields each step's seconds."""
+    cfg = compose_config()
+    torch.set_num_threads(torch_threads(cfg))
+    model = build_model(cfg.depth, in_channels=1).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images, labels = torch.randn(cfg.schedule.batch_size, 1, 28, 28), torch.randint(0, 10, (cfg.schedule.batch_size,))
+    while True:
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        yield time.perf_counter() - start
+
+
+def contention_worker() -> None:
+    """One process of the contention mode: warms up, says so, then for each line it reads trains
+    that many steps and prints their median milliseconds, or, told `compete`, trains until it is
+    stopped."""
+    steps = default_steps()
+    for _ in range(CONTENTION_WARMUP):
+        next(steps)
+    print("warm", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "compete":
+            for _ in steps:
+                pass
+        print(f"{1000 * statistics.median(next(steps) for _ in range(int(line))):.2f}", flush=True)
+
+
+CONTENTION_WARMUP = 5
+TARGETS = {1: 2.5, 3: 5.0}  # issue 14: a job beside N others at most this many times its time alone
+
+
+class Worker:
+    """A process that trains the default job's step with an OpenMP setting (environment variables
+    that replace the harness's; none for the harness's own)."""
+
+    def __init__(self, env: dict[str, str]):
+        base = os.environ if not env else {key: value for key, value in os.environ.items() if key not in OPENMP_WAIT_VARIABLES}
+        self.process = subprocess.Popen([sys.executable, "-m", "harness.bench", "--contention-worker"], env={**base, **env},
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+    def ready(self) -> "Worker":
+        assert self.process.stdout.readline().strip() == "warm", "a contention worker failed to start"
+        return self
+
+    def tell(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def milliseconds(self, steps: int) -> float:
+        self.tell(str(steps))
+        return float(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def contention(steps: int, repeats: int, settings: dict[str, dict[str, str]]) -> None:
+    jobs = {name: Worker(env) for name, env in settings.items()}
+    alone = {name: [] for name in settings}
+    try:
+        for job in jobs.values():
+            job.ready()
+        # Alone, the settings take turns, `steps` at a time, so that a slow minute of the host hits them alike.
+        for _ in range(repeats):
+            for name, job in jobs.items():
+                alone[name].append(job.milliseconds(steps))
+        print(f"the default job's training step: median ms of {steps} steps, {torch_threads(compose_config())} threads, "
+              f"{len(os.sched_getaffinity(0))} cores. Alone: the median (range) of {repeats} turns, and the step against "
+              f"the first setting's in the same turn: geometric mean (95% t interval)")
+        print(f"{'OpenMP setting':32}  {'alone ms':>19}  {'vs first':>20}  " + "  ".join(f"beside {others}: ms, x alone" for others in TARGETS))
+        first = alone[next(iter(settings))]
+        for name, job in jobs.items():
+            median = statistics.median(alone[name])
+            versus_first = t_interval([math.log(ms / reference) for ms, reference in zip(alone[name], first)])
+            versus_first = f"{math.exp(versus_first.mean):.3f} ({math.exp(versus_first.low):.3f}-{math.exp(versus_first.high):.3f})"
+            beside = []
+            for others in TARGETS:
+                competitors = [Worker(settings[name]) for _ in range(others)]
+                try:
+                    for competitor in competitors:
+                        competitor.ready().tell("compete")
+                    beside.append(job.milliseconds(steps))
+                finally:
+                    for competitor in competitors:
+                        competitor.stop()
+            spread = f"({min(alone[name]):.1f}-{max(alone[name]):.1f})"
+            print(f"{name:32}  {median:6.1f} {spread:>12}  {versus_first:>20}  "
+                  + "  ".join(f"{ms:11.1f} {ms / median:6.2f}x" for ms in beside), flush=True)
+    finally:
+        for job in jobs.values():
+            job.stop()
+    print(f"{'fair share / target':32}  {'':19}  {'':20}  " + "  ".join(f"{others + 1:11d}x <={target}x" for others, target in TARGETS.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56])
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
     parser.add_argument("--root", type=Path, default=Path("data"), help="Fashion-MNIST root, as dataset.root")
     parser.add_argument("--resize", type=int, default=None, help="images resized to N x N, as dataset.resize (the seed: 96)")
+    parser.add_argument("--contention", action="store_true", help="the default job alone and beside 1 and 3 copies")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="'KEY=VALUE ...'",
+                        help="with --contention: other OpenMP settings to measure beside the harness's, e.g. GOMP_SPINCOUNT=300000")
+    parser.add_argument("--repeats", type=int, default=10, help="with --contention: turns alone per setting, --steps each")
+    parser.add_argument("--contention-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.contention_worker:
+        return contention_worker()
+    if args.contention:
+        settings = {f"{OPENMP_WAIT} (harness)": {}}
+        settings |= {setting: dict(item.split("=", 1) for item in setting.split()) for setting in args.compare}
+        return contention(args.steps, args.repeats, settings)
 
     # A 128-image evaluation split keeps the loop's closing evaluation out of the timing.
     data = load_data("fashion_mnist", args.root, True, 128, torch.device("cpu"), resize=args.resize)

@@ -1,14 +1,19 @@
 """What the harness knows about Hydra's launcher plugins: how many cores each job of a
-launcher may use, and the one adapter that hydra-ray-launcher needs with Ray 2."""
+launcher may use, where a job ran, how SLURM stops a job, and the one adapter that
+hydra-ray-launcher needs with Ray 2."""
 
 import _thread
 import logging
 import os
+import sys
 import threading
 import time
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
+# What submitit raises in a SLURM job when SLURM signals it before its time limit (`signal_delay_s`)
+# and does not requeue it (the launcher's max_num_timeout: 0): the run is stopped, not broken.
+from submitit.core.utils import UncompletedJobError as SchedulerStop
 
 from harness.lease import BOOT, HOST, process_start
 
@@ -77,6 +82,20 @@ def cpus_per_job(launcher: DictConfig | None, cores: int) -> int:
     if "cpus_per_task" in launcher:  # submitit: SLURM's allocation (1 CPU unless asked), or local processes
         return launcher.cpus_per_task or 1
     return cores  # the basic launcher runs one job at a time
+
+
+def placement_tags() -> dict[str, str]:
+    """Where a job of a cluster launcher ran: its SLURM job, named as squeue and submitit's log
+    folder (.submitit/JOB_ID) name it, and the Ray node that ran it."""
+    tags = {}
+    if "SLURM_ARRAY_JOB_ID" in os.environ:  # one element of the array that submitit submits a sweep as
+        tags["slurm_job_id"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    elif "SLURM_JOB_ID" in os.environ:
+        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    ray = sys.modules.get("ray")  # imported only where Ray runs this job (or its sweep)
+    if ray is not None and ray.is_initialized():
+        tags["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    return tags
 
 
 class RayObjectStore(Callback):

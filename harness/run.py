@@ -17,9 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import config
+from harness import OPENMP_WAIT, config
 from harness.data import DataError, load_data
-from harness.launchers import INTERRUPT_HOOKS, cpus_per_job, orphaned, watch_sweep
+from harness.launchers import INTERRUPT_HOOKS, SchedulerStop, cpus_per_job, orphaned, placement_tags, watch_sweep
 from harness.models import build_model, model_name, resolve_family, resolve_shortcut
 from harness.lease import HEARTBEAT_TAG, Heartbeat, Lease, LeaseLost, claim, heartbeat_of
 from harness.tracking.mlflow_store import (
@@ -209,6 +209,7 @@ def run_tags(cfg: DictConfig, device: torch.device) -> dict:
         "device": device.type,  # as the param `device`; the GPU's name in `device_name`
         **({"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "threads": torch.get_num_threads(),
+        **placement_tags(),  # the SLURM job or Ray node that ran it
         RECIPE_TAG: config.recipe(cfg),
         RUN_COLOUR_TAG: run_colour(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, default_shortcut),
         **source_tags(commit),
@@ -315,6 +316,7 @@ def open_run(cfg: DictConfig, client, experiment_id: str, device: torch.device, 
             else:
                 print(f"resume {name}: MLflow run {previous.info.run_id} from its last checkpoint (iteration {state['iteration']})")
                 stopped.reopen()
+                stopped.set_tags(placement_tags())  # the SLURM job or Ray node that trains it now
                 return stopped, True
         if not claim(client, f"{config_fingerprint} after {latest.info.run_id if latest else 'none'}"):
             continue
@@ -389,6 +391,15 @@ def run_job(cfg: DictConfig) -> float | None:
               f"checkpoint{at}." if run.has_checkpoint() else f"stopped {run.name}: MLflow run {run.run_id} marked "
               "KILLED before its first checkpoint; the same command trains it again.", file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
+    except SchedulerStop as error:  # SLURM's time limit is near: stopped like Ctrl-C, not failed
+        try:
+            run.finish("KILLED", error)
+        except LeaseLost:
+            pass
+        then = "resumes it from its last checkpoint" if run.has_checkpoint() else "trains it again"
+        log.error("%s (MLflow run %s) stopped by SLURM and marked KILLED (%s); the same command %s", run.name,
+                  run.run_id, error, then)  # fmt: skip
+        return None
     except LeaseLost as error:
         print(f"{run.name}: {error}", file=sys.stderr)
         return None

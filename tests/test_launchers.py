@@ -1,6 +1,7 @@
 """Sweeps through Hydra's launcher plugins: jobs in other processes and on a Ray cluster, all
 tracked under one parent run, with the threads of parallel jobs budgeted to the cores."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,47 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import TINY, free_ports, harness_command
-from harness.launchers import cpus_per_job
+from conftest import TINY, check_sweep, free_ports, harness_command, most_at_once
+from harness import OPENMP_SPIN_COUNT
+from harness.launchers import cpus_per_job, placement_tags
 
-# Every metric of a TINY run, and the steps it must have: curves every 5 iterations,
-# evaluations (on the 500 held-out images: val_*, never test_*) and probes every 10, the final
-# model's training error once at the end. No warm-up in the smoke schedule: no warmup_ended_at.
-EXPECTED_STEPS = {
-    "train_error": [5, 10, 15, 20], "train_loss": [5, 10, 15, 20], "lr": [5, 10, 15, 20],
-    "val_error": [10, 20], "val_loss": [10, 20], "final_train_error": [20], "final_train_loss": [20],
-    "response_std_mean": [10, 20], "output_grad_first_over_last": [10, 20],
-}  # fmt: skip
 EIGHT_JOBS = ["-m", "depth=20", "residual=true,false", "seed=0,1,2,3", *TINY]
-
-
-def check_sweep(client: MlflowClient, jobs: int, experiment: str = "degradation") -> list:
-    """One parent run with `jobs` FINISHED children, each with every metric step; returns them."""
-    experiment = client.get_experiment_by_name(experiment)
-    parents = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'sweep'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs(
-        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
-    )  # fmt: skip
-    assert len(children) == jobs
-    assert len(client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'job'")) == jobs
-    for run in children:
-        assert run.info.status == "FINISHED", run.data.tags.get("harness.error")
-        assert set(run.data.metrics) == set(EXPECTED_STEPS)
-        for key, steps in EXPECTED_STEPS.items():
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps, (run.info.run_name, key)
-    assert len({(r.data.tags["residual"], r.data.tags["seed"]) for r in children}) == jobs
-    return children
-
-
-def most_at_once(runs) -> int:
-    """The largest number of runs that were training at the same moment."""
-    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
-    running = peak = 0
-    for _, change in events:
-        running += change
-        peak = max(peak, running)
-    return peak
 
 
 @pytest.mark.parametrize(
@@ -85,6 +50,8 @@ def test_joblib_runs_eight_jobs_four_at_a_time_into_sqlite(tmp_path, data_root):
     assert "Sweep done: 8 runs: 8 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
     children = check_sweep(MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"), 8)
     assert {run.data.tags["threads"] for run in children} == {"1"}
+    # The sweep's workers wait as the harness set it before torch loaded (issue 14).
+    assert {run.data.tags["openmp_wait"] for run in children} == {f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"}
     assert most_at_once(children) >= 2
 
 
@@ -99,6 +66,18 @@ def test_submitit_local_runs_jobs_as_slurm_would(tmp_path, store, data_root):
     assert result.returncode == 0, result.stderr[-3000:]
     check_sweep(MlflowClient(store), 2)
     assert len(list((tmp_path / "multirun").glob("*/*/.submitit/*/*_log.out"))) == 2
+
+
+def test_a_run_names_its_slurm_job_as_squeue_and_submitit_do(monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert "slurm_job_id" not in placement_tags()
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert placement_tags()["slurm_job_id"] == "42"
+    # An element of an array has a job id of its own, but squeue and submitit's logs name it by the array's.
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "40")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert placement_tags()["slurm_job_id"] == "40_2"
 
 
 def test_slurm_config_asks_for_what_the_readme_says(tmp_path):
@@ -146,3 +125,50 @@ def test_ray_runs_eight_jobs_into_the_postgres_server(tmp_path, data_root, ray_c
     assert "summary.json" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
     assert len(list(tmp_path.glob("multirun/*/*/*/.hydra"))) == 8 and not list(ray_folder.glob("multirun"))
     assert list(tmp_path.glob("multirun/*/*/figures/report.md"))
+
+
+@pytest.fixture
+def two_node_ray_cluster(tmp_path_factory, monkeypatch):
+    """Ray's own multi-node test cluster: a head and a second node on this machine, each its own
+    raylet of one CPU, so that two jobs at once run on different nodes. Each node is started in
+    a folder of its own (its workers start there), as nodes of a real cluster have their own."""
+    cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed (pip install ray)")
+    gcs_port, agent_port, dashboard_port = free_ports(3)
+    folders = [tmp_path_factory.mktemp("ray-head"), tmp_path_factory.mktemp("ray-node")]
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = cluster_utils.Cluster(shutdown_at_exit=False)
+    try:
+        head_ports = {"gcs_server_port": gcs_port, "dashboard_agent_listen_port": agent_port, "dashboard_port": dashboard_port}
+        for folder, ports in zip(folders, [head_ports, {}]):
+            # On the machine's address (Ray's default), not loopback: a Ray client turns 127.0.0.1 into that address.
+            with contextlib.chdir(folder):
+                cluster.add_node(num_cpus=1, include_dashboard=False, **ports)
+        cluster.wait_for_nodes()
+        yield cluster.address, {node.node_id for node in cluster.list_all_nodes()}, folders
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.integration
+@pytest.mark.cluster
+def test_ray_runs_jobs_on_two_nodes_under_one_parent(tmp_path, data_root, two_node_ray_cluster, tracking_server):
+    """The README's Ray recipe on two nodes: the runs of both nodes under one parent, their
+    artifacts on the tracking server, their checkpoints in ./checkpoints of the launch directory."""
+    address, node_ids, node_folders = two_node_ray_cluster
+    (tmp_path / "data").symlink_to(data_root)
+    result = harness_command(
+        "harness.run", "-m", "depth=8", "residual=true,false", "seed=0,1", *TINY, "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={address}", "dataset.root=data", "tracking=server",
+        f"tracking.uri={tracking_server}", "tracking.experiment=ray-two-nodes", "tracking.figures=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(tracking_server)
+    children = check_sweep(client, 4, experiment="ray-two-nodes")
+    assert {run.data.tags["ray_node_id"] for run in children} == node_ids
+    for run in children:
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert {"summary.json", "model.pt", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        checkpoint = tmp_path / "checkpoints" / run.info.run_id / "last.pt"
+        assert run.data.tags["harness.checkpoint"] == str(checkpoint) and checkpoint.parent.is_dir()
+    for folder in node_folders:
+        assert not list(folder.glob("multirun")) and not list(folder.glob("checkpoints"))
