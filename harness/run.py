@@ -209,6 +209,7 @@ def run_tags(cfg: DictConfig, device: torch.device) -> dict:
         "device": device.type,  # as the param `device`; the GPU's name in `device_name`
         **({"device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "threads": torch.get_num_threads(),
+        "openmp_wait": OPENMP_WAIT,  # how those threads wait for work (harness/__init__.py)
         **placement_tags(),  # the SLURM job or Ray node that ran it
         RECIPE_TAG: config.recipe(cfg),
         RUN_COLOUR_TAG: run_colour(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, default_shortcut),
@@ -318,7 +319,8 @@ def open_run(cfg: DictConfig, client, experiment_id: str, device: torch.device, 
                 stopped.reopen()
                 stopped.set_tags(placement_tags())  # the SLURM job or Ray node that trains it now
                 return stopped, True
-        if not claim(client, f"{config_fingerprint} after {latest.info.run_id if latest else 'none'}"):
+        # The same net may be trained in another experiment of the same store: claims are per experiment.
+        if not claim(client, f"{config_fingerprint} in {experiment_id} after {latest.info.run_id if latest else 'none'}"):
             continue
         heartbeat = Heartbeat.now(1)
         tags = {**run_tags(cfg, device), FINGERPRINT_TAG: config_fingerprint, HEARTBEAT_TAG: heartbeat.encode()}
