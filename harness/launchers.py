@@ -5,6 +5,7 @@ hydra-ray-launcher needs with Ray 2."""
 import _thread
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -53,6 +54,10 @@ def watch_sweep() -> None:
     with _watching:
         if _watcher is not None:
             return
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+            # A sweep started in the background by a shell (`&` in a script, nohup) passes its jobs
+            # SIGINT ignored, and Python's interrupt_main does nothing for an ignored signal.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _watcher = threading.Thread(target=_watch, args=(int(pid), start), name="sweep-watch", daemon=True)
         _watcher.start()
 

@@ -22,7 +22,7 @@ from harness.config import ConfigError, check_values, compose_config
 from harness.data import data_lock, load_data
 from harness.lease import HEARTBEAT_TAG, Heartbeat, Lease, LeaseLost, claim
 from harness.run import check_overrides
-from harness.tracking.mlflow_store import CheckpointError, CorruptCheckpoint, MlflowRun
+from harness.tracking.mlflow_store import CheckpointError, CorruptCheckpoint, MlflowRun, interrupts_deferred
 
 # 100 iterations of ResNet-8 with a checkpoint every 10: long enough to be caught mid-run.
 RUN = ["harness.run", "schedule=smoke", "depth=8", "threads=1", "dataset.validation_size=500", "analysis=false",
@@ -131,6 +131,22 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_why(tmp_path,
     assert state["iteration"] == 10 and torch.equal(state["weights"], torch.ones(3))
 
 
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_a_ctrl_c_during_a_store_call_waits_for_the_call_and_a_second_one_does_not(interrupts):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                for _ in range(interrupts):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.2)  # the handler runs between bytecodes
+                done.append("the call")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert done == (["the call"] if interrupts == 1 else [])
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10, None])
 def test_a_corrupt_checkpoint_is_named_and_set_aside(tmp_path, content):
     run = MlflowRun(NoStore(), "run1", "resnet-8", tmp_path)
@@ -201,11 +217,14 @@ def test_the_data_lock_moves_to_the_temporary_folder_for_a_read_only_root(tmp_pa
 # ---------------------------------------------------------------- integration tests
 
 
-def launch(args: list[str], cwd: Path, name: str, env: dict | None = None) -> subprocess.Popen:
-    """Start `python -m ARGS` in `cwd`, its output in files (read with output())."""
+def launch(args: list[str], cwd: Path, name: str, env: dict | None = None, ignore_sigint: bool = False) -> subprocess.Popen:
+    """Start `python -m ARGS` in `cwd`, its output in files (read with output()); with
+    `ignore_sigint`, as a shell starts a command in the background (`&` in a script)."""
     out, err = (open(cwd / f"{name}.{kind}", "w") for kind in ("out", "err"))
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    job = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=full_env, stdout=out, stderr=err, start_new_session=True)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    job = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=full_env, stdout=out, stderr=err, start_new_session=True,
+                           preexec_fn=ignore)  # fmt: skip
     job.name = name
     LAUNCHED.append(job)
     return job
@@ -306,6 +325,20 @@ def test_a_second_launch_leaves_a_live_run_alone(tmp_path, store, filled_data_ro
     assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == list(range(5, 401, 5))
 
 
+@pytest.mark.integration
+def test_the_same_net_trains_in_two_experiments_of_one_store_one_after_the_other(tmp_path, store, filled_data_root):
+    """A claim is per experiment: the net just trained in one experiment (its claim seconds old)
+    is not `running elsewhere` in another experiment of the same store."""
+    client = MlflowClient(store)
+    for experiment in ("first", "second"):
+        args = [*RUN, f"tracking.uri={store}", f"tracking.experiment={experiment}", f"dataset.root={filled_data_root}"]
+        job = launch(args, tmp_path, experiment)
+        assert job.wait(timeout=1800) == 0, output(job, tmp_path)[1][-2000:]
+        assert "running elsewhere" not in output(job, tmp_path)[0]
+        (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], "tags.`harness.role` = 'job'")
+        assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == STEPS
+
+
 def sweep_processes(sweep_pid: int) -> list[int]:
     """Live processes that a sweep's launcher started (they carry the sweep's pid in their environment)."""
     found = []
@@ -323,10 +356,11 @@ def sweep_processes(sweep_pid: int) -> list[int]:
 
 
 @pytest.mark.integration
-def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(tmp_path, store, filled_data_root):
+@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["foreground", "started-in-the-background"])
+def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(tmp_path, store, filled_data_root, ignore_sigint):
     args = [RUN[0], "-m", *RUN[1:], "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"tracking.uri={store}",
             f"dataset.root={filled_data_root}"]  # fmt: skip
-    sweep = launch(args, tmp_path, "sweep")
+    sweep = launch(args, tmp_path, "sweep", ignore_sigint=ignore_sigint)
     wait_for(lambda: len(checkpoints(tmp_path / "mlruns" / "checkpoints")) == 2, sweep, what="both first checkpoints")
     workers = sweep_processes(sweep.pid)
     assert workers, "the joblib workers were not found"

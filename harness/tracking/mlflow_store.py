@@ -9,7 +9,9 @@ import errno
 import io
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -67,6 +69,51 @@ def sqlite_folder(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """In the main thread, a Ctrl-C (or the sweep watcher's interrupt) that comes during the block
+    takes effect when the block is done; a second one at once."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+
+    def defer(signum, frame):
+        if caught:  # a second Ctrl-C: the user means now, even in a call that hangs
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    signal.signal(signal.SIGINT, defer)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
+class CompleteCalls:
+    """An MlflowClient whose calls are never cut short by a Ctrl-C: a KeyboardInterrupt inside
+    SQLAlchemy leaves SQLite's write lock with a connection nobody closes, and marking the run
+    KILLED then fails with "database is locked"."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        if name == "_client":  # unpickling (a launcher sends the sweep's callback to its workers)
+            raise AttributeError(name)
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            with interrupts_deferred():
+                return attribute(*args, **kwargs)
+
+        return call
+
+
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the id of the named experiment, created if new. A SQLite store keeps its
     artifacts in an `artifacts` folder beside the database."""
@@ -82,7 +129,7 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
             # MLflow's own client retries for minutes; a server that is not there should fail now.
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
         with lock:
-            client = MlflowClient(tracking_uri=uri)
+            client = CompleteCalls(MlflowClient(tracking_uri=uri))
             found = client.get_experiment_by_name(experiment)
             if found is not None:  # created elsewhere, or by an older harness: the UI's tags if missing
                 return client, mark_experiment(client, found)
