@@ -160,7 +160,7 @@ def default_steps():
     images, forever; yields each step's seconds."""
     cfg = compose_config()
     torch.set_num_threads(torch_threads(cfg))
-    model = build_model(cfg.depth, in_channels=1).to(memory_format=torch.channels_last)
+    model = new_model(cfg.depth)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, labels = torch.randn(cfg.schedule.batch_size, 1, 28, 28), torch.randint(0, 10, (cfg.schedule.batch_size,))
     while True:
