@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.tracking import probe_table
+from harness import record
 
 
 @dataclass
@@ -80,7 +80,9 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> pd.Da
     responses = {}
     layers = response_layers(model)
     hooks = [
-        layer.norm.register_forward_hook(lambda _, __, out, name=layer.name: responses.__setitem__(name, out.std().item()))
+        layer.norm.register_forward_hook(
+            lambda _, __, out, name=layer.name: responses.__setitem__(name, out.std().item())
+        )
         for layer in layers
     ]
     was_training = model.training
@@ -101,7 +103,10 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> pd.Da
         output.register_hook(lambda grad: output_grads.__setitem__(name, grad.float().pow(2).mean().sqrt().item()))
 
     unit_list = units(model)
-    hooks = [unit.register_forward_hook(lambda _, __, out, name=name: keep_output_grad(name, out)) for name, unit in unit_list]
+    hooks = [
+        unit.register_forward_hook(lambda _, __, out, name=name: keep_output_grad(name, out))
+        for name, unit in unit_list
+    ]
     try:
         F.cross_entropy(model(images), labels).backward()
     finally:
@@ -130,11 +135,11 @@ def first_over_last(table: pd.DataFrame) -> float:
     return grads.iloc[0] / grads.iloc[-1]
 
 
-def record(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tracker, step: int) -> pd.DataFrame:
+def log_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tracker, step: int) -> pd.DataFrame:
     """Probe the model and log the table (one artifact per point keeps the MLflow UI usable at
     depth 110) and two summary metrics."""
     table = probe(model, images, labels)
-    tracker.log_table(table, probe_table(step))
+    tracker.log_table(table, record.probe_table(step))
     responses = table[table["kind"] == "response"]["value"]
-    tracker.log_metrics({"response_std_mean": responses.mean(), "output_grad_first_over_last": first_over_last(table)}, step)
+    tracker.log_metrics({record.RESPONSE_STD_MEAN: responses.mean(), record.SIGNAL_RATIO: first_over_last(table)}, step)
     return table

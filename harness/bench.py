@@ -42,9 +42,9 @@ from torchvision.datasets import FashionMNIST
 from harness import OPENMP_WAIT, OPENMP_WAIT_VARIABLES
 from harness.analysis import PROBE_IMAGES, probe
 from harness.config import compose_config
-from harness.data import load_data
-from harness.models import build_model
-from harness.run import torch_threads
+from harness.data.memory import load_data
+from harness.job import torch_threads
+from harness.models.resnet import build_model
 from harness.stats import t_interval
 from harness.tracking import MemoryTracker
 from harness.tracking.mlflow_store import MlflowRun, connect
@@ -128,10 +128,17 @@ def harness_loop(depth: int, steps: int, data, run: MlflowRun) -> tuple[float, f
     # Like the 128-image evaluation split, a 128-image final training error keeps the closing
     # evaluations out of the timing.
     common = ["schedule.final_train_subset=128"] + ([f"dataset.resize={data.resize}"] if data.resize else [])
-    cfg = compose_config(f"schedule.batch_size={BATCH}", f"schedule.iterations={steps}", f"schedule.eval_every={steps + 1}",
-                         "analysis=false", *common)  # fmt: skip
+    cfg = compose_config(
+        f"schedule.batch_size={BATCH}",
+        f"schedule.iterations={steps}",
+        f"schedule.eval_every={steps + 1}",
+        "analysis=false",
+        *common,
+    )
     model = new_model(depth)
-    train(compose_config("schedule.iterations=3", *common), model, data, MemoryTracker(), torch.device("cpu"))  # warm-up
+    train(
+        compose_config("schedule.iterations=3", *common), model, data, MemoryTracker(), torch.device("cpu")
+    )  # warm-up
     tracker = TimedTracker(run)
     start = time.perf_counter()
     train(cfg, model, data, tracker, torch.device("cpu"))
@@ -196,9 +203,18 @@ class Worker:
     that replace the harness's; none for the harness's own)."""
 
     def __init__(self, env: dict[str, str]):
-        base = os.environ if not env else {key: value for key, value in os.environ.items() if key not in OPENMP_WAIT_VARIABLES}
-        self.process = subprocess.Popen([sys.executable, "-m", "harness.bench", "--contention-worker"], env={**base, **env},
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        base = (
+            os.environ
+            if not env
+            else {key: value for key, value in os.environ.items() if key not in OPENMP_WAIT_VARIABLES}
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "harness.bench", "--contention-worker"],
+            env={**base, **env},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def ready(self) -> "Worker":
         assert self.process.stdout.readline().strip() == "warm", "a contention worker failed to start"
@@ -227,15 +243,21 @@ def contention(steps: int, repeats: int, settings: dict[str, dict[str, str]]) ->
         for _ in range(repeats):
             for name, job in jobs.items():
                 alone[name].append(job.milliseconds(steps))
-        print(f"the default job's training step: median ms of {steps} steps, {torch_threads(compose_config())} threads, "
-              f"{len(os.sched_getaffinity(0))} cores. Alone: the median (range) of {repeats} turns, and the step against "
-              f"the first setting's in the same turn: geometric mean (95% t interval)")
-        print(f"{'OpenMP setting':32}  {'alone ms':>19}  {'vs first':>20}  " + "  ".join(f"beside {others}: ms, x alone" for others in TARGETS))
+        print(
+            f"the default job's training step: median ms of {steps} steps, {torch_threads(compose_config())} threads, "
+            f"{len(os.sched_getaffinity(0))} cores. Alone: the median (range) of {repeats} turns, and the step against "
+            f"the first setting's in the same turn: geometric mean (95% t interval)"
+        )
+        print(
+            f"{'OpenMP setting':32}  {'alone ms':>19}  {'vs first':>20}  "
+            + "  ".join(f"beside {others}: ms, x alone" for others in TARGETS)
+        )
         first = alone[next(iter(settings))]
         for name, job in jobs.items():
             median = statistics.median(alone[name])
             versus_first = t_interval([math.log(ms / reference) for ms, reference in zip(alone[name], first)])
-            versus_first = f"{math.exp(versus_first.mean):.3f} ({math.exp(versus_first.low):.3f}-{math.exp(versus_first.high):.3f})"
+            low, high = math.exp(versus_first.low), math.exp(versus_first.high)
+            versus_first = f"{math.exp(versus_first.mean):.3f} ({low:.3f}-{high:.3f})"
             beside = []
             for others in TARGETS:
                 competitors = [Worker(settings[name]) for _ in range(others)]
@@ -247,12 +269,18 @@ def contention(steps: int, repeats: int, settings: dict[str, dict[str, str]]) ->
                     for competitor in competitors:
                         competitor.stop()
             spread = f"({min(alone[name]):.1f}-{max(alone[name]):.1f})"
-            print(f"{name:32}  {median:6.1f} {spread:>12}  {versus_first:>20}  "
-                  + "  ".join(f"{ms:11.1f} {ms / median:6.2f}x" for ms in beside), flush=True)
+            print(
+                f"{name:32}  {median:6.1f} {spread:>12}  {versus_first:>20}  "
+                + "  ".join(f"{ms:11.1f} {ms / median:6.2f}x" for ms in beside),
+                flush=True,
+            )
     finally:
         for job in jobs.values():
             job.stop()
-    print(f"{'fair share / target':32}  {'':19}  {'':20}  " + "  ".join(f"{others + 1:11d}x <={target}x" for others, target in TARGETS.items()))
+    print(
+        f"{'fair share / target':32}  {'':19}  {'':20}  "
+        + "  ".join(f"{others + 1:11d}x <={target}x" for others, target in TARGETS.items())
+    )
 
 
 def main() -> None:
@@ -260,11 +288,20 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56])
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
     parser.add_argument("--root", type=Path, default=Path("data"), help="Fashion-MNIST root, as dataset.root")
-    parser.add_argument("--resize", type=int, default=None, help="images resized to N x N, as dataset.resize (the seed: 96)")
+    parser.add_argument(
+        "--resize", type=int, default=None, help="images resized to N x N, as dataset.resize (the seed: 96)"
+    )
     parser.add_argument("--contention", action="store_true", help="the default job alone and beside 1 and 3 copies")
-    parser.add_argument("--compare", nargs="*", default=[], metavar="'KEY=VALUE ...'",
-                        help="with --contention: other OpenMP settings to measure beside the harness's, e.g. GOMP_SPINCOUNT=300000")
-    parser.add_argument("--repeats", type=int, default=10, help="with --contention: turns alone per setting, --steps each")
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="with --contention: other OpenMP settings to measure beside the harness's, e.g. GOMP_SPINCOUNT=300000",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="with --contention: turns alone per setting, --steps each"
+    )
     parser.add_argument("--contention-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.contention_worker:
@@ -278,19 +315,25 @@ def main() -> None:
     data = load_data("fashion_mnist", args.root, True, 128, torch.device("cpu"), resize=args.resize)
     size = data.image_size
     gemm = matmul_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul 2048^3: {gemm:.1f} GFLOP/s; "
-          f"{size}x{size} images")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul 2048^3: {gemm:.1f} GFLOP/s; "
+        f"{size}x{size} images"
+    )
     print("depth  pure(a) img/s  harness(b)  seed-style(c)    b/a    b/c  tracking  analysis  GFLOP/s (% of matmul)")
     with tempfile.TemporaryDirectory() as store:
         client, experiment_id = connect(f"sqlite:///{store}/mlflow.db", "bench")
         for depth in args.depths:
             a = pure_compute(depth, args.steps, size)
-            b, tracking = harness_loop(depth, args.steps, data, MlflowRun.start(client, experiment_id, f"bench-{depth}", {}))
+            b, tracking = harness_loop(
+                depth, args.steps, data, MlflowRun.start(client, experiment_id, f"bench-{depth}", {})
+            )
             c = seed_style(depth, args.steps, args.root, args.resize)
             gflops = step_flops(depth, size) * a / BATCH / 1e9
             analysis = analysis_share(depth, data, b)
-            print(f"{depth:5d}  {a:13.0f}  {b:10.0f}  {c:13.0f}  {b / a:5.3f}  {b / c:5.3f}  {tracking:8.2%}  {analysis:8.2%}  "
-                  f"{gflops:6.1f} ({gflops / gemm:.0%})")  # fmt: skip
+            print(
+                f"{depth:5d}  {a:13.0f}  {b:10.0f}  {c:13.0f}  {b / a:5.3f}  {b / c:5.3f}  "
+                f"{tracking:8.2%}  {analysis:8.2%}  {gflops:6.1f} ({gflops / gemm:.0%})"
+            )
 
 
 if __name__ == "__main__":

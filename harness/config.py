@@ -1,9 +1,15 @@
-"""The config schema: Hydra checks key names and types against these dataclasses when it
-composes a config; `check_values` checks what types cannot say (valid depths, names, ranges).
+"""The config schema: every key with its type, default, help and valid values, and the checks
+beside the class they belong to. Hydra checks names and types when it composes a config;
+`check_overrides` says what Hydra would refuse without naming a valid value, and
+`check_values` what types cannot say (valid depths, names, ranges).
+
+    python -m harness.config > docs/configuration.md   # the reference, generated from here
 """
 
-import hashlib
-import json
+import dataclasses
+import os
+import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,171 +18,350 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from harness.data import DATASETS, NORMALIZATIONS
-from harness.models import ACTIVATIONS, SHORTCUTS, resolve_family, resolve_shortcut
+from harness.data import DATASETS, NORMALIZATIONS, SMALLEST_RESIZE, complete
+from harness.models import ACTIVATIONS, SHORTCUTS, VALID_ACTIVATIONS, VALID_DEPTHS, VALID_SHORTCUTS, resolve_family
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
+OPTIMIZERS = ("sgd", "adam")
 
 
 class ConfigError(ValueError):
     """A config value that the schema's types allow but the harness cannot run."""
 
 
+def fail(message: str, code: int = 2) -> None:
+    """End the command with one paragraph on stderr and a non-zero exit, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def option(default=MISSING, help: str = "", *, valid: str | None = None, factory=None):
+    """A schema field with what the reference and the error messages say about it: `help`, and
+    `valid`, the valid values in words where a type alone does not say them."""
+    metadata = {"help": help, "valid": valid}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
-    root: str = "data"  # relative paths are taken from the directory the command was typed in
-    download: bool = True
-    augment: bool = True  # pad, random crop, horizontal flip (P1 on CIFAR)
-    pad: int = 4
-    validation_size: int | None = None  # hold out this many training images and evaluate on them
-    resize: int | None = None  # resize every image to this many pixels square, on the device (the seed: 96)
-    normalize: str = "per_pixel_mean"  # P1 subtracts the per-pixel mean; none: pixels in [0, 1] (the seed's ToTensor)
+    name: str = option(help="the data set (the config group `dataset=`)", valid=", ".join(DATASETS))
+    root: str = option("data", "where the data set lives or is downloaded to; relative to the launch directory")
+    download: bool = option(True, "download the data set through torchvision if it is not in `root`")
+    augment: bool = option(True, "pad, random crop and horizontal flip (P1 on CIFAR)")
+    pad: int = option(4, "pixels of zero padding before the random crop")
+    validation_size: int | None = option(
+        None, "hold out this many training images and evaluate on them; null: the test split"
+    )
+    resize: int | None = option(None, "resize every image to this many pixels square, on the device (the seed: 96)")
+    normalize: str = option(
+        "per_pixel_mean",
+        "per_pixel_mean: P1 subtracts the per-pixel mean; none: pixels in [0, 1] (the seed's ToTensor)",
+        valid="per_pixel_mean (P1) or none (pixels in [0, 1], the seed's ToTensor)",
+    )
+
+    def check(self) -> None:
+        need(self.name in DATASETS, f"dataset={self.name} is not valid; use one of {', '.join(DATASETS)}.")
+        need(self.pad >= 0, f"dataset.pad={self.pad} must be 0 or more pixels.")
+        need(
+            self.resize is None or self.resize >= SMALLEST_RESIZE,
+            f"dataset.resize={self.resize} must be {SMALLEST_RESIZE} or more pixels, or null to keep the size.",
+        )
+        need(
+            self.normalize in NORMALIZATIONS,
+            f"dataset.normalize={self.normalize} is not valid; use {_valid('dataset.normalize')}.",
+        )
+        images = DATASETS[self.name].train_images
+        need(
+            self.validation_size is None or 0 < self.validation_size < images,
+            f"dataset.validation_size={self.validation_size} must be null (evaluate on the test split) or a number of "
+            f"training images to hold out between 1 and {images - 1} ({self.name} has {images}).",
+        )
+
+    def trainable_images(self) -> int:
+        return DATASETS[self.name].train_images - (self.validation_size or 0)
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 1e-4
+    name: str = option("sgd", "the optimizer (the config group `optimizer=`)", valid=" or ".join(OPTIMIZERS))
+    lr: float = option(0.1, "the base learning rate")
+    momentum: float = option(0.9, "SGD's momentum (SGD only)")
+    weight_decay: float = option(1e-4, "L2 weight decay")
+
+    def check(self) -> None:
+        need(self.name in OPTIMIZERS, f"optimizer={self.name} is not valid; use {_valid('optimizer.name')}.")
+        need(self.lr > 0, f"optimizer.lr={self.lr} must be positive.")
 
 
 @dataclass
 class ScheduleConfig:
-    iterations: int = MISSING
-    batch_size: int = 128
-    lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of iterations; lr /= 10 at each
-    warmup_lr: float | None = None  # P1's ResNet-110: this lr until the training error < warmup_until_error
-    warmup_until_error: float = 0.8
-    warmup_max_iterations: int | None = None  # warm-up ends here at the latest (and always at the first lr drop)
-    warmup_min_depth: int = 0  # only nets at least this deep warm up (P1: ResNet-110 and 1202)
-    log_every: int = 10  # iterations per point of the training curves (the mean over those iterations)
-    eval_every: int = MISSING
-    eval_subset: int | None = None  # images evaluated at intermediate points; the last point uses all
-    checkpoint_every: int | None = None  # iterations between checkpoints (a multiple of log_every); None: none
-    analysis_every: int = MISSING  # iterations between probes of layer responses and gradients
-    final_train_subset: int | None = None  # training images the final training error is measured on; None: all
+    iterations: int = option(help="SGD steps of `batch_size` images")
+    batch_size: int = option(128, "images per step")
+    lr_drops: list[float] = option(
+        help="fractions of the iterations at which lr is divided by 10", factory=lambda: [0.5, 0.75]
+    )
+    warmup_lr: float | None = option(
+        None, "P1's ResNet-110 warm-up: this lr until the training error < warmup_until_error"
+    )
+    warmup_until_error: float = option(0.8, "the training error that ends the warm-up")
+    warmup_max_iterations: int | None = option(
+        None, "the warm-up ends here at the latest (and always at the first lr drop)"
+    )
+    warmup_min_depth: int = option(0, "only nets at least this deep warm up (P1: ResNet-110 and 1202)")
+    log_every: int = option(10, "iterations per point of the training curves (the mean over those iterations)")
+    eval_every: int = option(help="iterations between evaluations")
+    eval_subset: int | None = option(None, "images evaluated at intermediate points; the last point uses all")
+    checkpoint_every: int | None = option(None, "iterations between checkpoints (a multiple of log_every); null: none")
+    analysis_every: int = option(help="iterations between probes of layer responses and gradients")
+    final_train_subset: int | None = option(None, "training images the final training error is measured on; null: all")
+
+    def check(self) -> None:
+        for key in ("iterations", "log_every", "analysis_every", "eval_every"):
+            value = getattr(self, key)
+            need(value > 0, f"schedule.{key}={value} must be a positive number of iterations.")
+        need(self.batch_size > 0, f"schedule.batch_size={self.batch_size} must be a positive number of images.")
+        for key in ("eval_subset", "final_train_subset"):
+            value = getattr(self, key)
+            need(
+                value is None or value > 0,
+                f"schedule.{key}={value} must be a positive number of images, or null for all.",
+            )
+        need(
+            all(0 < fraction < 1 for fraction in self.lr_drops),
+            f"schedule.lr_drops={list(self.lr_drops)} must be fractions of the iterations between 0 and 1 "
+            "(the paper's 32k and 48k of 64k are [0.5, 0.75]).",
+        )
+        every = self.checkpoint_every
+        need(
+            every is None or (every > 0 and every % self.log_every == 0),
+            f"schedule.checkpoint_every={every} must be a positive multiple of "
+            f"schedule.log_every={self.log_every}, or null for no checkpoints.",
+        )
+        need(
+            self.warmup_lr is None or self.warmup_lr > 0,
+            f"schedule.warmup_lr={self.warmup_lr} must be positive, or null for no warm-up.",
+        )
+        need(
+            self.warmup_max_iterations is None or self.warmup_max_iterations > 0,
+            f"schedule.warmup_max_iterations={self.warmup_max_iterations} must be a positive number of iterations, "
+            "or null (the warm-up then ends at the first lr drop at the latest).",
+        )
 
 
 @dataclass
 class TrackingConfig:
-    uri: str = "${default_store:}"  # SQLite store in ./mlruns, as an absolute path
-    experiment: str = "degradation"
-    figures: bool = True  # draw the sweep's figures at the end of a multirun
-    log_model: bool = True  # the final state_dict as an artifact
-    checkpoint_dir: str | None = None  # None: beside a SQLite store, else ./checkpoints
-    parent_run_id: str | None = None  # the sweep's parent run; the sweep sets it for each of its jobs
+    uri: str = option("${default_store:}", "the MLflow store; default: SQLite in ./mlruns, as an absolute path")
+    experiment: str = option("degradation", "the MLflow experiment")
+    figures: bool = option(True, "draw the sweep's figures and report at the end of a multirun")
+    log_model: bool = option(True, "keep the final state_dict as an artifact")
+    checkpoint_dir: str | None = option(None, "null: beside a SQLite store, else ./checkpoints")
+    parent_run_id: str | None = option(None, "the sweep's parent run; the sweep sets it for each of its jobs")
 
 
 @dataclass
 class ReportConfig:
-    min_effect: float = 1.0  # points of error a claim's mean difference must reach to count as reproduced
-    confidence: float = 0.95  # of the Student t interval around each claim's mean paired difference
+    min_effect: float = option(1.0, "points of error a claim's mean difference must reach to count as reproduced")
+    confidence: float = option(0.95, "of the Student t interval around each claim's mean paired difference")
+
+    def check(self) -> None:
+        need(0 < self.confidence < 1, f"report.confidence={self.confidence} must lie between 0 and 1 (0.95 for 95%).")
+        need(self.min_effect >= 0, f"report.min_effect={self.min_effect} must be 0 or more points of error.")
 
 
 @dataclass
 class Config:
-    depth: int = 20
-    residual: bool = True
-    shortcut: str = "auto"  # auto: A for basic-block nets, B for bottleneck nets (P1); zero_pad = A, projection = B, full_projection = C
-    activation: str = "post"  # post (P1) or pre (P2)
-    family: str = "auto"  # auto, cifar or imagenet: which net a depth of both families (50, 152) means
-    seed: int = 0
-    device: str = "auto"  # auto = cuda when present, else cpu
-    threads: int | None = None  # torch threads per job; None: its share of `cores` (see harness.run.torch_threads)
-    cores: int | None = None  # cores the jobs on one machine share; None: all this process may use
-    rerun: bool = False  # train again configurations that already have a FINISHED run
-    analysis: bool = True  # layer responses and gradient norms every schedule.analysis_every iterations
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    depth: int = option(20, "weighted layers", valid=VALID_DEPTHS)
+    residual: bool = option(
+        True, "shortcuts or not", valid="true (ResNet) or false (the same net without shortcuts: plain)"
+    )
+    shortcut: str = option("auto", "P1's shortcut option", valid=VALID_SHORTCUTS)
+    activation: str = option("post", "the residual unit", valid=VALID_ACTIVATIONS)
+    family: str = option("auto", "which net a depth of both families (50, 152) means", valid="auto, cifar or imagenet")
+    seed: int = option(0, "the initialisation, the data order and the augmentation")
+    device: str = option("auto", "auto: cuda when present, else cpu", valid="auto, cpu or cuda[:N]")
+    threads: int | None = option(None, "torch threads per job; null: its share of `cores`")
+    cores: int | None = option(None, "cores the jobs on one machine share; null: all this process may use")
+    rerun: bool = option(False, "train again configurations that already have a FINISHED run")
+    analysis: bool = option(True, "layer responses and gradient norms every schedule.analysis_every iterations")
+    dataset: DatasetConfig = option(help="the data (config group `dataset=`)", factory=DatasetConfig)
+    optimizer: OptimizerConfig = option(help="config group `optimizer=`", factory=OptimizerConfig)
+    schedule: ScheduleConfig = option(help="the budget (config group `schedule=`)", factory=ScheduleConfig)
+    tracking: TrackingConfig = option(help="config group `tracking=`", factory=TrackingConfig)
+    report: ReportConfig = option(help="the verdicts", factory=ReportConfig)
+
+    def check(self) -> None:
+        try:
+            resolve_family(self.depth, self.family)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        need(
+            self.shortcut in SHORTCUTS + ("identity", "auto"),
+            f"shortcut={self.shortcut} is not valid; use {VALID_SHORTCUTS}.",
+        )
+        need(self.activation in ACTIVATIONS, f"activation={self.activation} is not valid; use {VALID_ACTIVATIONS}.")
+        need(
+            self.device in DEVICES or self.device.startswith("cuda:"),
+            f"device={self.device} is not valid; use {_valid('device')}.",
+        )
+        need(
+            self.threads is None or self.threads > 0,
+            f"threads={self.threads} must be a positive number of torch threads, or null.",
+        )
+        need(
+            self.cores is None or self.cores > 0,
+            f"cores={self.cores} must be a positive number of cores, or null for all.",
+        )
+        for group in (self.dataset, self.optimizer, self.schedule, self.report):
+            group.check()
+        trainable = self.dataset.trainable_images()
+        held_out = self.dataset.validation_size
+        need(
+            self.schedule.batch_size <= trainable,
+            f"schedule.batch_size={self.schedule.batch_size} is larger than the {trainable} training images of "
+            f"{self.dataset.name}"
+            + (f" left after dataset.validation_size={held_out}" if held_out else "")
+            + f"; use at most {trainable}.",
+        )
 
 
-# Where and how a run is executed, tracked and reported, not what it trains.
-PRESENTATION_KEYS = ("tracking", "report", "threads", "cores", "device", "rerun", "analysis",
-                     "dataset.root", "dataset.download", "schedule.checkpoint_every")  # fmt: skip
-# What tells the nets of one study apart; everything else that is trained is the study's recipe.
-NET_KEYS = ("depth", "residual", "shortcut", "activation", "family", "seed")
-WARMUP_KEYS = ("warmup_lr", "warmup_until_error", "warmup_max_iterations", "warmup_min_depth")
+def schema_field(key: str) -> dataclasses.Field | None:
+    """The schema's field for a dotted key (`schedule.iterations`), None where there is none."""
+    node, found = Config, None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node):
+            return None
+        found = {f.name: f for f in dataclasses.fields(node)}.get(part)
+        if found is None:
+            return None
+        node = typing.get_type_hints(node)[part]
+    return found
 
 
-def _drop(tree: dict, keys) -> dict:
-    for key in keys:
-        *parents, leaf = key.split(".")
-        node = tree
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
-    return tree
+def _valid(key: str) -> str:
+    return schema_field(key).metadata["valid"]
 
 
-def _recipe_rules(trained: dict, unused: dict[str, str]) -> None:
-    """Keys that no net of the recipe uses leave it."""
-    if trained["optimizer"]["name"] != "sgd":
-        unused["optimizer.momentum"] = f"optimizer={trained['optimizer']['name']} has no momentum parameter"
-        _drop(trained, ["optimizer.momentum"])
-    if not trained["dataset"]["augment"]:
-        unused["dataset.pad"] = "augmentation is off (dataset.augment=false)"
-        _drop(trained, ["dataset.pad"])
-    schedule = trained["schedule"]
-    if schedule["warmup_lr"] is None:
-        for key in WARMUP_KEYS[1:]:
-            unused[f"schedule.{key}"] = "there is no warm-up (schedule.warmup_lr=null)"
-        unused.pop("schedule.warmup_lr", None)
-        _drop(trained, [f"schedule.{key}" for key in WARMUP_KEYS])
+def _field_type(key: str):
+    *parents, leaf = key.split(".")
+    owner = Config
+    for part in parents:
+        owner = typing.get_type_hints(owner)[part]
+    return typing.get_type_hints(owner)[leaf]
 
 
-def _net_rules(trained: dict, unused: dict[str, str]) -> None:
-    """The automatic values resolved, and the keys this particular net does not use removed."""
-    trained["family"] = resolve_family(trained["depth"], trained["family"])
-    if trained["residual"]:
-        trained["shortcut"] = resolve_shortcut(trained["shortcut"], trained["depth"], trained["family"])
-    else:
-        if trained["shortcut"] != "auto":
-            unused["shortcut"] = "a plain net (residual=false) has no shortcuts"
-        trained["shortcut"] = "none"
-    schedule = trained["schedule"]
-    if "warmup_lr" in schedule and trained["depth"] < schedule["warmup_min_depth"]:
-        for key in WARMUP_KEYS:
-            unused[f"schedule.{key}"] = f"depth {trained['depth']} is below schedule.warmup_min_depth={schedule['warmup_min_depth']}"
-        _drop(trained, [f"schedule.{key}" for key in WARMUP_KEYS])
+def unknown_keys(node: DictConfig, schema=Config, prefix: str = "") -> list[str]:
+    """Keys that `+key=value` added and the schema does not have: Hydra accepts them, the harness not."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    found = []
+    for key in node.keys():
+        if key not in fields:
+            found.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]) and OmegaConf.is_dict(node[key]):
+            found += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return found
 
 
-def effective_config(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
-    """(what this config trains, {key: why it has no effect}): the resolved config with `auto`
-    values resolved and the keys this net does not use removed (a plain net's shortcut, Adam's
-    momentum, ...). Two configs that train the same net are equal here."""
-    trained, unused = OmegaConf.to_container(cfg, resolve=True), {}
-    _recipe_rules(trained, unused)
-    _net_rules(trained, unused)
-    return trained, unused
+def not_in_schema(arg: str, key: str) -> ConfigError:
+    return ConfigError(
+        f"{arg}: Key '{key}' not in 'Config', the schema in harness/config.py (its keys are listed in "
+        "docs/configuration.md); remove it or fix its name."
+    )
 
 
-def _hash(tree: dict) -> str:
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+def check_values(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the bad value and the valid ones."""
+    extra = unknown_keys(cfg)
+    if extra:
+        raise not_in_schema(f"+{extra[0]}", extra[0])
+    OmegaConf.to_object(cfg).check()
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """What a config trains, as a short hash: relaunching a study finds its runs by it, and a
-    net that two sweeps share is trained once."""
-    return _hash(_drop(effective_config(cfg)[0], PRESENTATION_KEYS))
+def _parses_as(kind: type, value) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit())
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
-def recipe(cfg: DictConfig) -> str:
-    """What a study holds fixed across its nets (data, budget, optimizer, warm-up rule, ...), as a
-    short hash: a report never pools runs of different recipes."""
-    trained = OmegaConf.to_container(cfg, resolve=True)
-    _recipe_rules(trained, {})
-    return _hash(_drop(trained, PRESENTATION_KEYS + NET_KEYS))
+TYPE_WORDS = {bool: ("bool", "true or false"), int: ("integer", "a whole number"), float: ("number", "a number")}
 
 
-def unused_notes(cfg: DictConfig, overridden: list[str]) -> list[str]:
-    """A note for every key the user set (in `overridden`, Hydra's override strings) that this
-    config does not use."""
-    keys = {override.split("=", 1)[0].lstrip("+~") for override in overridden}
-    _, unused = effective_config(cfg)
-    return [f"note: {key} has no effect here: {why}." for key, why in unused.items() if key in keys]
+def check_overrides(args: list[str]) -> None:
+    """What Hydra would refuse with a message that names no valid value, or accept although the
+    schema has no such key (`+foo=1`): one line, before Hydra composes anything."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except Exception:
+            continue  # Hydra says what is wrong with its syntax
+        key = override.key_or_group
+        if override.package is not None or key.startswith("hydra") or override.is_delete():
+            continue
+        if (CONF_DIR / key).is_dir():  # a config group: dataset=..., +experiment=...
+            continue
+        found = schema_field(key)
+        if found is None:
+            raise not_in_schema(arg, key)
+        kind = _field_type(key)
+        optional = type(None) in typing.get_args(kind)
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        if base not in TYPE_WORDS:
+            continue
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if (value is None and optional) or _parses_as(base, value):
+                continue
+            what, words = TYPE_WORDS[base]
+            valid = found.metadata["valid"] or words + (", or null" if optional else "")
+            raise ConfigError(f"{key}={value} is not valid: '{value}' is not a valid {what}; use {valid}.")
+
+
+def check_data_root(cfg: DictConfig) -> None:
+    """dataset.root holds the data set, or is a folder the harness can create and fill: said
+    before any run is stored (ConfigError)."""
+    root = launch_dir() / cfg.dataset.root
+    name = cfg.dataset.name
+    if complete(name, root):
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"dataset.root={cfg.dataset.root} cannot be used: {(error.strerror or str(error)).lower()} ({root}). "
+            f"Give a folder that holds {name}, or one the harness may create and fill."
+        ) from None
+    need(
+        os.access(root, os.W_OK),
+        f"dataset.root={cfg.dataset.root} holds no complete copy of {name} and is not writable ({root}); "
+        "put the data set there, or give a writable folder.",
+    )
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything a job checks before it stores anything: the values, then the data's folder."""
+    check_values(cfg)
+    check_data_root(cfg)
 
 
 def launch_dir() -> Path:
@@ -196,9 +381,6 @@ def register() -> None:
         OmegaConf.register_new_resolver("default_store", default_store)
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
 def compose_config(*overrides: str) -> DictConfig:
     """The job config that `python -m harness.run OVERRIDES` would see, for code outside the
     Hydra app (tests, benchmarks, notebooks)."""
@@ -207,95 +389,74 @@ def compose_config(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
-def check_values(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the bad value and the valid ones."""
+def _type_name(kind) -> str:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) is list:
+        return f"list[{args[0].__name__}]"
+    name = (args[0] if args else kind).__name__
+    return name + (" or null" if type(None) in typing.get_args(kind) else "")
 
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
 
-    # `+key=value` adds keys that the schema does not have; Hydra accepts them, the harness not.
-    def unknown(node: DictConfig, schema: DictConfig, prefix: str = "") -> list[str]:
-        found = []
-        known = set(schema.keys())
-        for key in node.keys():
-            if key not in known:
-                found.append(f"{prefix}{key}")
-            elif isinstance(schema._get_node(key), DictConfig) and isinstance(node._get_node(key), DictConfig):
-                found += unknown(node._get_node(key), schema._get_node(key), f"{prefix}{key}.")
-        return found
+def _yaml(value) -> str:
+    """A default as it is written on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(list(value)) if OmegaConf.is_list(value) else str(value)
 
-    extra = unknown(cfg, OmegaConf.structured(Config))
-    need(not extra, f"+{extra[0] if extra else ''}: Key '{extra[0] if extra else ''}' not in 'Config', the schema in "
-                    "harness/config.py (its keys are listed in README.md); remove it or fix its name.")  # fmt: skip
-    try:
-        resolve_family(cfg.depth, cfg.family)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    need(
-        cfg.shortcut in SHORTCUTS + ("identity", "auto"),
-        f"shortcut={cfg.shortcut} is not valid; use auto (A for basic-block nets, B for bottleneck nets, as P1), "
-        "zero_pad (option A, alias identity), projection (option B) or full_projection (option C).",
-    )
-    need(cfg.activation in ACTIVATIONS, f"activation={cfg.activation} is not valid; use post (P1) or pre (P2).")
-    need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), f"device={cfg.device} is not valid; use auto, cpu or cuda[:N].")
-    need(cfg.threads is None or cfg.threads > 0, f"threads={cfg.threads} must be a positive number of torch threads, or null.")
-    need(cfg.cores is None or cfg.cores > 0, f"cores={cfg.cores} must be a positive number of cores, or null for all.")
-    need(cfg.dataset.name in DATASETS, f"dataset={cfg.dataset.name} is not valid; use one of {', '.join(DATASETS)}.")
-    need(cfg.dataset.pad >= 0, f"dataset.pad={cfg.dataset.pad} must be 0 or more pixels.")
-    need(cfg.dataset.resize is None or cfg.dataset.resize >= 8, f"dataset.resize={cfg.dataset.resize} must be 8 or more pixels, or null to keep the size.")
-    need(
-        cfg.dataset.normalize in NORMALIZATIONS,
-        f"dataset.normalize={cfg.dataset.normalize} is not valid; use per_pixel_mean (P1) or none (pixels in [0, 1], the seed's ToTensor).",
-    )
-    need(cfg.optimizer.name in ("sgd", "adam"), f"optimizer={cfg.optimizer.name} is not valid; use sgd or adam.")
-    need(cfg.optimizer.lr > 0, f"optimizer.lr={cfg.optimizer.lr} must be positive.")
-    schedule = cfg.schedule
-    need(schedule.iterations > 0, f"schedule.iterations={schedule.iterations} must be a positive number of iterations.")
-    need(schedule.batch_size > 0, f"schedule.batch_size={schedule.batch_size} must be a positive number of images.")
-    need(schedule.log_every > 0, f"schedule.log_every={schedule.log_every} must be a positive number of iterations.")
-    need(schedule.analysis_every > 0, f"schedule.analysis_every={schedule.analysis_every} must be a positive number of iterations.")
-    need(schedule.eval_every > 0, f"schedule.eval_every={schedule.eval_every} must be a positive number of iterations.")
-    need(
-        schedule.eval_subset is None or schedule.eval_subset > 0,
-        f"schedule.eval_subset={schedule.eval_subset} must be a positive number of images, or null for all.",
-    )
-    need(
-        all(0 < fraction < 1 for fraction in schedule.lr_drops),
-        f"schedule.lr_drops={list(schedule.lr_drops)} must be fractions of the iterations between 0 and 1 "
-        "(the paper's 32k and 48k of 64k are [0.5, 0.75]).",
-    )
-    need(
-        schedule.checkpoint_every is None or (schedule.checkpoint_every > 0 and schedule.checkpoint_every % schedule.log_every == 0),
-        f"schedule.checkpoint_every={schedule.checkpoint_every} must be a positive multiple of "
-        f"schedule.log_every={schedule.log_every}, or null for no checkpoints.",
-    )
-    need(
-        schedule.warmup_lr is None or schedule.warmup_lr > 0,
-        f"schedule.warmup_lr={schedule.warmup_lr} must be positive, or null for no warm-up.",
-    )
-    need(
-        schedule.warmup_max_iterations is None or schedule.warmup_max_iterations > 0,
-        f"schedule.warmup_max_iterations={schedule.warmup_max_iterations} must be a positive number of iterations, "
-        "or null (the warm-up then ends at the first lr drop at the latest).",
-    )
-    need(
-        schedule.final_train_subset is None or schedule.final_train_subset > 0,
-        f"schedule.final_train_subset={schedule.final_train_subset} must be a positive number of images, or null for all.",
-    )
-    need(0 < cfg.report.confidence < 1, f"report.confidence={cfg.report.confidence} must lie between 0 and 1 (0.95 for 95%).")
-    need(cfg.report.min_effect >= 0, f"report.min_effect={cfg.report.min_effect} must be 0 or more points of error.")
-    training_images = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}[cfg.dataset.name]
-    held_out = cfg.dataset.validation_size
-    need(
-        held_out is None or 0 < held_out < training_images,
-        f"dataset.validation_size={held_out} must be null (evaluate on the test split) or a number of training "
-        f"images to hold out between 1 and {training_images - 1} ({cfg.dataset.name} has {training_images}).",
-    )
-    trainable = training_images - (held_out or 0)
-    need(
-        schedule.batch_size <= trainable,
-        f"schedule.batch_size={schedule.batch_size} is larger than the {trainable} training images of "
-        f"{cfg.dataset.name}" + (f" left after dataset.validation_size={held_out}" if held_out else "")
-        + f"; use at most {trainable}.",
-    )
+
+def _rows(schema, defaults: DictConfig, prefix: str = "") -> list[str]:
+    rows = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(hints[f.name]):
+            continue
+        key = f"{prefix}{f.name}"
+        default = OmegaConf.select(defaults, key, throw_on_missing=False)
+        shown = "(the launch directory's mlruns/mlflow.db)" if key == "tracking.uri" else f"`{_yaml(default)}`"
+        valid = f" Valid: {f.metadata['valid']}." if f.metadata["valid"] else ""
+        rows.append(f"| `{key}` | {_type_name(hints[f.name])} | {shown} | {f.metadata['help']}.{valid} |")
+    return rows
+
+
+def reference() -> str:
+    """docs/configuration.md: every key of the schema, its type, the default a plain launch gets
+    (conf/config.yaml and its groups) and what it does."""
+    defaults = compose_config()
+    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema in `harness/config.py` by `python -m harness.config > docs/configuration.md`;",
+        "a test fails when this page is stale. Back to the [README](../README.md).",
+        "",
+        "Set a key on the command line as `key=value` (`schedule.iterations=2000`), sweep it with",
+        "`-m key=a,b`, pick a config group with `group=option` and a study with `+experiment=NAME`.",
+        "",
+        "## Config groups",
+        "",
+        "| group | options | default |",
+        "|---|---|---|",
+    ]
+    chosen = {}  # the groups' defaults, as conf/config.yaml's defaults list names them
+    for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
+        if OmegaConf.is_dict(entry):
+            chosen.update(entry)
+    for group in groups:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))  # conf/experiment: experiments/
+        lines.append(f"| `{group}` | {', '.join(f'`{o}`' for o in options)} | {chosen.get(group, 'none')} |")
+    hints = typing.get_type_hints(Config)
+    sections = [("Top level", Config, "")] + [
+        (f"`{f.name}`: {f.metadata['help']}", hints[f.name], f"{f.name}.")
+        for f in dataclasses.fields(Config)
+        if dataclasses.is_dataclass(hints[f.name])
+    ]
+    for title, schema, prefix in sections:
+        lines += ["", f"## {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += _rows(schema, defaults, prefix)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -17,19 +17,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from harness.palette import depth_colour
 from harness.stats import base_variant, t_interval
 from harness.tracking.runs import describe_recipe
-
-DEPTH_COLOURS = {
-    20: "tab:blue", 32: "tab:orange", 44: "tab:green", 56: "tab:red", 110: "tab:purple", 1202: "tab:brown",
-    18: "tab:cyan", 34: "tab:olive", 50: "tab:pink", 101: "tab:gray", 152: "black",
-}  # fmt: skip
-OTHER_COLOURS = plt.get_cmap("tab20").colors
-
-
-def depth_colour(depth: int) -> tuple | str:
-    """The same colour for a depth in every panel and every figure."""
-    return DEPTH_COLOURS.get(depth, OTHER_COLOURS[depth % len(OTHER_COLOURS)])
 
 
 def eval_name(runs: pd.DataFrame) -> str:
@@ -38,7 +28,11 @@ def eval_name(runs: pd.DataFrame) -> str:
 
 def subtitle(runs: pd.DataFrame) -> str:
     seeds = runs.groupby("model")["seed"].nunique()
-    counted = f"{seeds.min()} seed{'s' if seeds.min() > 1 else ''}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()} seeds"
+    counted = (
+        f"{seeds.min()} seed{'s' if seeds.min() > 1 else ''}"
+        if seeds.min() == seeds.max()
+        else f"{seeds.min()}–{seeds.max()} seeds"
+    )
     return f"{describe_recipe(runs)}; {counted} per net"
 
 
@@ -61,7 +55,13 @@ def draw_curves(ax: plt.Axes, runs: pd.DataFrame, curves: pd.DataFrame, metrics=
                 continue
             by_step = points.groupby("step")["value"].agg(["mean", "min", "max"])
             bold = metric == "eval_error"
-            ax.plot(by_step.index, by_step["mean"], color=colour, linestyle="-" if bold else "--", linewidth=2.0 if bold else 1.0)
+            ax.plot(
+                by_step.index,
+                by_step["mean"],
+                color=colour,
+                linestyle="-" if bold else "--",
+                linewidth=2.0 if bold else 1.0,
+            )
             if bold:
                 ax.plot(by_step.index[-1:], by_step["mean"].iloc[-1:], "o", color=colour, markersize=5)
             if group["seed"].nunique() > 1:
@@ -76,11 +76,16 @@ def draw_curves(ax: plt.Axes, runs: pd.DataFrame, curves: pd.DataFrame, metrics=
 
 def legend(ax: plt.Axes, runs: pd.DataFrame, styles: bool = True) -> None:
     """Depths (colours) and, once, the line styles."""
-    handles = [Line2D([], [], color=depth_colour(d), linewidth=2, label=m) for d, m in runs.groupby("depth")["model"].first().items()]
+    handles = [
+        Line2D([], [], color=depth_colour(d), linewidth=2, label=m)
+        for d, m in runs.groupby("depth")["model"].first().items()
+    ]
     if styles:
-        handles += [Line2D([], [], color="grey", linestyle="--", linewidth=1, label="train (running)"),
-                    Line2D([], [], color="grey", linewidth=2, label=eval_name(runs)),
-                    Line2D([], [], color="grey", marker="o", linestyle="", label=f"whole {eval_name(runs)} set")]  # fmt: skip
+        handles += [
+            Line2D([], [], color="grey", linestyle="--", linewidth=1, label="train (running)"),
+            Line2D([], [], color="grey", linewidth=2, label=eval_name(runs)),
+            Line2D([], [], color="grey", marker="o", linestyle="", label=f"whole {eval_name(runs)} set"),
+        ]
     if runs["seed"].nunique() > 1:
         handles.append(plt.Rectangle((0, 0), 1, 1, color="grey", alpha=0.2, label="min–max over seeds"))
     ax.legend(handles=handles, fontsize=7, loc="best")
@@ -94,14 +99,18 @@ def figure_1(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
         return None
     pair = plain[plain["depth"].isin([plain["depth"].min(), plain["depth"].max()])]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
-    for ax, metric, title in zip(axes, ("train_error", "eval_error"), ("training error (running)", f"{eval_name(runs)} error")):
+    for ax, metric, title in zip(
+        axes, ("train_error", "eval_error"), ("training error (running)", f"{eval_name(runs)} error")
+    ):
         draw_curves(ax, pair, curves, metrics=(metric,))
         ax.set_title(title, fontsize=9)
         legend(ax, pair, styles=False)
     return titled(fig, "Plain nets, shallowest vs deepest (P1 Fig. 1)", runs)
 
 
-def curve_panels(panels: list[tuple[str, pd.DataFrame]], curves: pd.DataFrame, title: str, runs: pd.DataFrame) -> plt.Figure | None:
+def curve_panels(
+    panels: list[tuple[str, pd.DataFrame]], curves: pd.DataFrame, title: str, runs: pd.DataFrame
+) -> plt.Figure | None:
     panels = [(name, nets) for name, nets in panels if not nets.empty]
     if not panels:
         return None
@@ -121,14 +130,18 @@ def figure_6(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
     panels = [("plain", plain), ("residual", residual)]
     if len(deepest) == 2 and residual["depth"].nunique() > 2:
         panels.append((f"residual, deepest: {deepest[0]} vs {deepest[1]}", residual[residual["depth"].isin(deepest)]))
-    return curve_panels(panels, curves, "Training (dashed) and test (bold) error of the CIFAR-style nets (P1 Fig. 6)", runs)
+    return curve_panels(
+        panels, curves, "Training (dashed) and test (bold) error of the CIFAR-style nets (P1 Fig. 6)", runs
+    )
 
 
 def figure_4(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
     """P1 Fig. 4 analogue: plain-18/34 and ResNet-18/34 (ImageNet-style nets)."""
     imagenet = runs[runs["family"] == "imagenet"]
     panels = [("plain", base_variant(imagenet, residual=False)), ("ResNet", base_variant(imagenet, residual=True))]
-    return curve_panels(panels, curves, "Training (dashed) and test (bold) error of the ImageNet-style nets (P1 Fig. 4)", runs)
+    return curve_panels(
+        panels, curves, "Training (dashed) and test (bold) error of the ImageNet-style nets (P1 Fig. 4)", runs
+    )
 
 
 def variant_style(variant: str) -> dict:
@@ -150,15 +163,38 @@ def error_vs_depth(runs: pd.DataFrame, confidence: float = 0.95) -> plt.Figure |
     for variant, group in runs.groupby("variant"):
         style = variant_style(variant)
         for ax, metric in zip(axes, ("final_train_error", "eval_error")):
-            rows = [(depth, t_interval(values.dropna(), confidence)) for depth, values in group.groupby("depth")[metric]]
-            ax.plot([d for d, _ in rows], [i.mean for _, i in rows], color="dimgrey", linewidth=1.5, linestyle=style["linestyle"])
+            rows = [
+                (depth, t_interval(values.dropna(), confidence)) for depth, values in group.groupby("depth")[metric]
+            ]
+            ax.plot(
+                [d for d, _ in rows],
+                [i.mean for _, i in rows],
+                color="dimgrey",
+                linewidth=1.5,
+                linestyle=style["linestyle"],
+            )
             for depth, interval in rows:
                 half = interval.high - interval.mean if several and interval.n > 1 else None
-                ax.errorbar([depth], [interval.mean], yerr=None if half is None else [[half], [half]], color=depth_colour(depth),
-                            marker=style["marker"], markersize=7, capsize=4, linestyle="")  # fmt: skip
-    handles = [Line2D([], [], color="dimgrey", label=variant, **variant_style(variant)) for variant in runs["variant"].unique()]
-    handles += [Line2D([], [], color=depth_colour(d), marker="o", linestyle="", label=f"depth {d}") for d in sorted(runs["depth"].unique())]
-    for ax, title in zip(axes, ("final training error (final model, training images)", f"final {eval_name(runs)} error")):
+                ax.errorbar(
+                    [depth],
+                    [interval.mean],
+                    yerr=None if half is None else [[half], [half]],
+                    color=depth_colour(depth),
+                    marker=style["marker"],
+                    markersize=7,
+                    capsize=4,
+                    linestyle="",
+                )
+    handles = [
+        Line2D([], [], color="dimgrey", label=variant, **variant_style(variant)) for variant in runs["variant"].unique()
+    ]
+    handles += [
+        Line2D([], [], color=depth_colour(d), marker="o", linestyle="", label=f"depth {d}")
+        for d in sorted(runs["depth"].unique())
+    ]
+    for ax, title in zip(
+        axes, ("final training error (final model, training images)", f"final {eval_name(runs)} error")
+    ):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("depth (weighted layers)")
         ax.set_xticks(sorted(runs["depth"].unique()))
@@ -187,7 +223,9 @@ def figure_7(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure | None:
         return None
     fig, (by_layer, by_size) = plt.subplots(2, 1, figsize=(8, 7))
     for (depth, variant, model), net in responses.groupby(["depth", "variant", "model"]):
-        style = dict(color=depth_colour(depth), linestyle=variant_style(variant)["linestyle"], linewidth=1.5, label=model)
+        style = dict(
+            color=depth_colour(depth), linestyle=variant_style(variant)["linestyle"], linewidth=1.5, label=model
+        )
         by_layer.plot(net["index"], net["value"], **style)
         by_size.plot(range(1, len(net) + 1), net["value"].sort_values(ascending=False), **style)
     by_layer.set_xlabel("layer index (original)")
@@ -244,7 +282,9 @@ def gradient_profile(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure |
         axes[1, column].set_xlabel("conv layer index (from the input)")
     axes[0, 0].set_ylabel("RMS of dLoss/d(unit output)")
     axes[1, 0].set_ylabel("||grad|| / ||weight||")
-    return titled(fig, "Backward signal per unit (top) and relative update size per conv layer (bottom) (P1 §4.1)", runs)
+    return titled(
+        fig, "Backward signal per unit (top) and relative update size per conv layer (bottom) (P1 §4.1)", runs
+    )
 
 
 def claims_vs_budget(table: pd.DataFrame, min_effect: float, confidence: float = 0.95) -> plt.Figure | None:
@@ -269,7 +309,10 @@ def claims_vs_budget(table: pd.DataFrame, min_effect: float, confidence: float =
         ax.set_ylabel(f"paired difference ({'points of error' if unit == 'points' else '% of plain'})")
         ax.grid(alpha=0.3)
     seeds = f"{table['n'].min()}–{table['n'].max()}" if table["n"].nunique() > 1 else f"{table['n'].iloc[0]}"
-    fig.suptitle(f"Each claim's gap against the budget: mean over {seeds} seeds, bars: {confidence:.0%} t interval; "
-                 "above 0 = as claimed, dotted: minimum effect", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"Each claim's gap against the budget: mean over {seeds} seeds, bars: {confidence:.0%} t interval; "
+        "above 0 = as claimed, dotted: minimum effect",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig

@@ -12,13 +12,14 @@ import time
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
-# What submitit raises in a SLURM job when SLURM signals it before its time limit (`signal_delay_s`)
-# and does not requeue it (the launcher's max_num_timeout: 0): the run is stopped, not broken.
-from submitit.core.utils import UncompletedJobError as SchedulerStop
+from submitit.core.utils import UncompletedJobError
 
 from harness.lease import BOOT, HOST, process_start
 
 log = logging.getLogger(__name__)
+# What submitit raises in a SLURM job when SLURM signals it before its time limit (`signal_delay_s`)
+# and does not requeue it (the launcher's max_num_timeout: 0): the run is stopped, not broken.
+SchedulerStop = UncompletedJobError
 # The process of the sweep that started this job: HOST:BOOT:PID:START. Launchers that start jobs
 # on this machine (joblib's loky workers, submitit_local's processes) pass the environment on.
 SWEEP_PROCESS_ENV = "HARNESS_SWEEP_PROCESS"
@@ -26,7 +27,7 @@ WATCH_SECONDS = 1.0  # how often a job looks for its sweep
 GRACE_SECONDS = 30.0  # for the job to mark its run KILLED before the process exits regardless
 _orphaned = threading.Event()
 # Called on a Ctrl-C that reaches the command (the sweep marks its parent run KILLED). Kept here,
-# not in harness.run, which runs as __main__ and is imported again by the sweep.
+# not in harness.run, which runs as __main__ (a second import would be a second list).
 INTERRUPT_HOOKS: list = []
 _watching = threading.Lock()
 _watcher: threading.Thread | None = None

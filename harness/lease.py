@@ -40,10 +40,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness import record
+
 log = logging.getLogger(__name__)
 
-HEARTBEAT_TAG = "harness.heartbeat"
-CLAIM_PREFIX = "harness-claim"
 INTERVAL = float(os.environ.get("HARNESS_HEARTBEAT_SECONDS", "30"))
 MISSED = 3  # intervals without a beat after which the owner counts as dead
 
@@ -131,7 +131,7 @@ class Heartbeat:
 
 
 def heartbeat_of(run) -> Heartbeat | None:
-    return Heartbeat.parse(run.data.tags.get(HEARTBEAT_TAG))
+    return Heartbeat.parse(run.data.tags.get(record.HEARTBEAT))
 
 
 def claim(client, key: str) -> bool:
@@ -141,9 +141,9 @@ def claim(client, key: str) -> bool:
     from mlflow.exceptions import MlflowException
 
     for attempt in range(1, 20):
-        name = f"{CLAIM_PREFIX} {key}" + (f" #{attempt}" if attempt > 1 else "")
+        name = f"{record.CLAIM_PREFIX} {key}" + (f" #{attempt}" if attempt > 1 else "")
         try:
-            experiment_id = client.create_experiment(name, tags={"harness.claimed_by": owner_id()})
+            experiment_id = client.create_experiment(name, tags={record.CLAIMED_BY: owner_id()})
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -177,7 +177,7 @@ class Lease:
     @classmethod
     def take(cls, client, run_id: str, generation: int) -> "Lease":
         lease = cls(client, run_id, Heartbeat.now(generation))
-        client.set_tag(run_id, HEARTBEAT_TAG, lease.heartbeat.encode())
+        client.set_tag(run_id, record.HEARTBEAT, lease.heartbeat.encode())
         return lease
 
     def start(self) -> "Lease":
@@ -212,7 +212,9 @@ class Lease:
                 "resumes the run from its last checkpoint"
             )
         if self.lost.is_set():
-            raise LeaseLost(f"MLflow run {self.run_id} was taken over by another launch; this one stops without writing")
+            raise LeaseLost(
+                f"MLflow run {self.run_id} was taken over by another launch; this one stops without writing"
+            )
 
     def beat(self) -> None:
         started = time.perf_counter()
@@ -221,7 +223,7 @@ class Lease:
         elif self.holds():
             stamp = time.monotonic()
             self.heartbeat.time = time.time()
-            self.client.set_tag(self.run_id, HEARTBEAT_TAG, self.heartbeat.encode())
+            self.client.set_tag(self.run_id, record.HEARTBEAT, self.heartbeat.encode())
             self.written = stamp
         self.beats += 1
         self.beat_seconds += time.perf_counter() - started

@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=0.95, help="of the t intervals (default 0.95)")
     args = parser.parse_args(argv)
     if not 0 < args.confidence < 1 or args.min_effect < 0:
-        print(f"error: --confidence={args.confidence} must lie between 0 and 1 and --min-effect={args.min_effect} "
-              "must be 0 or more.", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: --confidence={args.confidence} must lie between 0 and 1 and --min-effect={args.min_effect} "
+            "must be 0 or more.",
+            file=sys.stderr,
+        )
         return 2
 
     client = MlflowClient(tracking_uri=args.uri or default_store())
@@ -51,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parent = args.parent or latest_sweep(client)
         if parent is None:
-            print(f"error: no sweep in {client.tracking_uri}; run one with python -m harness.run -m ...", file=sys.stderr)
+            print(
+                f"error: no sweep in {client.tracking_uri}; run one with python -m harness.run -m ...", file=sys.stderr
+            )
             return 2
         out = args.out or Path("figures") / parent
         written = report_sweep(client, parent, out, args.min_effect, args.confidence)

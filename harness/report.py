@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness import figures
+from harness import figures, record
 from harness.paper import published_test_error
 from harness.stats import claims, t_interval
 from harness.tracking.runs import describe_recipe, finished, load_analysis, load_curves, load_runs, sweep_members
 
-VANISHING, EXPLODING = 0.01, 100.0  # first/last unit backward-signal ratios (README)
+VANISHING, EXPLODING = 0.01, 100.0  # first/last unit backward-signal ratios (docs/studies.md)
 NET_ORDER = ["family", "residual", "shortcut", "activation", "depth"]
 
 
@@ -45,10 +45,18 @@ def signal_verdicts(runs: pd.DataFrame, analysis: pd.DataFrame) -> list[str]:
             units = at.groupby("run_id")["index"].max().iloc[0]
             ratio = float(np.exp(np.log(per_run).mean()))
             slope = math.log10(ratio) / max(1, units - 1)
-            state = "vanishing" if ratio < VANISHING else "exploding" if ratio > EXPLODING else "neither vanishing nor exploding"
+            state = (
+                "vanishing"
+                if ratio < VANISHING
+                else "exploding"
+                if ratio > EXPLODING
+                else "neither vanishing nor exploding"
+            )
             spread = f" (seeds {per_run.min():.3g}–{per_run.max():.3g})" if len(per_run) > 1 else ""
-            parts.append(f"{label} (iteration {int(at['step'].max())}) first/last unit {ratio:.3g}{spread}, "
-                         f"{slope:+.3f} decades per unit: {state}")  # fmt: skip
+            parts.append(
+                f"{label} (iteration {int(at['step'].max())}) first/last unit {ratio:.3g}{spread}, "
+                f"{slope:+.3f} decades per unit: {state}"
+            )
         lines.append(f"{net}: " + "; ".join(parts))
     return lines
 
@@ -57,9 +65,11 @@ def error_table(runs: pd.DataFrame, confidence: float) -> str:
     """Final errors per net: mean ± sd over seeds, the t interval of the mean, and P1/P2's
     published CIFAR-10 test error where one exists (beside test errors only)."""
     split = figures.eval_name(runs)
-    lines = [f"| net | seeds | final training error % | running training error % | {split} error % | "
-             f"{confidence:.0%} CI of {split} error | paper test error % |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"| net | seeds | final training error % | running training error % | {split} error % | "
+        f"{confidence:.0%} CI of {split} error | paper test error % |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def cell(values: pd.Series) -> str:
         values = values.dropna()
@@ -72,8 +82,10 @@ def error_table(runs: pd.DataFrame, confidence: float) -> str:
         ci = "–" if interval.n < 2 else f"{interval.low:.2f} to {interval.high:.2f}"
         published = published_test_error(group["dataset"].iloc[0], model) if split == "test" else None
         paper = f"{published.error:.2f} ({published.statistic}, {published.source})" if published else "–"
-        lines.append(f"| {model} | {group['seed'].nunique()} | {cell(group['final_train_error'])} | {cell(group['train_error'])} "
-                     f"| {cell(group['eval_error'])} | {ci} | {paper} |")  # fmt: skip
+        lines.append(
+            f"| {model} | {group['seed'].nunique()} | {cell(group['final_train_error'])} "
+            f"| {cell(group['train_error'])} | {cell(group['eval_error'])} | {ci} | {paper} |"
+        )
     return "\n".join(lines)
 
 
@@ -82,25 +94,40 @@ def factor_tables(runs: pd.DataFrame) -> list[str]:
     residual runs vary them (mean final errors over seeds)."""
     residual = runs[runs["residual"]]
     sections = []
-    for factor, title in (("shortcut", "Shortcut options (zero_pad = A, projection = B, full_projection = C)"),
-                          ("activation", "Post- vs pre-activation")):  # fmt: skip
+    for factor, title in (
+        ("shortcut", "Shortcut options (zero_pad = A, projection = B, full_projection = C)"),
+        ("activation", "Post- vs pre-activation"),
+    ):
         if residual[factor].nunique() < 2:
             continue
         wide = residual.pivot_table(index="depth", columns=factor, values="eval_error", aggfunc="mean")
-        lines = [f"#### {title}, {figures.eval_name(runs)} error %", "",
-                 "| depth | " + " | ".join(map(str, wide.columns)) + " |", "|---|" + "---|" * len(wide.columns)]  # fmt: skip
-        lines += [f"| {depth} | " + " | ".join("–" if pd.isna(v) else f"{v:.2f}" for v in values) + " |" for depth, values in wide.iterrows()]
+        lines = [
+            f"#### {title}, {figures.eval_name(runs)} error %",
+            "",
+            "| depth | " + " | ".join(map(str, wide.columns)) + " |",
+            "|---|" + "---|" * len(wide.columns),
+        ]
+        lines += [
+            f"| {depth} | " + " | ".join("–" if pd.isna(v) else f"{v:.2f}" for v in values) + " |"
+            for depth, values in wide.iterrows()
+        ]
         sections.append("\n".join(lines))
     return sections
 
 
 FIGURES = {  # file stem: (caption, function of (runs, curves, analysis))
     "error_vs_depth": ("Error against depth", lambda runs, curves, analysis: figures.error_vs_depth(runs)),
-    "fig1_plain_shallow_vs_deep": ("P1 Fig. 1: plain nets, shallowest vs deepest", lambda r, c, a: figures.figure_1(r, c)),
+    "fig1_plain_shallow_vs_deep": (
+        "P1 Fig. 1: plain nets, shallowest vs deepest",
+        lambda r, c, a: figures.figure_1(r, c),
+    ),
     "fig6_cifar_curves": ("P1 Fig. 6: CIFAR-style nets", lambda r, c, a: figures.figure_6(r, c)),
     "fig4_imagenet_curves": ("P1 Fig. 4: ImageNet-style nets", lambda r, c, a: figures.figure_4(r, c)),
     "fig7_layer_responses": ("P1 Fig. 7: layer responses", lambda r, c, a: figures.figure_7(r, a)),
-    "backward_signal": ("P1 §4.1: backward signal and relative update size", lambda r, c, a: figures.gradient_profile(r, a)),
+    "backward_signal": (
+        "P1 §4.1: backward signal and relative update size",
+        lambda r, c, a: figures.gradient_profile(r, a),
+    ),
 }
 
 
@@ -117,8 +144,19 @@ def budget_table(runs: pd.DataFrame, min_effect: float, confidence: float) -> pd
         for iterations, nets in same.groupby("iterations"):
             for claim in claims(nets, min_effect, confidence):
                 i = claim.interval
-                rows.append({"key": claim.key, "text": claim.text, "unit": claim.unit, "iterations": iterations, "n": i.n,
-                             "mean": i.mean, "low": i.low, "high": i.high, "verdict": claim.verdict})  # fmt: skip
+                rows.append(
+                    {
+                        "key": claim.key,
+                        "text": claim.text,
+                        "unit": claim.unit,
+                        "iterations": iterations,
+                        "n": i.n,
+                        "mean": i.mean,
+                        "low": i.low,
+                        "high": i.high,
+                        "verdict": claim.verdict,
+                    }
+                )
     return pd.DataFrame(rows, columns=["key", "text", "unit", "iterations", "n", "mean", "low", "high", "verdict"])
 
 
@@ -133,8 +171,12 @@ def budget_section(table: pd.DataFrame, out_dir: Path, min_effect: float, confid
         fig.savefig(out_dir / f"claims_vs_budget{suffix}", dpi=120)
         written.append(out_dir / f"claims_vs_budget{suffix}")
     plt.close(fig)
-    lines = ["## Claims against the budget", "", f"| claim | iterations | seeds | mean | {confidence:.0%} CI | verdict |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Claims against the budget",
+        "",
+        f"| claim | iterations | seeds | mean | {confidence:.0%} CI | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in table.sort_values(["key", "iterations"]).itertuples():
         ci = "–" if row.n < 2 else f"{row.low:+.2f} to {row.high:+.2f}"
         lines.append(f"| {row.key} | {row.iterations} | {row.n} | {row.mean:+.2f} {row.unit} | {ci} | {row.verdict} |")
@@ -142,16 +184,30 @@ def budget_section(table: pd.DataFrame, out_dir: Path, min_effect: float, confid
     return lines, written
 
 
-def recipe_section(runs: pd.DataFrame, curves, analysis, out_dir: Path, prefix: str, min_effect: float, confidence: float):
+def recipe_section(
+    runs: pd.DataFrame, curves, analysis, out_dir: Path, prefix: str, min_effect: float, confidence: float
+):
     """(markdown lines, files written) for the finished runs of one recipe."""
     text = [f"Recipe: {describe_recipe(runs)}.", "", "### Claims", ""]
     for family, nets in runs.groupby("family"):
         found = claims(nets, min_effect, confidence)
         text += [f"- {family}-style nets, {claim.line(confidence)}" for claim in found] or [
-            f"- {family}-style nets: no claim can be checked (too few depths or variants)."]  # fmt: skip
+            f"- {family}-style nets: no claim can be checked (too few depths or variants)."
+        ]
     text += ["", "### Backward signal (P1 §4.1)", ""]
-    text += [f"- {line}" for line in signal_verdicts(runs, analysis)] or ["- No probe tables with output gradients among these runs."]
-    text += ["", "### Final errors", "", error_table(runs, confidence), "", *[t + "\n" for t in factor_tables(runs)], "### Figures", ""]
+    text += [f"- {line}" for line in signal_verdicts(runs, analysis)] or [
+        "- No probe tables with output gradients among these runs."
+    ]
+    text += [
+        "",
+        "### Final errors",
+        "",
+        error_table(runs, confidence),
+        "",
+        *[t + "\n" for t in factor_tables(runs)],
+        "### Figures",
+        "",
+    ]
     written = []
     for stem, (caption, draw) in FIGURES.items():
         fig = draw(runs, curves, analysis)
@@ -165,8 +221,16 @@ def recipe_section(runs: pd.DataFrame, curves, analysis, out_dir: Path, prefix: 
     return text, written
 
 
-def write_report(runs: pd.DataFrame, curves: pd.DataFrame, analysis: pd.DataFrame, out_dir: Path, title: str,
-                 min_effect: float = 1.0, confidence: float = 0.95, notes: list[str] = ()) -> list[Path]:  # fmt: skip
+def write_report(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    analysis: pd.DataFrame,
+    out_dir: Path,
+    title: str,
+    min_effect: float = 1.0,
+    confidence: float = 0.95,
+    notes: list[str] = (),
+) -> list[Path]:
     """Figures (PNG and PDF) and report.md in `out_dir`, one section per recipe; returns the
     files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,30 +239,44 @@ def write_report(runs: pd.DataFrame, curves: pd.DataFrame, analysis: pd.DataFram
     text = [
         f"# {title}",
         "",
-        f"{len(done)} finished runs ({len(runs) - len(done)} not finished) of {len(recipes)} recipe(s). Claims compare nets "
-        f"seed by seed (paired differences) and give the mean, its {confidence:.0%} Student t interval and the number of "
-        f"seeds. A claim is reproduced only with at least 3 seeds, an interval that excludes zero and a mean of at least "
-        f"{min_effect:g} point(s) (for responses: percent of the plain net's value); contradicted when the interval lies "
-        "wholly against it; inconclusive otherwise. Training-error claims use the final model's error on the training "
-        "images (`final_train_error`); the running training error is P1's dashed curve. Published values are P1/P2's "
-        "CIFAR-10 test errors, shown only beside CIFAR-10 test errors.",
+        f"{len(done)} finished runs ({len(runs) - len(done)} not finished) of {len(recipes)} recipe(s). Claims compare "
+        f"nets seed by seed (paired differences) and give the mean, its {confidence:.0%} Student t interval and the "
+        f"number of seeds. A claim is reproduced only with at least 3 seeds, an interval that excludes zero and a "
+        f"mean of at least {min_effect:g} point(s) (for responses: percent of the plain net's value); contradicted "
+        "when the interval lies wholly against it; inconclusive otherwise. Training-error claims use the final "
+        "model's error on the training images (`final_train_error`); the running training error is P1's dashed "
+        "curve. Published values are P1/P2's CIFAR-10 test errors, shown only beside CIFAR-10 test errors.",
         "",
     ]
     written = []
     for number, (_, group) in enumerate(recipes, 1):
         prefix = f"recipe{number}_" if len(recipes) > 1 else ""
-        section, files = recipe_section(group, curves[curves["run_id"].isin(group["run_id"])],
-                                        analysis[analysis["run_id"].isin(group["run_id"])], out_dir, prefix, min_effect, confidence)  # fmt: skip
+        section, files = recipe_section(
+            group,
+            curves[curves["run_id"].isin(group["run_id"])],
+            analysis[analysis["run_id"].isin(group["run_id"])],
+            out_dir,
+            prefix,
+            min_effect,
+            confidence,
+        )
         text += [f"## Recipe {number}" if len(recipes) > 1 else "## Results", "", *section]
         written += files
     section, files = budget_section(budget_table(done, min_effect, confidence), out_dir, min_effect, confidence)
     text += section
     written += files
-    missing = [f"{r.model} seed {r.seed} (run {r.run_id}): no final_train_error (an older harness run); left out of "
-               "training-error claims" for r in done.itertuples() if math.isnan(r.final_train_error)]  # fmt: skip
+    missing = [
+        f"{r.model} seed {r.seed} (run {r.run_id}): no final_train_error (an older harness run); left out of "
+        "training-error claims"
+        for r in done.itertuples()
+        if math.isnan(r.final_train_error)
+    ]
     if len(runs) > len(done) or missing or notes:
         text += ["## Runs not finished or incomplete", ""]
-        text += [f"- {r.model} seed {r.seed} (run {r.run_id}): {r.status}" for r in runs[runs["status"] != "FINISHED"].itertuples()]
+        text += [
+            f"- {r.model} seed {r.seed} (run {r.run_id}): {r.status}"
+            for r in runs[runs["status"] != "FINISHED"].itertuples()
+        ]
         text += [f"- {line}" for line in [*missing, *notes]]
     (out_dir / "report.md").write_text("\n".join(text) + "\n")
     return [*written, out_dir / "report.md", write_html("\n".join(text), out_dir, title)]
@@ -214,23 +292,34 @@ def write_html(text: str, out_dir: Path, title: str) -> Path:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"/]+\.png)"', embed, body)
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}")  # fmt: skip
-    page = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n<body>{body}</body></html>\n'
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}"
+    )
+    head = f'<meta charset="utf-8"><title>{title}</title><style>{style}</style>'
+    page = f"<!DOCTYPE html>\n<html><head>{head}</head>\n<body>{body}</body></html>\n"
     path = out_dir / "report.html"
     path.write_text(page)
     return path
 
 
-def report_runs(client: MlflowClient, runs: pd.DataFrame, out_dir: Path, title: str, min_effect: float = 1.0,
-                confidence: float = 0.95) -> list[Path]:  # fmt: skip
+def report_runs(
+    client: MlflowClient,
+    runs: pd.DataFrame,
+    out_dir: Path,
+    title: str,
+    min_effect: float = 1.0,
+    confidence: float = 0.95,
+) -> list[Path]:
     """Read the finished runs' curves and probe tables, then write the report."""
     done = finished(runs)
     analysis, notes = load_analysis(client, done)
     return write_report(runs, load_curves(client, done), analysis, out_dir, title, min_effect, confidence, notes)
 
 
-def report_sweep(client: MlflowClient, parent_run_id: str, out_dir: Path, min_effect: float = 1.0, confidence: float = 0.95) -> list[Path]:
+def report_sweep(
+    client: MlflowClient, parent_run_id: str, out_dir: Path, min_effect: float = 1.0, confidence: float = 0.95
+) -> list[Path]:
     """The report of one sweep: every run it covers (trained or reused), written to `out_dir`
     and logged to its parent run."""
     parent = client.get_run(parent_run_id)
@@ -239,5 +328,5 @@ def report_sweep(client: MlflowClient, parent_run_id: str, out_dir: Path, min_ef
         return []
     written = report_runs(client, runs, out_dir, f"Report of {parent.info.run_name}", min_effect, confidence)
     for path in written:
-        client.log_artifact(parent_run_id, str(path), "figures")
+        client.log_artifact(parent_run_id, str(path), record.FIGURES_FOLDER)
     return written

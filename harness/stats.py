@@ -77,7 +77,8 @@ class Claim:
         elif i.n == 1:
             numbers = f"{i.mean:+.2f} {self.unit} (1 seed)"
         else:
-            numbers = f"{i.mean:+.2f} {self.unit} ({confidence:.0%} CI {i.low:+.2f} to {i.high:+.2f}, sd {i.sd:.2f}, {i.n} seeds)"
+            interval = f"{confidence:.0%} CI {i.low:+.2f} to {i.high:+.2f}, sd {i.sd:.2f}, {i.n} seeds"
+            numbers = f"{i.mean:+.2f} {self.unit} ({interval})"
         reason = f": {self.verdict}" + (f" ({self.reason})" if self.reason else "")
         return f"{self.key} {self.text}: {numbers}{reason}"
 
@@ -126,23 +127,49 @@ def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95
     eval_name = "validation" if (runs["eval_split"] == "validation").any() else "test"
     if len(plain_depths) >= 2:
         s, d = plain_depths[0], plain_depths[-1]
-        add("C1", f"degradation: {name(plain, d)} has higher final training error than {name(plain, s)}", diff(plain, d, plain, s))
+        add(
+            "C1",
+            f"degradation: {name(plain, d)} has higher final training error than {name(plain, s)}",
+            diff(plain, d, plain, s),
+        )
     if len(both) >= 2:
         s, d = both[0], both[-1]
         extra = diff(plain, d, plain, s) - diff(residual, d, residual, s)
-        add("C1b", f"degradation beyond slower training: ({name(plain, d)} − {name(plain, s)}) − "
-                   f"({name(residual, d)} − {name(residual, s)}) in final training error", extra)  # fmt: skip
+        add(
+            "C1b",
+            f"degradation beyond slower training: ({name(plain, d)} − {name(plain, s)}) − "
+            f"({name(residual, d)} − {name(residual, s)}) in final training error",
+            extra,
+        )
     if both:
         d = both[-1]
-        add("C2", f"shortcuts fix it: {name(residual, d)} has lower final training error than {name(plain, d)}", diff(plain, d, residual, d))
+        add(
+            "C2",
+            f"shortcuts fix it: {name(residual, d)} has lower final training error than {name(plain, d)}",
+            diff(plain, d, residual, d),
+        )
     if len(res_depths) >= 2:
         s, d = res_depths[0], res_depths[-1]
-        add("C3", f"deeper residual net trains better: {name(residual, d)} below {name(residual, s)} in final training error",
-            diff(residual, s, residual, d))  # fmt: skip
-        add("C3-test", f"deeper residual net tests better: {name(residual, d)} below {name(residual, s)} in {eval_name} error",
-            diff(residual, s, residual, d, "eval_error"))  # fmt: skip
+        add(
+            "C3",
+            f"deeper residual net trains better: {name(residual, d)} below {name(residual, s)} in final training error",
+            diff(residual, s, residual, d),
+        )
+        add(
+            "C3-test",
+            f"deeper residual net tests better: {name(residual, d)} below {name(residual, s)} in {eval_name} error",
+            diff(residual, s, residual, d, "eval_error"),
+        )
     for d in both:
-        p, r = per_seed(plain, name(plain, d), "response_std_mean"), per_seed(residual, name(residual, d), "response_std_mean")
-        add("Fig7", f"residual responses smaller (P1 Fig. 7): mean 3x3 response std of {name(residual, d)} below "
-                    f"{name(plain, d)}, relative to the plain net", 100 * (p - r) / p, unit="%")  # fmt: skip
+        p, r = (
+            per_seed(plain, name(plain, d), "response_std_mean"),
+            per_seed(residual, name(residual, d), "response_std_mean"),
+        )
+        add(
+            "Fig7",
+            f"residual responses smaller (P1 Fig. 7): mean 3x3 response std of {name(residual, d)} below "
+            f"{name(plain, d)}, relative to the plain net",
+            100 * (p - r) / p,
+            unit="%",
+        )
     return found

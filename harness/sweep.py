@@ -4,33 +4,28 @@ and wherever, and at the end record the study's members (the runs it trained and
 reused from earlier sweeps), report on all of them and say which configurations failed."""
 
 import functools
-import hashlib
 import logging
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, read_write
 
-import pandas as pd
-
-from harness.config import ConfigError, check_values, effective_config, fingerprint, unused_notes
+from harness import identity, record
+from harness.config import ConfigError, check, fail
 from harness.launchers import INTERRUPT_HOOKS, mark_sweep_process
 from harness.lease import heartbeat_of
-from harness.models import model_name
 from harness.report import report_sweep
-from harness.run import check_data_root, fail, git_commit
-from harness.tracking.mlflow_store import ROLE_TAG, SWEEP_DIR_TAG, StoreError, connect, find_run
+from harness.tracking.mlflow_store import StoreError, connect, find_run
 from harness.tracking.runs import write_members
-from harness.tracking.ui import closing_lines, describe_sweep, sweep_tags
+from harness.tracking.ui import closing_lines, describe_sweep
 
 log = logging.getLogger(__name__)
-STUDY_TAG = "harness.study"  # the fingerprints of all jobs of a sweep, hashed
 
 
 def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
@@ -71,14 +66,13 @@ class SweepTracking(Callback):
         for overrides in jobs:
             try:
                 job = compose(config_name=kwargs.get("config_name") or "config", overrides=overrides)
-                check_values(job)
-                check_data_root(job)
+                check(job)
             except ConfigError as error:
                 fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
-            fingerprints.append(fingerprint(job))
+            fingerprints.append(identity.fingerprint(job))
             self.job_overrides.append(overrides)
-            self.names.append(model_name(job.depth, job.residual, effective_config(job)[0]["shortcut"], job.activation))
-            notes.update(dict.fromkeys(unused_notes(job, overrides)))
+            self.names.append(record.net_name(job))
+            notes.update(dict.fromkeys(identity.unused_notes(job, overrides)))
         for note in notes:  # once for the sweep, not once per job
             print(note)
         distinct = len(set(fingerprints))
@@ -105,23 +99,25 @@ class SweepTracking(Callback):
 
     def open_parent_run(self, config: DictConfig, experiment_id: str, fingerprints: list[str], sweep_dir: str) -> str:
         # The same study launched again (after a kill, say) goes on in its parent run.
-        study = hashlib.sha256(" ".join(sorted(fingerprints)).encode()).hexdigest()[:16]
-        earlier = None if config.rerun else self.client.search_runs(
-            [experiment_id], f"tags.`{ROLE_TAG}` = 'sweep' AND tags.`{STUDY_TAG}` = '{study}'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )  # fmt: skip
+        study = identity.study(fingerprints)
+        earlier = (
+            None
+            if config.rerun
+            else self.client.search_runs(
+                [experiment_id], record.study_filter(study), order_by=["attributes.start_time DESC"], max_results=1
+            )
+        )
         if earlier:
             run_id = earlier[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, SWEEP_DIR_TAG, sweep_dir)
+            self.client.set_tag(run_id, record.SWEEP_DIR, sweep_dir)
             log.info("Sweep of %d jobs goes on in MLflow parent run %s", len(fingerprints), run_id)
             return run_id
         overrides = " ".join(config.hydra.overrides.task)
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep {overrides}"[:250],
-            tags={ROLE_TAG: "sweep", SWEEP_DIR_TAG: sweep_dir, STUDY_TAG: study, "harness.jobs": str(len(fingerprints)),
-                  "harness.overrides": overrides, **sweep_tags(git_commit(), len(fingerprints))},  # fmt: skip
+            tags=record.sweep_tags(study, sweep_dir, len(fingerprints), overrides, record.source_commit()),
         )
         log.info("Sweep of %d jobs: MLflow parent run %s", len(fingerprints), run.info.run_id)
         return run.info.run_id
@@ -138,33 +134,47 @@ class SweepTracking(Callback):
             failed = pd.concat([failed, pd.DataFrame(missing, columns=members.columns)], ignore_index=True)
         trained = int((members["role"] == "trained").sum())
         reused = len(members) - trained
-        for key, value in {"harness.members": len(members), "harness.trained": trained, "harness.reused": reused}.items():
-            self.client.set_tag(self.parent_run_id, key, str(value))
+        for key, value in record.sweep_result_tags(len(members), trained).items():
+            self.client.set_tag(self.parent_run_id, key, value)
         written = []
         if config.tracking.figures:
             report = config.report
-            written = report_sweep(self.client, self.parent_run_id, folder / "figures", report.min_effect, report.confidence)
+            figures = folder / record.FIGURES_FOLDER
+            written = report_sweep(self.client, self.parent_run_id, figures, report.min_effect, report.confidence)
         self.client.set_terminated(self.parent_run_id, "FAILED" if len(failed) else "FINISHED")
         reports = [path.resolve() for path in written if path.name in ("report.html", "report.md")]
         report_file = max(reports, key=lambda path: path.suffix == ".html", default=None)  # html where there is one
         describe_sweep(self.client, self.parent_run_id, members, report_file)
-        print(f"Sweep done: {len(members)} runs: {trained} trained, {reused} reused from earlier sweeps, "
-              f"{len(failed)} not finished (MLflow parent run {self.parent_run_id}).")  # fmt: skip
+        print(
+            f"Sweep done: {len(members)} runs: {trained} trained, {reused} reused from earlier sweeps, "
+            f"{len(failed)} not finished (MLflow parent run {self.parent_run_id})."
+        )
         if written:
-            print(f"Figures and report: {(folder / 'figures').resolve()}")
+            print(f"Figures and report: {(folder / record.FIGURES_FOLDER).resolve()}")
         for line in closing_lines(config.tracking.uri, self.experiment_id, self.parent_run_id, report_file):
             print(line)
         if len(failed):
             names = ", ".join(f"{row.name} (run {row.run_id}, {row.overrides})" for row in failed.itertuples())
-            fail(f"{len(failed)} run(s) did not finish: {names}; their errors are in the MLflow tag harness.error.", code=1)
+            fail(
+                f"{len(failed)} run(s) did not finish: {names}; their errors are in the MLflow tag harness.error.",
+                code=1,
+            )
 
     def missing(self) -> list[dict]:
         """The jobs of this sweep whose net has no run at all: they failed before opening one."""
         rows, seen = [], set()
         for fp, overrides, name in zip(self.fingerprints, self.job_overrides, self.names):
             if fp not in seen and find_run(self.client, self.experiment_id, fp) is None:
-                rows.append({"run_id": "none", "name": name, "seed": None, "status": "NOT STARTED", "role": "trained",
-                             "overrides": " ".join(overrides)})  # fmt: skip
+                rows.append(
+                    {
+                        "run_id": "none",
+                        "name": name,
+                        "seed": None,
+                        "status": "NOT STARTED",
+                        "role": "trained",
+                        "overrides": " ".join(overrides),
+                    }
+                )
             seen.add(fp)
         return rows
 
@@ -191,10 +201,16 @@ class SweepTracking(Callback):
                 state = "still RUNNING in another process" if alive else "KILLED"
                 print(f"stopped {row.name} (run {row.run_id}, {row.overrides}): {state}", file=sys.stderr)
             self.client.set_terminated(self.parent_run_id, "KILLED")
-            print(f"Sweep stopped (Ctrl-C): MLflow parent run {self.parent_run_id} KILLED; the same command resumes "
-                  "its runs from their last checkpoints.", file=sys.stderr)  # fmt: skip
+            print(
+                f"Sweep stopped (Ctrl-C): MLflow parent run {self.parent_run_id} KILLED; the same command resumes "
+                "its runs from their last checkpoints.",
+                file=sys.stderr,
+            )
         except BaseException as error:  # Ctrl-C again, or the store: one line
-            print(f"Sweep stopped (Ctrl-C); its runs could not all be marked: {type(error).__name__}: {error}", file=sys.stderr)
+            print(
+                f"Sweep stopped (Ctrl-C); its runs could not all be marked: {type(error).__name__}: {error}",
+                file=sys.stderr,
+            )
 
     def members(self) -> pd.DataFrame:
         """One row per distinct net of the sweep: the run that holds it now (trained by this sweep,
@@ -207,8 +223,5 @@ class SweepTracking(Callback):
             run = find_run(self.client, self.experiment_id, fp)
             if run is None:  # the job failed before it could open a run
                 continue
-            parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
-            rows.append({"run_id": run.info.run_id, "name": run.info.run_name, "seed": run.data.tags.get("seed"),
-                         "status": run.info.status, "role": "trained" if parent == self.parent_run_id else "reused",
-                         "overrides": " ".join(overrides)})  # fmt: skip
-        return pd.DataFrame(rows, columns=["run_id", "name", "seed", "status", "role", "overrides"])
+            rows.append(record.member_row(run, self.parent_run_id, " ".join(overrides)))
+        return pd.DataFrame(rows, columns=record.MEMBER_COLUMNS)

@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from harness import analysis
-from harness.data import BatchSampler, Data, augment
+from harness import analysis, record
+from harness.data.memory import BatchSampler, Data, augment
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,14 @@ class ProgressLog:
     training error and the time left."""
 
     def __init__(self, name: str, start: int, total: int, batch_size: int, enabled: bool, every: float = 30.0):
-        self.name, self.start, self.total, self.batch_size, self.enabled, self.every = name, start, total, batch_size, enabled, every
+        self.name, self.start, self.total, self.batch_size, self.enabled, self.every = (
+            name,
+            start,
+            total,
+            batch_size,
+            enabled,
+            every,
+        )
         self.started = self.last = time.monotonic()
 
     def update(self, iteration: int, train_error: float) -> None:
@@ -49,8 +56,16 @@ class ProgressLog:
         left = (self.total - iteration) / rate if rate > 0 else math.nan
         error = "not yet measured" if math.isnan(train_error) else f"{100 * train_error:.2f}%"
         eta = "?" if math.isnan(left) else f"{int(left // 60)}:{int(left % 60):02d}"
-        log.info("%s: iteration %d/%d, %.2f it/s (%.0f images/s), running training error %s, ETA %s min", self.name,
-                 iteration, self.total, rate, rate * self.batch_size, error, eta)  # fmt: skip
+        log.info(
+            "%s: iteration %d/%d, %.2f it/s (%.0f images/s), running training error %s, ETA %s min",
+            self.name,
+            iteration,
+            self.total,
+            rate,
+            rate * self.batch_size,
+            error,
+            eta,
+        )
 
 
 @dataclass
@@ -84,17 +99,16 @@ def warmup_end(cfg: DictConfig) -> int:
     schedule = cfg.schedule
     if schedule.warmup_lr is None or cfg.depth < schedule.warmup_min_depth:
         return 0
-    first_drop = min((round(fraction * schedule.iterations) for fraction in schedule.lr_drops), default=schedule.iterations)
+    first_drop = min(
+        (round(fraction * schedule.iterations) for fraction in schedule.lr_drops), default=schedule.iterations
+    )
     return min(first_drop, schedule.warmup_max_iterations or schedule.iterations)
 
 
-def eval_prefix(data: Data) -> str:
-    """Held-out training images are a validation split, never to be confused with the test set."""
-    return "test" if data.eval_split == "test" else "val"
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: Data, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> tuple[float, float]:
     """(mean loss, error rate) of the model in evaluation mode on these (uint8) images."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
@@ -148,7 +162,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         probe_images = data.normalise(data.eval_images[: analysis.PROBE_IMAGES])
         probe_labels = data.eval_labels[: analysis.PROBE_IMAGES]
 
-    split = eval_prefix(data)
+    eval_loss_key, eval_error_key = record.eval_metric(data.eval_split, "loss"), record.eval_metric(data.eval_split)
     window_loss = torch.zeros((), device=device)
     window_wrong = torch.zeros((), device=device)
     window_steps = 0
@@ -156,10 +170,16 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     start_time = time.perf_counter()
     model.train()
     steps = range(start, schedule.iterations)
-    progress = tqdm(steps, desc=tracker.name, unit="it", initial=start, total=schedule.iterations, disable=None, leave=False)
+    progress = tqdm(
+        steps, desc=tracker.name, unit="it", initial=start, total=schedule.iterations, disable=None, leave=False
+    )
     progress_log = ProgressLog(tracker.name, start, schedule.iterations, schedule.batch_size, enabled=progress.disable)
     for step in progress:
-        lr = schedule.warmup_lr if warming_up and step < warmup_until else learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
+        lr = (
+            schedule.warmup_lr
+            if warming_up and step < warmup_until
+            else learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -186,11 +206,13 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
             train_error = window_wrong.item() / (window_steps * schedule.batch_size)
             if not math.isfinite(train_loss):
                 raise DivergedError(iteration, train_loss)
-            tracker.log_metrics({"train_loss": train_loss, "train_error": train_error, "lr": lr}, step=iteration)
+            tracker.log_metrics(
+                {record.TRAIN_LOSS: train_loss, record.TRAIN_ERROR: train_error, record.LR: lr}, step=iteration
+            )
             progress.set_postfix(loss=f"{train_loss:.3f}", err=f"{100 * train_error:.2f}%", refresh=False)
             if warming_up and (train_error < schedule.warmup_until_error or iteration >= warmup_until):
                 warming_up = False
-                tracker.log_metrics({"warmup_ended_at": min(iteration, warmup_until)}, step=iteration)
+                tracker.log_metrics({record.WARMUP_ENDED_AT: min(iteration, warmup_until)}, step=iteration)
             window_loss.zero_()
             window_wrong.zero_()
             window_steps = 0
@@ -198,10 +220,10 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         if iteration % schedule.eval_every == 0 and iteration < schedule.iterations:
             subset = schedule.eval_subset
             eval_loss, eval_error = evaluate(model, data, data.eval_images[:subset], data.eval_labels[:subset])
-            tracker.log_metrics({f"{split}_loss": eval_loss, f"{split}_error": eval_error}, step=iteration)
+            tracker.log_metrics({eval_loss_key: eval_loss, eval_error_key: eval_error}, step=iteration)
 
         if cfg.analysis and (iteration % schedule.analysis_every == 0 or iteration == schedule.iterations):
-            analysis.record(model, probe_images, probe_labels, tracker, iteration)
+            analysis.log_probe(model, probe_images, probe_labels, tracker, iteration)
 
         # Checkpoints fall on logging boundaries (the config checks it): the window is empty.
         if schedule.checkpoint_every and iteration % schedule.checkpoint_every == 0 and iteration < schedule.iterations:
@@ -214,8 +236,13 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     # training error compare the final model itself, on a fixed sample of the training split.
     subset = schedule.final_train_subset
     final_train_loss, final_train_error = evaluate(model, data, data.train_images[:subset], data.train_labels[:subset])
-    tracker.log_metrics({f"{split}_loss": eval_loss, f"{split}_error": eval_error, "final_train_loss": final_train_loss,
-                         "final_train_error": final_train_error}, step=schedule.iterations)  # fmt: skip
+    final = {
+        eval_loss_key: eval_loss,
+        eval_error_key: eval_error,
+        record.FINAL_TRAIN_LOSS: final_train_loss,
+        record.FINAL_TRAIN_ERROR: final_train_error,
+    }
+    tracker.log_metrics(final, step=schedule.iterations)
     progress.close()
     return Result(
         train_error=train_error,

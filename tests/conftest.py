@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness import record
 
 REPO = Path(__file__).resolve().parents[1]
 # The in-process tests run tiny models, which intra-op threads only slow down, badly so when
@@ -32,15 +33,13 @@ EXPECTED_STEPS = {
 def check_sweep(client, jobs: int, experiment: str = "degradation") -> list:
     """One parent run with `jobs` FINISHED children, each with every metric step; returns them."""
     experiment = client.get_experiment_by_name(experiment)
-    parents = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'sweep'")
+    parents = client.search_runs([experiment.experiment_id], record.SWEEPS_FILTER)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs(
-        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
-    )  # fmt: skip
+    children = client.search_runs([experiment.experiment_id], record.children_filter(parents[0].info.run_id))
     assert len(children) == jobs
-    assert len(client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'job'")) == jobs
+    assert len(client.search_runs([experiment.experiment_id], record.JOBS_FILTER)) == jobs
     for run in children:
-        assert run.info.status == "FINISHED", run.data.tags.get("harness.error")
+        assert run.info.status == "FINISHED", run.data.tags.get(record.ERROR)
         assert set(run.data.metrics) == set(EXPECTED_STEPS)
         for key, steps in EXPECTED_STEPS.items():
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps, (run.info.run_name, key)
@@ -87,7 +86,9 @@ def store(tmp_path) -> str:
 def harness_command(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run `python -m MODULE ARGS` as a user would, in `cwd`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def free_ports(count: int) -> list[int]:

@@ -7,8 +7,8 @@ from torch import nn
 
 from harness.analysis import first_over_last, probe, response_layers
 from harness.config import compose_config
-from harness.data import load_data
-from harness.models import build_model
+from harness.data.memory import load_data
+from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import train
 
@@ -65,7 +65,9 @@ def test_gradient_norms_are_those_of_the_probe_batch_loss():
     assert abs(norms["s2.b01.conv1"] - reference.stages[1][0].conv1.weight.grad.norm().item()) < 1e-5
     bn = reference.stages[0][0].bn1
     assert abs(norms["s1.b01.bn1"] - torch.cat([bn.weight.grad, bn.bias.grad]).norm().item()) < 1e-5
-    assert abs(norms["fc"] - torch.cat([reference.fc.weight.grad.flatten(), reference.fc.bias.grad]).norm().item()) < 1e-5
+    assert (
+        abs(norms["fc"] - torch.cat([reference.fc.weight.grad.flatten(), reference.fc.bias.grad]).norm().item()) < 1e-5
+    )
     assert list(table[table["kind"] == "grad_norm"]["index"]) == list(range(1, len(norms) + 1))
 
 
@@ -78,7 +80,11 @@ def test_plain_and_residual_nets_report_the_same_layers():
             assert list(plain[plain["kind"] == kind]["layer"]) == list(residual[residual["kind"] == kind]["layer"])
     # Pre-activation nets keep the stem's conv-BN-ReLU; in their blocks only the first conv meets a BN.
     assert [layer.name for layer in response_layers(small_net(activation="pre"))] == [
-        "stem.conv", "s1.b01.conv1", "s2.b01.conv1", "s3.b01.conv1"]  # fmt: skip
+        "stem.conv",
+        "s1.b01.conv1",
+        "s2.b01.conv1",
+        "s3.b01.conv1",
+    ]
     pre = probe(small_net(activation="pre"), *batch())
     pre_layers = list(pre[pre["kind"] == "grad_norm"]["layer"])
     assert "s1.b01.bn1" not in pre_layers and "s2.b01.bn1" in pre_layers  # the first unit has no pre-activation BN
@@ -135,8 +141,14 @@ def test_grad_and_weight_norms_equal_direct_norms():
         return torch.cat([t.detach().flatten() for t in tensors]).norm().item()
 
     block = reference.stages[2][0]
-    modules = {"stem.conv": reference.stem[0], "stem.bn": reference.stem[1], "s1.b01.conv1": reference.stages[0][0].conv1,
-               "s2.b01.bn2": reference.stages[1][0].bn2, "s3.b01.conv2": block.conv2, "fc": reference.fc}  # fmt: skip
+    modules = {
+        "stem.conv": reference.stem[0],
+        "stem.bn": reference.stem[1],
+        "s1.b01.conv1": reference.stages[0][0].conv1,
+        "s2.b01.bn2": reference.stages[1][0].bn2,
+        "s3.b01.conv2": block.conv2,
+        "fc": reference.fc,
+    }
     grads = table[table["kind"] == "grad_norm"].set_index("layer")["value"]
     weights = table[table["kind"] == "weight_norm"].set_index("layer")["value"]
     assert list(grads.index) == list(weights.index)
@@ -176,7 +188,6 @@ def test_analysis_does_not_change_the_training_curves(data_root):
     for key in ("response_std_mean", "output_grad_first_over_last"):
         assert [s for s, _ in with_probes.history[key]] == [5, 10, 15, 20]
         assert key not in without.history
-    assert "grad_norm_min_over_max" not in with_probes.history
     last = with_probes.tables["analysis/step-0000020.csv"]
     assert set(last["kind"]) == {"response", "output_grad", "grad_norm", "weight_norm"}
     assert with_probes.history["output_grad_first_over_last"][-1][1] == pytest.approx(first_over_last(last))

@@ -1,4 +1,4 @@
-"""The README's SLURM recipe on a real SLURM cluster: slurmctld and slurmd on this machine,
+"""The SLURM recipe on a real SLURM cluster: slurmctld and slurmd on this machine,
 jobs submitted by `hydra/launcher=slurm` through sbatch, tracked by the shared tracking server.
 
 The cluster has no accounting database (slurmdbd), so `sacct` fails; submitit then says
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from harness import record
 
 from conftest import TINY, check_sweep, free_ports, harness_command
 
@@ -97,9 +99,15 @@ def slurm_cluster():
         daemons.append(subprocess.Popen([program[name], *args], env=env, stdout=log, stderr=subprocess.STDOUT))
 
     try:
-        start("munged", "--foreground", f"--socket={folder}/munge/munge.socket", f"--key-file={folder}/munge/munge.key",
-              f"--pid-file={folder}/munge/munged.pid", f"--log-file={folder}/munge/munged.log",
-              f"--seed-file={folder}/munge/munged.seed")  # fmt: skip
+        start(
+            "munged",
+            "--foreground",
+            f"--socket={folder}/munge/munge.socket",
+            f"--key-file={folder}/munge/munge.key",
+            f"--pid-file={folder}/munge/munged.pid",
+            f"--log-file={folder}/munge/munged.log",
+            f"--seed-file={folder}/munge/munged.seed",
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while not (folder / "munge" / "munge.socket").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -123,17 +131,27 @@ def slurm_cluster():
 
 
 def slurm_sweep(*overrides: str, data_root: Path, tracking_uri: str, experiment: str, cwd: Path):
-    """The README's SLURM command, for a CPU-only partition of this machine."""
+    """The SLURM command, for a CPU-only partition of this machine."""
     return harness_command(
-        "harness.run", "-m", *overrides, "hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}",
-        "hydra.launcher.cpus_per_task=1", "hydra.launcher.gpus_per_node=0", "hydra.launcher.mem_gb=1",
-        "tracking=server", f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment}",
-        f"dataset.root={data_root}", "tracking.figures=false", cwd=cwd,
-    )  # fmt: skip
+        "harness.run",
+        "-m",
+        *overrides,
+        "hydra/launcher=slurm",
+        f"hydra.launcher.partition={PARTITION}",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.mem_gb=1",
+        "tracking=server",
+        f"tracking.uri={tracking_uri}",
+        f"tracking.experiment={experiment}",
+        f"dataset.root={data_root}",
+        "tracking.figures=false",
+        cwd=cwd,
+    )
 
 
 def job_logs(folder: Path, job_id: str) -> list[Path]:
-    """The submitit logs of one SLURM job, where the README says they are."""
+    """The submitit logs of one SLURM job, where docs/clusters.md says they are."""
     return list(folder.glob(f"multirun/*/*/.submitit/{job_id}/{job_id}_0_log.out"))
 
 
@@ -141,8 +159,16 @@ def test_slurm_runs_a_sweep_through_sbatch(slurm_cluster, tracking_server, data_
     """4 jobs of 1 CPU each through sbatch on a 2-core node: one parent run, every metric step
     once, torch threads as the CPUs SLURM gave, and each run names its SLURM job and its logs."""
     monkeypatch.setenv("SLURM_CONF", slurm_cluster)
-    result = slurm_sweep("depth=8", "residual=true,false", "seed=0,1", *TINY, data_root=data_root,
-                         tracking_uri=tracking_server, experiment="slurm", cwd=tmp_path)  # fmt: skip
+    result = slurm_sweep(
+        "depth=8",
+        "residual=true,false",
+        "seed=0,1",
+        *TINY,
+        data_root=data_root,
+        tracking_uri=tracking_server,
+        experiment="slurm",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Sweep done: 4 runs: 4 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
     children = check_sweep(MlflowClient(tracking_server), 4, experiment="slurm")
@@ -155,7 +181,7 @@ def test_slurm_runs_a_sweep_through_sbatch(slurm_cluster, tracking_server, data_
 
 def test_a_run_that_slurm_stops_at_its_time_limit_resumes_when_launched_again(
     slurm_cluster, tracking_server, data_root, tmp_path, monkeypatch
-):  # fmt: skip
+):
     """A run longer than its 1-minute limit: SLURM signals it before the limit (`signal_delay_s`;
     slurmctld looks every 30 s, so the signal comes 30 to 60 s after the start), the run is
     marked KILLED with its checkpoint kept, and the command launched again with a longer limit
@@ -165,32 +191,55 @@ def test_a_run_that_slurm_stops_at_its_time_limit_resumes_when_launched_again(
     # About 100 s of training on one core of a 2-core VM: the signal comes at most 60 s after the
     # job started, so a machine almost twice as fast still trains when it comes.
     iterations = 2500
-    command = ["depth=8", "residual=true", *TINY, f"schedule.iterations={iterations}", "schedule.checkpoint_every=25",
-               "schedule.eval_every=500", "analysis=false", "hydra.launcher.signal_delay_s=1"]  # fmt: skip
-    first = slurm_sweep(*command, "hydra.launcher.timeout_min=1", data_root=data_root, tracking_uri=tracking_server,
-                        experiment="slurm-timeout", cwd=tmp_path)  # fmt: skip
+    command = [
+        "depth=8",
+        "residual=true",
+        *TINY,
+        f"schedule.iterations={iterations}",
+        "schedule.checkpoint_every=25",
+        "schedule.eval_every=500",
+        "analysis=false",
+        "hydra.launcher.signal_delay_s=1",
+    ]
+    first = slurm_sweep(
+        *command,
+        "hydra.launcher.timeout_min=1",
+        data_root=data_root,
+        tracking_uri=tracking_server,
+        experiment="slurm-timeout",
+        cwd=tmp_path,
+    )
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "1 run(s) did not finish" in first.stderr
     client = MlflowClient(tracking_server)
     experiment_id = client.get_experiment_by_name("slurm-timeout").experiment_id
-    [stopped] = client.search_runs([experiment_id], "tags.`harness.role` = 'job'")
+    [stopped] = client.search_runs([experiment_id], record.JOBS_FILTER)
     assert stopped.info.status == "KILLED"
-    assert "timed-out" in stopped.data.tags["harness.error"]  # submitit's word for SLURM's signal
-    checkpoint = Path(stopped.data.tags["harness.checkpoint"])
+    assert "timed-out" in stopped.data.tags[record.ERROR]  # submitit's word for SLURM's signal
+    checkpoint = Path(stopped.data.tags[record.CHECKPOINT])
     assert checkpoint.parent == tmp_path / "checkpoints" / stopped.info.run_id and checkpoint.exists()
     [log] = job_logs(tmp_path, stopped.data.tags["slurm_job_id"])
     assert "Caught signal SIGUSR2" in log.read_text()
 
-    again = slurm_sweep(*command, "hydra.launcher.timeout_min=5", data_root=data_root, tracking_uri=tracking_server,
-                        experiment="slurm-timeout", cwd=tmp_path)  # fmt: skip
+    again = slurm_sweep(
+        *command,
+        "hydra.launcher.timeout_min=5",
+        data_root=data_root,
+        tracking_uri=tracking_server,
+        experiment="slurm-timeout",
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "Sweep done: 1 runs: 1 trained, 0 reused from earlier sweeps, 0 not finished" in again.stdout
-    [finished] = client.search_runs([experiment_id], "tags.`harness.role` = 'job'")
+    [finished] = client.search_runs([experiment_id], record.JOBS_FILTER)
     assert finished.info.run_id == stopped.info.run_id and finished.info.status == "FINISHED"
     resumed = [path for path in tmp_path.glob("multirun/*/*/.submitit/*/*_log.out") if path != log]
-    assert len(resumed) == 1 and f"resume resnet-8: MLflow run {stopped.info.run_id} from its last checkpoint" in resumed[0].read_text()
+    assert (
+        len(resumed) == 1
+        and f"resume resnet-8: MLflow run {stopped.info.run_id} from its last checkpoint" in resumed[0].read_text()
+    )
     assert job_logs(tmp_path, finished.data.tags["slurm_job_id"]) == resumed  # the tag names the job that finished it
     steps = [m.step for m in client.get_metric_history(finished.info.run_id, "train_error")]
     assert steps == list(range(5, iterations + 1, 5))
-    [parent] = client.search_runs([experiment_id], "tags.`harness.role` = 'sweep'")
-    assert parent.info.status == "FINISHED" and finished.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    [parent] = client.search_runs([experiment_id], record.SWEEPS_FILTER)
+    assert parent.info.status == "FINISHED" and finished.data.tags[record.PARENT] == parent.info.run_id

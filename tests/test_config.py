@@ -1,9 +1,12 @@
 """What a config trains (`effective_config`, `fingerprint`), what a study holds fixed
 (`recipe`), the notes for keys that have no effect, and the value checks of the newer keys."""
 
+from pathlib import Path
+
 import pytest
 
-from harness.config import ConfigError, check_values, compose_config, effective_config, fingerprint, recipe, unused_notes
+from harness.config import ConfigError, check_values, compose_config, reference
+from harness.identity import effective_config, fingerprint, recipe, unused_notes
 
 
 def fp(*overrides: str) -> str:
@@ -30,11 +33,27 @@ def test_a_plain_nets_shortcut_does_not_change_what_it_trains():
     [
         (["optimizer=adam"], ["optimizer=sgd"], ["optimizer.momentum=0.5", "optimizer.momentum=0.95"]),
         (["dataset.augment=false"], ["dataset.augment=true"], ["dataset.pad=2", "dataset.pad=4"]),
-        (["schedule.warmup_lr=null"], ["schedule.warmup_lr=0.01"], ["schedule.warmup_until_error=0.5", "schedule.warmup_until_error=0.8"]),
-        (["schedule.warmup_lr=null"], ["schedule.warmup_lr=0.01"], ["schedule.warmup_max_iterations=10", "schedule.warmup_max_iterations=50"]),
-        (["schedule.warmup_lr=null"], ["schedule.warmup_lr=0.01"], ["schedule.warmup_min_depth=0", "schedule.warmup_min_depth=20"]),
+        (
+            ["schedule.warmup_lr=null"],
+            ["schedule.warmup_lr=0.01"],
+            ["schedule.warmup_until_error=0.5", "schedule.warmup_until_error=0.8"],
+        ),
+        (
+            ["schedule.warmup_lr=null"],
+            ["schedule.warmup_lr=0.01"],
+            ["schedule.warmup_max_iterations=10", "schedule.warmup_max_iterations=50"],
+        ),
+        (
+            ["schedule.warmup_lr=null"],
+            ["schedule.warmup_lr=0.01"],
+            ["schedule.warmup_min_depth=0", "schedule.warmup_min_depth=20"],
+        ),
         # A net below schedule.warmup_min_depth does not warm up: its warm-up lr is unused.
-        (["schedule.warmup_min_depth=56"], ["schedule.warmup_min_depth=20"], ["schedule.warmup_lr=0.01", "schedule.warmup_lr=0.02"]),
+        (
+            ["schedule.warmup_min_depth=56"],
+            ["schedule.warmup_min_depth=20"],
+            ["schedule.warmup_lr=0.01", "schedule.warmup_lr=0.02"],
+        ),
     ],
     ids=["adam-momentum", "pad-without-augment", "until-error", "max-iterations", "min-depth", "below-min-depth"],
 )
@@ -50,23 +69,35 @@ def test_family_auto_and_its_resolved_family_are_one_net():
 
 
 def test_where_and_how_a_run_is_tracked_leaves_the_fingerprint():
-    assert fp() == fp("tracking.uri=sqlite:////tmp/elsewhere.db", "threads=3", "device=cpu", "dataset.root=/data",
-                      "report.confidence=0.9", "tracking.figures=false")  # fmt: skip
+    assert fp() == fp(
+        "tracking.uri=sqlite:////tmp/elsewhere.db",
+        "threads=3",
+        "device=cpu",
+        "dataset.root=/data",
+        "report.confidence=0.9",
+        "tracking.figures=false",
+    )
 
 
-@pytest.mark.parametrize("override", ["schedule.iterations=500", "seed=1", "depth=56", "residual=false", "activation=pre", "optimizer.lr=0.05"])
+@pytest.mark.parametrize(
+    "override",
+    ["schedule.iterations=500", "seed=1", "depth=56", "residual=false", "activation=pre", "optimizer.lr=0.05"],
+)
 def test_what_is_trained_changes_the_fingerprint(override):
     assert fp(override) != fp()
 
 
 @pytest.mark.parametrize(
-    "override", ["depth=56", "residual=false", "shortcut=projection", "activation=pre", "seed=2", "family=cifar", "threads=1"]
+    "override",
+    ["depth=56", "residual=false", "shortcut=projection", "activation=pre", "seed=2", "family=cifar", "threads=1"],
 )
 def test_the_nets_of_one_study_share_its_recipe(override):
     assert rc(override) == rc()
 
 
-@pytest.mark.parametrize("override", ["schedule.iterations=500", "dataset=cifar10", "optimizer=adam", "schedule.batch_size=32"])
+@pytest.mark.parametrize(
+    "override", ["schedule.iterations=500", "dataset=cifar10", "optimizer=adam", "schedule.batch_size=32"]
+)
 def test_a_different_budget_or_data_set_is_a_different_recipe(override):
     assert rc(override) != rc()
 
@@ -84,7 +115,9 @@ def test_notes_name_what_the_user_set_and_this_net_does_not_use():
     notes = unused_notes(compose_config(*overrides), overrides)
     assert len(notes) == 1
     assert "note: shortcut has no effect" in notes[0] and "plain net" in notes[0]
-    assert unused_notes(compose_config("residual=false"), ["residual=false"]) == []  # the user said nothing of shortcuts
+    assert (
+        unused_notes(compose_config("residual=false"), ["residual=false"]) == []
+    )  # the user said nothing of shortcuts
     assert unused_notes(compose_config("residual=true", "shortcut=projection"), ["shortcut=projection"]) == []
     adam = ["optimizer=adam", "optimizer.momentum=0.5"]
     (note,) = unused_notes(compose_config(*adam), adam)
@@ -109,8 +142,22 @@ def test_value_checks_of_the_newer_keys(override, message):
 
 @pytest.mark.parametrize(
     "override",
-    ["dataset.resize=96", "dataset.normalize=none", "schedule.warmup_max_iterations=10", "schedule.final_train_subset=100",
-     "report.confidence=0.9", "dataset.resize=null"],
-)  # fmt: skip
+    [
+        "dataset.resize=96",
+        "dataset.normalize=none",
+        "schedule.warmup_max_iterations=10",
+        "schedule.final_train_subset=100",
+        "report.confidence=0.9",
+        "dataset.resize=null",
+    ],
+)
 def test_valid_values_of_the_newer_keys_pass(override):
     check_values(compose_config(override))
+
+
+def test_the_configuration_reference_is_the_schemas():
+    """docs/configuration.md is generated from the schema; regenerate it when a key changes:
+    python -m harness.config > docs/configuration.md"""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert page == reference(), "docs/configuration.md is stale: python -m harness.config > docs/configuration.md"
+    assert all(f"`{key}`" in page for key in ("depth", "schedule.iterations", "dataset.resize", "report.confidence"))

@@ -8,12 +8,15 @@ import sys
 import pytest
 
 from harness import OPENMP_SPIN_COUNT, OPENMP_WAIT_VARIABLES
+
 from conftest import REPO
 
 
 def python(code: str, **env: str) -> str:
     clean = {key: value for key, value in os.environ.items() if key not in OPENMP_WAIT_VARIABLES}
-    result = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.strip()
 
@@ -31,12 +34,13 @@ def test_the_openmp_wait_is_set_before_torch_loads_and_said_as_it_is(first_impor
     assert python(f"{first_import}; print(harness.OPENMP_WAIT)", **env) == expected
 
 
-def test_the_spin_changes_no_number():
-    """Two threads training the same net with libgomp's default spin and with none: the same
-    parameters, bit for bit."""
+def test_the_harness_spin_changes_no_number():
+    """Two threads training the same net with the harness's own spin (set by `import harness`)
+    and with libgomp's default: the same parameters, bit for bit."""
     code = """
+import harness  # first: it sets the spin before torch loads libgomp
 import hashlib, torch, torch.nn.functional as F
-from harness.models import build_model
+from harness.models.resnet import build_model
 torch.set_num_threads(2)
 torch.manual_seed(0)
 model = build_model(8, in_channels=1).to(memory_format=torch.channels_last)
@@ -46,15 +50,24 @@ for _ in range(3):
     optimizer.zero_grad()
     F.cross_entropy(model(images), labels).backward()
     optimizer.step()
+print(harness.OPENMP_WAIT)
 print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
 """
-    assert python(code, GOMP_SPINCOUNT="0") == python(code, GOMP_SPINCOUNT="300000")
+    harness_wait, harness_sum = python(code).splitlines()
+    libgomp_wait, libgomp_sum = python(code, GOMP_SPINCOUNT="300000").splitlines()
+    assert (harness_wait, libgomp_wait) == (f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}", "GOMP_SPINCOUNT=300000")
+    assert harness_sum == libgomp_sum
 
 
 @pytest.mark.slow
 def test_bench_contention_measures_alone_and_beside_one_and_three_copies():
-    result = subprocess.run([sys.executable, "-m", "harness.bench", "--contention", "--steps", "3", "--compare",
-                             "GOMP_SPINCOUNT=300000"], cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.bench", "--contention", "--steps", "3", "--compare", "GOMP_SPINCOUNT=300000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     rows = {line.split("  ")[0].strip(): line.split()[-8:] for line in lines if line.startswith("GOMP_SPINCOUNT=")}

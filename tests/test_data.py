@@ -19,11 +19,11 @@ from torchvision.datasets import FashionMNIST
 
 import harness.data.sources as sources
 from harness.config import check_values, compose_config
-from harness.data import NORMALIZATIONS, BatchSampler, DataError, augment, load_data
-from harness.models import build_model
+from harness.data import NORMALIZATIONS, DataError
+from harness.data.memory import BatchSampler, augment, load_data
+from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import train
-
 
 CPU = torch.device("cpu")
 PER_BATCH = 8  # images per CIFAR batch file
@@ -70,9 +70,15 @@ def make_cifar100(root: Path, seed: int = 1) -> dict[str, tuple[np.ndarray, list
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         fine = [int(v) for v in rng.integers(20, 100, size=n)]
         coarse = [v // 5 for v in fine]
-        write_pickle(folder / name, {"data": data, "fine_labels": fine, "coarse_labels": coarse, "batch_label": name, "filenames": []})
+        write_pickle(
+            folder / name,
+            {"data": data, "fine_labels": fine, "coarse_labels": coarse, "batch_label": name, "filenames": []},
+        )
         files[name] = (data, fine, coarse)
-    write_pickle(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]})
+    write_pickle(
+        folder / "meta",
+        {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]},
+    )
     return files
 
 
@@ -195,8 +201,15 @@ def test_every_batch_the_model_sees_is_resized(cifar10):
     for resize, size in [(40, 40), (None, 32)]:
         data = load_data("cifar10", root, download=False, validation_size=None, device=CPU, resize=resize)
         assert data.image_size == size
-        cfg = compose_config("dataset=cifar10", "dataset.augment=true", "schedule=smoke", "schedule.iterations=10",
-                             "schedule.batch_size=16", "schedule.final_train_subset=16", "analysis=true")  # fmt: skip
+        cfg = compose_config(
+            "dataset=cifar10",
+            "dataset.augment=true",
+            "schedule=smoke",
+            "schedule.iterations=10",
+            "schedule.batch_size=16",
+            "schedule.final_train_subset=16",
+            "analysis=true",
+        )
         model = build_model(20)
         shapes = set()
         model.register_forward_pre_hook(lambda _, inputs: shapes.add(tuple(inputs[0].shape)))
@@ -209,7 +222,9 @@ def test_truncated_cifar_batch_names_the_file(cifar10):
     """A batch whose rows are not 3072 bytes long fails with a DataError naming that file."""
     root, _ = cifar10
     path = root / "cifar-10-batches-py" / "data_batch_3"
-    write_pickle(path, {"data": np.zeros((PER_BATCH, 3000), dtype=np.uint8), "labels": [0] * PER_BATCH, "batch_label": "bad"})
+    write_pickle(
+        path, {"data": np.zeros((PER_BATCH, 3000), dtype=np.uint8), "labels": [0] * PER_BATCH, "batch_label": "bad"}
+    )
     with pytest.raises(DataError, match="truncated") as error:
         load_data("cifar10", root, download=False, validation_size=None, device=CPU)
     assert str(path) in str(error.value)
@@ -296,8 +311,12 @@ def test_resize_matches_the_seeds_torchvision_pipeline(fashion_mnist, size):
     from the exact float result by up to 1/255 (measured: at most 1/255, on average 0.17/255).
     Downsampling (20) matches too, which needs antialias (without it: up to 89/255)."""
     root, _ = fashion_mnist
-    data = load_data("fashion_mnist", root, download=False, validation_size=None, device=CPU, resize=size, normalize="none")
-    seed = FashionMNIST(root, train=False, transform=transforms.Compose([transforms.Resize(size), transforms.ToTensor()]))
+    data = load_data(
+        "fashion_mnist", root, download=False, validation_size=None, device=CPU, resize=size, normalize="none"
+    )
+    seed = FashionMNIST(
+        root, train=False, transform=transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+    )
     expected = torch.stack([seed[i][0] for i in range(100)])
     difference = (data.normalise(data.eval_images[:100]) - expected).abs()
     assert difference.shape == (100, 1, size, size)

@@ -11,9 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import TINY, check_sweep, free_ports, harness_command, most_at_once
-from harness import OPENMP_SPIN_COUNT
+from harness import OPENMP_SPIN_COUNT, record
 from harness.launchers import cpus_per_job, placement_tags
+
+from conftest import TINY, check_sweep, free_ports, harness_command, most_at_once
 
 EIGHT_JOBS = ["-m", "depth=20", "residual=true,false", "seed=0,1,2,3", *TINY]
 
@@ -43,9 +44,15 @@ def test_joblib_runs_eight_jobs_four_at_a_time_into_sqlite(tmp_path, data_root):
     parent, and each job with a quarter of the 4 cores it is told it has (torch alone would
     take 2 threads here)."""
     result = harness_command(
-        "harness.run", *EIGHT_JOBS, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "cores=4",
-        f"dataset.root={data_root}", "tracking.figures=false", cwd=tmp_path,
-    )  # fmt: skip
+        "harness.run",
+        *EIGHT_JOBS,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "cores=4",
+        f"dataset.root={data_root}",
+        "tracking.figures=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Sweep done: 8 runs: 8 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
     children = check_sweep(MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"), 8)
@@ -60,9 +67,17 @@ def test_submitit_local_runs_jobs_as_slurm_would(tmp_path, store, data_root):
     """submitit_local goes through the same submission path as submitit_slurm: pickled jobs in
     fresh processes, their logs in the sweep folder."""
     result = harness_command(
-        "harness.run", "-m", "depth=20", "residual=true,false", *TINY, "hydra/launcher=submitit_local",
-        f"tracking.uri={store}", f"dataset.root={data_root}", "tracking.figures=false", cwd=tmp_path,
-    )  # fmt: skip
+        "harness.run",
+        "-m",
+        "depth=20",
+        "residual=true,false",
+        *TINY,
+        "hydra/launcher=submitit_local",
+        f"tracking.uri={store}",
+        f"dataset.root={data_root}",
+        "tracking.figures=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     check_sweep(MlflowClient(store), 2)
     assert len(list((tmp_path / "multirun").glob("*/*/.submitit/*/*_log.out"))) == 2
@@ -81,7 +96,9 @@ def test_a_run_names_its_slurm_job_as_squeue_and_submitit_do(monkeypatch):
 
 
 def test_slurm_config_asks_for_what_the_readme_says(tmp_path):
-    result = harness_command("harness.run", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher", cwd=tmp_path)
+    result = harness_command(
+        "harness.run", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     launcher = OmegaConf.create(result.stdout.split("\n", 1)[1])
     assert launcher._target_.endswith("SlurmLauncher")
@@ -97,8 +114,16 @@ def ray_cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     (port,) = free_ports(1)
-    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    start = [
+        ray,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=4",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
     started = subprocess.run(start, cwd=folder, env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stderr[-3000:]
     yield f"127.0.0.1:{port}", folder
@@ -112,9 +137,15 @@ def test_ray_runs_eight_jobs_into_the_postgres_server(tmp_path, data_root, ray_c
     address, ray_folder = ray_cluster
     (tmp_path / "data").symlink_to(data_root)
     result = harness_command(
-        "harness.run", *EIGHT_JOBS, "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}",
-        "dataset.root=data", f"tracking.uri={tracking_server}", "tracking.experiment=ray", cwd=tmp_path,
-    )  # fmt: skip
+        "harness.run",
+        *EIGHT_JOBS,
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={address}",
+        "dataset.root=data",
+        f"tracking.uri={tracking_server}",
+        "tracking.experiment=ray",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Sweep done: 8 runs: 8 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
     client = MlflowClient(tracking_server)
@@ -138,7 +169,11 @@ def two_node_ray_cluster(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     cluster = cluster_utils.Cluster(shutdown_at_exit=False)
     try:
-        head_ports = {"gcs_server_port": gcs_port, "dashboard_agent_listen_port": agent_port, "dashboard_port": dashboard_port}
+        head_ports = {
+            "gcs_server_port": gcs_port,
+            "dashboard_agent_listen_port": agent_port,
+            "dashboard_port": dashboard_port,
+        }
         for folder, ports in zip(folders, [head_ports, {}]):
             # On the machine's address (Ray's default), not loopback: a Ray client turns 127.0.0.1 into that address.
             with contextlib.chdir(folder):
@@ -152,15 +187,26 @@ def two_node_ray_cluster(tmp_path_factory, monkeypatch):
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_ray_runs_jobs_on_two_nodes_under_one_parent(tmp_path, data_root, two_node_ray_cluster, tracking_server):
-    """The README's Ray recipe on two nodes: the runs of both nodes under one parent, their
+    """The Ray recipe of docs/clusters.md on two nodes: the runs of both nodes under one parent, their
     artifacts on the tracking server, their checkpoints in ./checkpoints of the launch directory."""
     address, node_ids, node_folders = two_node_ray_cluster
     (tmp_path / "data").symlink_to(data_root)
     result = harness_command(
-        "harness.run", "-m", "depth=8", "residual=true,false", "seed=0,1", *TINY, "hydra/launcher=ray",
-        f"hydra.launcher.ray.init.address={address}", "dataset.root=data", "tracking=server",
-        f"tracking.uri={tracking_server}", "tracking.experiment=ray-two-nodes", "tracking.figures=false", cwd=tmp_path,
-    )  # fmt: skip
+        "harness.run",
+        "-m",
+        "depth=8",
+        "residual=true,false",
+        "seed=0,1",
+        *TINY,
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={address}",
+        "dataset.root=data",
+        "tracking=server",
+        f"tracking.uri={tracking_server}",
+        "tracking.experiment=ray-two-nodes",
+        "tracking.figures=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(tracking_server)
     children = check_sweep(client, 4, experiment="ray-two-nodes")
@@ -169,6 +215,6 @@ def test_ray_runs_jobs_on_two_nodes_under_one_parent(tmp_path, data_root, two_no
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")
         assert {"summary.json", "model.pt", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
         checkpoint = tmp_path / "checkpoints" / run.info.run_id / "last.pt"
-        assert run.data.tags["harness.checkpoint"] == str(checkpoint) and checkpoint.parent.is_dir()
+        assert run.data.tags[record.CHECKPOINT] == str(checkpoint) and checkpoint.parent.is_dir()
     for folder in node_folders:
         assert not list(folder.glob("multirun")) and not list(folder.glob("checkpoints"))

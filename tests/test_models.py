@@ -13,15 +13,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from harness.models import build_model, model_name, resolve_shortcut
+from harness.models import model_name, resolve_shortcut
 from harness.models.resnet import (
     BasicBlock,
     Bottleneck,
     PreActBasicBlock,
     PreActBottleneck,
     ZeroPadShortcut,
+    build_model,
 )
-
 
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 SHORTCUT_OPTIONS = ("zero_pad", "projection", "full_projection")
@@ -40,7 +40,8 @@ def projection_shortcuts(model: nn.Module) -> list[nn.Module]:
     return [
         b.shortcut
         for b in blocks(model)
-        if b.shortcut is not None and any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in b.shortcut.modules())
+        if b.shortcut is not None
+        and any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in b.shortcut.modules())
     ]
 
 
@@ -175,7 +176,9 @@ def test_depth_50_family_cifar_gives_a_cifar_net_and_auto_the_bottleneck_net():
 def test_forward_shapes(depth, in_channels, size, shortcut, activation, residual):
     """Every configuration maps a (2, C, H, W) batch to finite (2, num_classes) logits."""
     torch.manual_seed(0)
-    model = build_model(depth, residual=residual, shortcut=shortcut, activation=activation, in_channels=in_channels, num_classes=7)
+    model = build_model(
+        depth, residual=residual, shortcut=shortcut, activation=activation, in_channels=in_channels, num_classes=7
+    )
     out = model(torch.randn(2, in_channels, size, size))
     assert out.shape == (2, 7)
     assert torch.isfinite(out).all()
@@ -279,7 +282,9 @@ def test_every_block_class_differs_from_its_plain_twin_only_by_the_addition(bloc
     out_planes = planes * block_class.expansion
     in_planes = out_planes if stride == 1 else out_planes // 2
     torch.manual_seed(0)
-    residual = randomise_batchnorm(block_class(in_planes, planes, stride, residual=True, shortcut="zero_pad", **options))
+    residual = randomise_batchnorm(
+        block_class(in_planes, planes, stride, residual=True, shortcut="zero_pad", **options)
+    )
     torch.manual_seed(0)
     plain = randomise_batchnorm(block_class(in_planes, planes, stride, residual=False, shortcut="zero_pad", **options))
     assert count_params(residual) == count_params(plain)
@@ -467,7 +472,9 @@ class ReferencePreActUnit(nn.Module):
         self.extra = planes - in_planes
         self.residual = residual
         self.bn_in = None if first else nn.BatchNorm2d(in_planes)
-        self.proj = nn.Conv2d(in_planes, planes, 1, stride, bias=False) if residual and projection and self.extra else None
+        self.proj = (
+            nn.Conv2d(in_planes, planes, 1, stride, bias=False) if residual and projection and self.extra else None
+        )
         self.conv_a = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn_mid = nn.BatchNorm2d(planes)
         self.conv_b = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)

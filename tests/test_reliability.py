@@ -16,18 +16,29 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import harness_command
-from harness import lease
-from harness.config import ConfigError, check_values, compose_config
-from harness.data import data_lock, load_data
-from harness.lease import HEARTBEAT_TAG, Heartbeat, Lease, LeaseLost, claim
-from harness.run import check_overrides
+from harness import lease, record
+from harness.config import ConfigError, check_overrides, check_values, compose_config
+from harness.data.memory import data_lock, load_data
+from harness.lease import Heartbeat, Lease, LeaseLost, claim
+from harness.record import HEARTBEAT
 from harness.tracking.mlflow_store import CheckpointError, CorruptCheckpoint, MlflowRun, interrupts_deferred
 
+from conftest import harness_command
+
 # 100 iterations of ResNet-8 with a checkpoint every 10: long enough to be caught mid-run.
-RUN = ["harness.run", "schedule=smoke", "depth=8", "threads=1", "dataset.validation_size=500", "analysis=false",
-       "schedule.iterations=100", "schedule.checkpoint_every=10", "schedule.eval_every=50", "tracking.log_model=false",
-       "tracking.figures=false"]  # fmt: skip
+RUN = [
+    "harness.run",
+    "schedule=smoke",
+    "depth=8",
+    "threads=1",
+    "dataset.validation_size=500",
+    "analysis=false",
+    "schedule.iterations=100",
+    "schedule.checkpoint_every=10",
+    "schedule.eval_every=50",
+    "tracking.log_model=false",
+    "tracking.figures=false",
+]
 STEPS = list(range(5, 101, 5))  # every train_error step of RUN, once each
 FAST_LEASE = {"HARNESS_HEARTBEAT_SECONDS": "1"}  # stale after 3 s instead of 90 s
 
@@ -81,7 +92,7 @@ def test_a_lost_lease_stops_every_write(tmp_path):
     run.log_metrics({"train_error": 0.5}, step=5)
     run.flush()
     other = Heartbeat(time.time(), "other-node:1:xyz", 2, 30.0)
-    client.set_tag(run.run_id, HEARTBEAT_TAG, other.encode())  # another launch took the run over
+    client.set_tag(run.run_id, HEARTBEAT, other.encode())  # another launch took the run over
     run.lease.beat()  # the renewing thread's next beat reads the store
     assert run.lease.lost.is_set()
     run.log_metrics({"train_error": 0.4}, step=10)
@@ -104,7 +115,9 @@ def test_a_lease_whose_renewal_stalled_expires_before_anyone_may_take_it(tmp_pat
     with pytest.raises(LeaseLost, match="expired"):
         held.check()  # ...but it no longer writes
     held.beat()
-    assert held.lost.is_set() and Heartbeat.parse(client.get_run(run_id).data.tags[HEARTBEAT_TAG]).time == held.heartbeat.time
+    assert (
+        held.lost.is_set() and Heartbeat.parse(client.get_run(run_id).data.tags[HEARTBEAT]).time == held.heartbeat.time
+    )
 
 
 class NoStore:
@@ -188,8 +201,19 @@ def test_a_batch_may_take_every_training_image_left():
         (["residual=maybe"], "'maybe' is not a valid bool; use true (ResNet) or false"),
         (["schedule.iterations=1.5"], "'1.5' is not a valid integer"),
         (["+foo=1"], "Key 'foo' not in 'Config'"),
-        (["-m", "+experiment=degradation", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=cifar10",
-          "dataset.validation_size=null", "optimizer.lr=1e-3", "depth=range(20,60,6)"], None),  # fmt: skip
+        (
+            [
+                "-m",
+                "+experiment=degradation",
+                "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=2",
+                "dataset=cifar10",
+                "dataset.validation_size=null",
+                "optimizer.lr=1e-3",
+                "depth=range(20,60,6)",
+            ],
+            None,
+        ),
     ],
 )
 def test_overrides_of_the_wrong_type_name_the_valid_values(args, message):
@@ -217,14 +241,23 @@ def test_the_data_lock_moves_to_the_temporary_folder_for_a_read_only_root(tmp_pa
 # ---------------------------------------------------------------- integration tests
 
 
-def launch(args: list[str], cwd: Path, name: str, env: dict | None = None, ignore_sigint: bool = False) -> subprocess.Popen:
+def launch(
+    args: list[str], cwd: Path, name: str, env: dict | None = None, ignore_sigint: bool = False
+) -> subprocess.Popen:
     """Start `python -m ARGS` in `cwd`, its output in files (read with output()); with
     `ignore_sigint`, as a shell starts a command in the background (`&` in a script)."""
     out, err = (open(cwd / f"{name}.{kind}", "w") for kind in ("out", "err"))
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
-    job = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=full_env, stdout=out, stderr=err, start_new_session=True,
-                           preexec_fn=ignore)  # fmt: skip
+    job = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=out,
+        stderr=err,
+        start_new_session=True,
+        preexec_fn=ignore,
+    )
     job.name = name
     LAUNCHED.append(job)
     return job
@@ -258,7 +291,7 @@ def wait_for(condition, job: subprocess.Popen | None = None, timeout: float = 12
 
 def job_runs(client: MlflowClient):
     experiment = client.get_experiment_by_name("degradation")
-    return client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'job'") if experiment else []
+    return client.search_runs([experiment.experiment_id], record.JOBS_FILTER) if experiment else []
 
 
 def steps(client: MlflowClient, run_id: str, key: str = "train_error") -> list[int]:
@@ -335,7 +368,7 @@ def test_the_same_net_trains_in_two_experiments_of_one_store_one_after_the_other
         job = launch(args, tmp_path, experiment)
         assert job.wait(timeout=1800) == 0, output(job, tmp_path)[1][-2000:]
         assert "running elsewhere" not in output(job, tmp_path)[0]
-        (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], "tags.`harness.role` = 'job'")
+        (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], record.JOBS_FILTER)
         assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == STEPS
 
 
@@ -357,9 +390,19 @@ def sweep_processes(sweep_pid: int) -> list[int]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("ignore_sigint", [False, True], ids=["foreground", "started-in-the-background"])
-def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(tmp_path, store, filled_data_root, ignore_sigint):
-    args = [RUN[0], "-m", *RUN[1:], "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"tracking.uri={store}",
-            f"dataset.root={filled_data_root}"]  # fmt: skip
+def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(
+    tmp_path, store, filled_data_root, ignore_sigint
+):
+    args = [
+        RUN[0],
+        "-m",
+        *RUN[1:],
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"tracking.uri={store}",
+        f"dataset.root={filled_data_root}",
+    ]
     sweep = launch(args, tmp_path, "sweep", ignore_sigint=ignore_sigint)
     wait_for(lambda: len(checkpoints(tmp_path / "mlruns" / "checkpoints")) == 2, sweep, what="both first checkpoints")
     workers = sweep_processes(sweep.pid)
@@ -378,7 +421,7 @@ def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(tmp_pa
     for run in runs:
         assert steps(client, run.info.run_id) == STEPS
         assert steps(client, run.info.run_id, "val_error") == [50, 100]
-    (parent,) = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    (parent,) = {r.data.tags[record.PARENT] for r in runs}
     assert client.get_run(parent).info.status == "FINISHED"
 
 
@@ -395,8 +438,10 @@ def test_ctrl_c_of_a_sweep_marks_its_parent_killed_without_a_traceback(tmp_path,
     (run,) = job_runs(client)
     assert run.info.status == "KILLED"
     (line,) = [line for line in err.splitlines() if line.startswith("stopped ")]
-    assert line.startswith(f"stopped resnet-8 (run {run.info.run_id}, ") and "seed=0" in line and line.endswith("KILLED")
-    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert (
+        line.startswith(f"stopped resnet-8 (run {run.info.run_id}, ") and "seed=0" in line and line.endswith("KILLED")
+    )
+    parent = client.get_run(run.data.tags[record.PARENT])
     assert parent.info.status == "KILLED" and f"parent run {parent.info.run_id} KILLED" in err
 
 
@@ -405,7 +450,9 @@ def small_disk(tmp_path):
     """A 4 MiB tmpfs, unmounted afterwards; skipped where this process may not mount."""
     folder = tmp_path / "small"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
     yield folder
@@ -413,7 +460,9 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_relaunch_resumes(tmp_path, store, filled_data_root, small_disk):
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_relaunch_resumes(
+    tmp_path, store, filled_data_root, small_disk
+):
     args = [*RUN, f"tracking.checkpoint_dir={small_disk}", f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
     job = launch(args, tmp_path, "full")
     wait_for(lambda: checkpoints(small_disk), job, what="the first checkpoint")
@@ -432,7 +481,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_relaunch_resumes
     assert not list(small_disk.glob("*/*.partial"))
     client = MlflowClient(store)
     (failed,) = job_runs(client)
-    assert failed.info.status == "FAILED" and failed.data.tags["harness.failure"] == "environment"
+    assert failed.info.status == "FAILED" and failed.data.tags[record.FAILURE] == "environment"
 
     (small_disk / "filler").unlink()
     again = launch(args, tmp_path, "again")
@@ -440,7 +489,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_relaunch_resumes
     assert f"resume resnet-8: MLflow run {failed.info.run_id} from its last checkpoint" in output(again, tmp_path)[0]
     (run,) = job_runs(client)
     assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == STEPS
-    assert "harness.failure" not in run.data.tags and "harness.error" not in run.data.tags
+    assert record.FAILURE not in run.data.tags and record.ERROR not in run.data.tags
 
 
 @pytest.mark.integration
@@ -462,7 +511,7 @@ def test_a_corrupt_checkpoint_is_set_aside_with_one_line_and_training_restarts(t
     client = MlflowClient(store)
     runs = {r.info.status: r for r in job_runs(client)}
     assert set(runs) == {"KILLED", "FINISHED"}
-    assert runs["KILLED"].data.tags["harness.superseded_by"] == runs["FINISHED"].info.run_id
+    assert runs["KILLED"].data.tags[record.SUPERSEDED_BY] == runs["FINISHED"].info.run_id
     assert steps(client, runs["FINISHED"].info.run_id) == STEPS
 
 
@@ -501,7 +550,10 @@ def read_only_copy(tmp_path, filled_data_root):
     """The data root, bind-mounted read-only; skipped where this process may not mount."""
     folder = tmp_path / "ro-data"
     folder.mkdir()
-    for command in (["mount", "--bind", str(filled_data_root), str(folder)], ["mount", "-o", "remount,ro,bind", str(folder)]):
+    for command in (
+        ["mount", "--bind", str(filled_data_root), str(folder)],
+        ["mount", "-o", "remount,ro,bind", str(folder)],
+    ):
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
@@ -514,7 +566,9 @@ def read_only_copy(tmp_path, filled_data_root):
 def test_a_read_only_data_root_that_holds_the_data_works(tmp_path, store, read_only_copy):
     with pytest.raises(OSError):
         (read_only_copy / "probe").touch()
-    done = harness_command(*RUN, "schedule.iterations=20", f"tracking.uri={store}", f"dataset.root={read_only_copy}", cwd=tmp_path)
+    done = harness_command(
+        *RUN, "schedule.iterations=20", f"tracking.uri={store}", f"dataset.root={read_only_copy}", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = job_runs(MlflowClient(store))
     assert run.info.status == "FINISHED"

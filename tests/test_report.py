@@ -5,7 +5,6 @@ command `python -m harness.plot`."""
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
-from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from harness import figures, plot
+from harness import figures, plot, record
+from harness.config import compose_config
+from harness.identity import recipe
 from harness.report import report_runs, report_sweep, signal_verdicts
 from harness.stats import t_interval
-from harness.tracking import probe_table
+from harness.tracking.mlflow_store import MlflowRun
 from harness.tracking.runs import load_analysis, load_curves, load_runs, write_members
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,35 +39,63 @@ def probe_rows(residual: bool, seed: int, step: int, signal_ratio: float) -> pd.
     scale = (0.5 if residual else 1.0) + 0.01 * seed + step / 100_000
     rows = [("response", i, name, scale * (4 - i)) for i, name in enumerate(LAYERS[:4], 1)]
     signal = {1: signal_ratio, 2: signal_ratio**0.5, 3: 1.0}  # unit index from the input
-    rows += [("output_grad", i, f"s{i}.b01", 0.01 * signal[i]) for i in (3, 2, 1)]  # as probe lists them: last unit first
+    rows += [
+        ("output_grad", i, f"s{i}.b01", 0.01 * signal[i]) for i in (3, 2, 1)
+    ]  # as probe lists them: last unit first
     rows += [("grad_norm", i, name, 0.1 * i) for i, name in enumerate(LAYERS, 1)]
     rows += [("weight_norm", i, name, 2.0 * i) for i, name in enumerate(LAYERS, 1)]
     return pd.DataFrame(rows, columns=["kind", "index", "layer", "value"])
 
 
-def log_run(client, experiment_id, depth, residual, seed=0, final_train=10.0, test=12.0, *, parent=None, iterations=1000,
-            recipe=None, eval_key="test_error", signal_ratio=0.5, status="FINISHED", dataset="fashion_mnist") -> str:  # fmt: skip
-    """One training run as harness.run logs it; errors given in %."""
-    tags = {"harness.role": "job", "depth": str(depth), "residual": str(residual), "shortcut": "zero_pad" if residual else "none",
-            "activation": "post", "dataset": dataset, "seed": str(seed), "family": "cifar",
-            "harness.recipe": recipe or f"recipe-{iterations}"}  # fmt: skip
-    if parent:
-        tags[MLFLOW_PARENT_RUN_ID] = parent
-    run_id = client.create_run(experiment_id, run_name=f"{'resnet' if residual else 'plain'}-{depth}", tags=tags).info.run_id
-    now = int(time.time() * 1000)
+def log_run(
+    client,
+    experiment_id,
+    depth,
+    residual,
+    seed=0,
+    final_train=10.0,
+    test=12.0,
+    *,
+    parent=None,
+    iterations=1000,
+    split="test",
+    signal_ratio=0.5,
+    status="FINISHED",
+    dataset="fashion_mnist",
+) -> str:
+    """One training run as harness.job logs it, through the record's writers; errors given in %."""
+    overrides = [
+        f"depth={depth}",
+        f"residual={residual}",
+        f"seed={seed}",
+        f"schedule.iterations={iterations}",
+        f"dataset={dataset}",
+    ] + (["dataset.validation_size=5000"] if split == "validation" else [])
+    cfg = compose_config(*overrides)
+    machine = record.Machine()
+    run = MlflowRun.start(client, experiment_id, record.net_name(cfg), record.job_tags(cfg, machine, "unknown"), parent)
+    run.log_params(record.job_params(cfg, machine))
     steps = [iterations // 4 * k for k in (1, 2, 3, 4)]
     fall = [3.0, 2.0, 1.0, 0.0]  # points above the final value
-    metrics = [Metric("train_error", (final_train + 1 + f) / 100, now, s) for s, f in zip(steps, fall)]
-    metrics += [Metric(eval_key, (test + f) / 100, now, s) for s, f in zip(steps, fall)]
-    metrics += [Metric("final_train_error", final_train / 100, now, iterations),
-                Metric("response_std_mean", probe_rows(residual, seed, iterations, signal_ratio).query("kind == 'response'")["value"].mean(), now, iterations)]  # fmt: skip
-    params = {"schedule.iterations": iterations, "schedule.batch_size": 64, "optimizer.name": "sgd", "optimizer.lr": 0.1,
-              "dataset.augment": False}  # fmt: skip
-    client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+    for step, above in zip(steps, fall):
+        run.log_metrics(
+            {record.TRAIN_ERROR: (final_train + 1 + above) / 100, record.eval_metric(split): (test + above) / 100}, step
+        )
+    responses = probe_rows(residual, seed, iterations, signal_ratio).query("kind == 'response'")["value"]
+    run.log_metrics(
+        {record.FINAL_TRAIN_ERROR: final_train / 100, record.RESPONSE_STD_MEAN: responses.mean()}, iterations
+    )
+    run.flush()
     for step in (iterations // 2, iterations):
-        client.log_text(run_id, probe_rows(residual, seed, step, signal_ratio).to_csv(index=False), probe_table(step))
-    client.set_terminated(run_id, status)
-    return run_id
+        run.log_table(probe_rows(residual, seed, step, signal_ratio), record.probe_table(step))
+    client.set_terminated(run.run_id, status)
+    return run.run_id
+
+
+def sweep_run(client, experiment_id, name: str = "sweep") -> str:
+    """A sweep's parent run, through the record's writer."""
+    tags = record.sweep_tags(study=name, sweep_dir="/nowhere", jobs=0, overrides="", commit="unknown")
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
 # Final training error and test error (%) for seeds 0, 1, 2: plain nets degrade clearly.
@@ -89,7 +116,7 @@ def three_seeds(tmp_path_factory):
     """One sweep of plain/residual 20/56, three seeds, with a clear gap (read only)."""
     folder = tmp_path_factory.mktemp("three-seeds")
     client, experiment_id = store(folder)
-    parent = client.create_run(experiment_id, run_name="sweep", tags={"harness.role": "sweep"}).info.run_id
+    parent = sweep_run(client, experiment_id)
     for (residual, depth), (train, test) in CLEAR.items():
         for seed in range(3):
             log_run(client, experiment_id, depth, residual, seed, train[seed], test[seed], parent=parent)
@@ -123,16 +150,25 @@ def cell(values) -> str:
 def test_runs_are_read_back_with_their_errors_in_percent(tmp_path):
     client, experiment_id = store(tmp_path)
     test_run = log_run(client, experiment_id, 56, False, seed=2, final_train=21.5, test=23.25, iterations=400)
-    val_run = log_run(client, experiment_id, 20, True, final_train=9.0, test=11.5, eval_key="val_error", status="FAILED")
+    val_run = log_run(client, experiment_id, 20, True, final_train=9.0, test=11.5, split="validation", status="FAILED")
     runs = load_runs(client, [experiment_id]).set_index("run_id")
     plain = runs.loc[test_run]
-    assert (plain["model"], plain["variant"], plain["depth"], plain["residual"], plain["seed"]) == ("plain-56", "plain", 56, False, 2)
+    assert (plain["model"], plain["variant"], plain["depth"], plain["residual"], plain["seed"]) == (
+        "plain-56",
+        "plain",
+        56,
+        False,
+        2,
+    )
     assert plain["final_train_error"] == pytest.approx(21.5)
     assert plain["train_error"] == pytest.approx(22.5)  # the running error's last point
     assert plain["eval_error"] == pytest.approx(23.25)
     assert plain["eval_split"] == "test" and plain["status"] == "FINISHED"
-    assert (plain["iterations"], plain["batch_size"], plain["recipe"], plain["family"]) == (400, 64, "recipe-400", "cifar")
-    assert plain["response_std_mean"] == pytest.approx(probe_rows(False, 2, 400, 0.5).query("kind == 'response'")["value"].mean())
+    assert (plain["iterations"], plain["batch_size"], plain["family"]) == (400, 64, "cifar")
+    assert plain["recipe"] == recipe(compose_config("schedule.iterations=400"))
+    assert plain["response_std_mean"] == pytest.approx(
+        probe_rows(False, 2, 400, 0.5).query("kind == 'response'")["value"].mean()
+    )
     residual = runs.loc[val_run]
     assert residual["eval_split"] == "validation" and residual["eval_error"] == pytest.approx(11.5)
     assert (residual["model"], residual["status"]) == ("resnet-20", "FAILED")
@@ -155,7 +191,7 @@ def test_two_recipes_get_two_sections_and_are_never_pooled(tmp_path):
             for seed in (0, 1):
                 log_run(client, experiment_id, depth, residual, seed, train[seed], test[seed], iterations=iterations)
     runs = load_runs(client, [experiment_id])
-    assert set(runs["recipe"]) == {"recipe-1000", "recipe-5000"}
+    assert set(runs["recipe"]) == {recipe(compose_config(f"schedule.iterations={n}")) for n in (1000, 5000)}
     written = report_runs(client, runs, tmp_path / "out", "two budgets")
     report = (tmp_path / "out" / "report.md").read_text()
     found = sections(report)
@@ -180,7 +216,12 @@ def test_two_recipes_get_two_sections_and_are_never_pooled(tmp_path):
 
 def test_one_seed_with_tiny_gaps_is_never_reproduced(tmp_path):
     client, experiment_id = store(tmp_path)
-    for (residual, depth), error in {(False, 20): 10.0, (False, 56): 10.05, (True, 20): 10.02, (True, 56): 9.97}.items():
+    for (residual, depth), error in {
+        (False, 20): 10.0,
+        (False, 56): 10.05,
+        (True, 20): 10.02,
+        (True, 56): 9.97,
+    }.items():
         log_run(client, experiment_id, depth, residual, 0, error, error + 2)
     runs = load_runs(client, [experiment_id])
     for min_effect in (1.0, 0.0):
@@ -204,7 +245,13 @@ def test_three_seeds_with_a_clear_gap_are_reproduced(three_seeds, tmp_path):
     assert f"{interval.mean:+.2f} points (95% CI {interval.low:+.2f} to {interval.high:+.2f}" in lines["C1"]
     assert table_row(report, "plain-56")[1:3] == ["3", cell(CLEAR[False, 56][0])]
     # Figures as PNG and PDF, the ImageNet figure left out (no ImageNet-style nets).
-    stems = ["error_vs_depth", "fig1_plain_shallow_vs_deep", "fig6_cifar_curves", "fig7_layer_responses", "backward_signal"]
+    stems = [
+        "error_vs_depth",
+        "fig1_plain_shallow_vs_deep",
+        "fig6_cifar_curves",
+        "fig7_layer_responses",
+        "backward_signal",
+    ]
     names = {path.name for path in written}
     for stem in stems:
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
@@ -218,9 +265,14 @@ def test_three_seeds_with_a_clear_gap_are_reproduced(three_seeds, tmp_path):
 def test_figure_functions_return_none_without_their_nets(three_seeds):
     _, _, _, runs, curves, analysis = three_seeds
     nothing = runs.iloc[0:0]
-    for draw in (lambda r: figures.error_vs_depth(r), lambda r: figures.figure_1(r, curves), lambda r: figures.figure_6(r, curves),
-                 lambda r: figures.figure_4(r, curves), lambda r: figures.figure_7(r, analysis),
-                 lambda r: figures.gradient_profile(r, analysis)):  # fmt: skip
+    for draw in (
+        lambda r: figures.error_vs_depth(r),
+        lambda r: figures.figure_1(r, curves),
+        lambda r: figures.figure_6(r, curves),
+        lambda r: figures.figure_4(r, curves),
+        lambda r: figures.figure_7(r, analysis),
+        lambda r: figures.gradient_profile(r, analysis),
+    ):
         assert draw(nothing) is None
     residual, plain = runs[runs["residual"]], runs[~runs["residual"]]
     assert figures.figure_4(runs, curves) is None  # no ImageNet-style nets
@@ -253,7 +305,9 @@ def test_error_against_depth_draws_t_intervals_over_seeds(three_seeds):
         for (residual, depth), values in CLEAR.items():
             interval = t_interval(values[column])
             assert bars[float(depth), round(interval.mean, 6)] == pytest.approx(interval.high - interval.mean, rel=1e-9)
-    drawn = [np.asarray(line.get_ydata(), dtype=float) for line in train_ax.get_lines() if list(line.get_xdata()) == [20, 56]]
+    drawn = [
+        np.asarray(line.get_ydata(), dtype=float) for line in train_ax.get_lines() if list(line.get_xdata()) == [20, 56]
+    ]
     plain_means = [np.mean(CLEAR[False, 20][0]), np.mean(CLEAR[False, 56][0])]
     assert any(np.allclose(ydata, plain_means) for ydata in drawn)  # the plain nets' means, joined across depths
 
@@ -263,9 +317,13 @@ def test_error_against_depth_draws_t_intervals_over_seeds(three_seeds):
 
 def test_y_axes_start_at_zero_and_the_title_says_data_budget_and_seeds(three_seeds):
     _, _, _, runs, curves, analysis = three_seeds
-    drawn = {"error_vs_depth": figures.error_vs_depth(runs), "fig1": figures.figure_1(runs, curves),
-             "fig6": figures.figure_6(runs, curves), "fig7": figures.figure_7(runs, analysis),
-             "backward_signal": figures.gradient_profile(runs, analysis)}  # fmt: skip
+    drawn = {
+        "error_vs_depth": figures.error_vs_depth(runs),
+        "fig1": figures.figure_1(runs, curves),
+        "fig6": figures.figure_6(runs, curves),
+        "fig7": figures.figure_7(runs, analysis),
+        "backward_signal": figures.gradient_profile(runs, analysis),
+    }
     for label, fig in drawn.items():
         assert fig is not None, label
         title = fig._suptitle.get_text()
@@ -344,21 +402,41 @@ def test_the_sweep_report_covers_its_members_and_is_logged_to_the_parent(three_s
 
 def test_plot_command_selects_by_experiment_filter_and_parent(tmp_path):
     client, experiment_id = store(tmp_path)
-    first = client.create_run(experiment_id, run_name="first sweep", tags={"harness.role": "sweep"}).info.run_id
+    first = sweep_run(client, experiment_id, "first sweep")
     reused = {}
     for (residual, depth), (train, test) in CLEAR.items():
-        reused[name(residual, depth)] = log_run(client, experiment_id, depth, residual, 0, train[0], test[0], parent=first)
+        reused[name(residual, depth)] = log_run(
+            client, experiment_id, depth, residual, 0, train[0], test[0], parent=first
+        )
     client.set_terminated(first)
     # A later sweep that trained seed 1 of the 56-layer nets and reused seed 0 of the first sweep's.
-    second = client.create_run(experiment_id, run_name="second sweep", tags={"harness.role": "sweep"}).info.run_id
-    trained = [log_run(client, experiment_id, 56, residual, 1, CLEAR[residual, 56][0][1], CLEAR[residual, 56][1][1], parent=second)
-               for residual in (False, True)]  # fmt: skip
+    second = sweep_run(client, experiment_id, "second sweep")
+    trained = [
+        log_run(
+            client, experiment_id, 56, residual, 1, CLEAR[residual, 56][0][1], CLEAR[residual, 56][1][1], parent=second
+        )
+        for residual in (False, True)
+    ]
     members = pd.DataFrame({"run_id": trained + [reused["plain-56"], reused["resnet-56"]]})
     write_members(client, second, members, tmp_path / "members")
     client.set_terminated(second)
     uri = client.tracking_uri
 
-    assert plot.main(["--uri", uri, "--experiment", "degradation", "--filter", "tags.residual = 'False'", "--out", str(tmp_path / "plain")]) == 0
+    assert (
+        plot.main(
+            [
+                "--uri",
+                uri,
+                "--experiment",
+                "degradation",
+                "--filter",
+                "tags.residual = 'False'",
+                "--out",
+                str(tmp_path / "plain"),
+            ]
+        )
+        == 0
+    )
     report = (tmp_path / "plain" / "report.md").read_text()
     assert "| plain-56 | 2 |" in report and "resnet-56" not in report and "3 finished runs" in report
 
@@ -384,7 +462,9 @@ def test_notebook_runs_headless_against_a_store(three_seeds, tmp_path):
     notebook = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
     os.environ["HARNESS_TRACKING_URI"] = client.tracking_uri
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()
     finally:
         del os.environ["HARNESS_TRACKING_URI"]
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]

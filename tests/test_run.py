@@ -13,17 +13,19 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, harness_command
+from harness import record
 from harness.config import ConfigError, check_values, compose_config
-from harness.data import load_data
-from harness.models import build_model
+from harness.data.memory import load_data
+from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import learning_rate, train
+
+from conftest import REPO, TINY, harness_command
 
 
 def job_runs(client: MlflowClient):
     experiment = client.get_experiment_by_name("degradation")
-    return client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'job'")
+    return client.search_runs([experiment.experiment_id], record.JOBS_FILTER)
 
 
 @pytest.mark.integration
@@ -40,10 +42,10 @@ def test_card_sweep_tracks_four_children_under_one_parent(tmp_path, store, data_
     client = MlflowClient(store)
     runs = job_runs(client)
     assert sorted(r.info.run_name for r in runs) == ["plain-20", "plain-56", "resnet-20", "resnet-56"]
-    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    parents = {r.data.tags[record.PARENT] for r in runs}
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
-    assert parent.data.tags["harness.role"] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.tags[record.ROLE] == "sweep" and parent.info.status == "FINISHED"
 
     for run in runs:
         assert run.info.status == "FINISHED"
@@ -53,9 +55,11 @@ def test_card_sweep_tracks_four_children_under_one_parent(tmp_path, store, data_
         assert len(tags["git_commit"]) >= 7 and tags["torch_version"] == torch.__version__
         assert params["schedule.iterations"] == "20" and params["dataset.validation_size"] == "500"
         assert params["tracking.uri"] == store
-        assert tags["harness.recipe"] and tags["family"] == "cifar"
+        assert tags[record.RECIPE] and tags["family"] == "cifar"
         train_curve = client.get_metric_history(run.info.run_id, "train_error")
-        val_curve = client.get_metric_history(run.info.run_id, "val_error")  # TINY holds out 500 images: a validation split
+        val_curve = client.get_metric_history(
+            run.info.run_id, "val_error"
+        )  # TINY holds out 500 images: a validation split
         assert [m.step for m in train_curve] == [5, 10, 15, 20]
         assert [m.step for m in val_curve] == [10, 20]
         assert "test_error" not in run.data.metrics and "test_loss" not in run.data.metrics
@@ -67,17 +71,28 @@ def test_card_sweep_tracks_four_children_under_one_parent(tmp_path, store, data_
         assert probes == ["analysis/step-0000010.csv", "analysis/step-0000020.csv"]
         for key in ("response_std_mean", "output_grad_first_over_last"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [10, 20]
-    assert len({run.data.tags["harness.recipe"] for run in runs}) == 1  # one study, one recipe
+    assert len({run.data.tags[record.RECIPE] for run in runs}) == 1  # one study, one recipe
 
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
-    assert {"figures/report.md", "figures/error_vs_depth.png", "figures/fig1_plain_shallow_vs_deep.png",
-            "figures/fig7_layer_responses.png", "figures/backward_signal.png"} <= figures  # fmt: skip
+    assert {
+        "figures/report.md",
+        "figures/error_vs_depth.png",
+        "figures/fig1_plain_shallow_vs_deep.png",
+        "figures/fig7_layer_responses.png",
+        "figures/backward_signal.png",
+    } <= figures
     assert "members.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
     # Then the plotting command on the same store, as a user would after the sweep.
     result = harness_command("harness.plot", "--uri", store, "--out", str(tmp_path / "report"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("error_vs_depth", "fig1_plain_shallow_vs_deep", "fig6_cifar_curves", "fig7_layer_responses", "backward_signal"):
+    for name in (
+        "error_vs_depth",
+        "fig1_plain_shallow_vs_deep",
+        "fig6_cifar_curves",
+        "fig7_layer_responses",
+        "backward_signal",
+    ):
         assert matplotlib.image.imread(tmp_path / "report" / f"{name}.png").shape[1] >= 500
         assert (tmp_path / "report" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     report = (tmp_path / "report" / "report.md").read_text()
@@ -96,19 +111,28 @@ def test_card_sweep_tracks_four_children_under_one_parent(tmp_path, store, data_
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, store, data_root):
     """A diverging job (lr 1e6) is FAILED with its reason; the other job FINISHED; exit 1 names it."""
     result = harness_command(
-        "harness.run", "-m", "optimizer.lr=0.1,1e6", "schedule.log_every=1", *TINY,
-        f"tracking.uri={store}", f"dataset.root={data_root}", "tracking.figures=false", cwd=tmp_path,
-    )  # fmt: skip
+        "harness.run",
+        "-m",
+        "optimizer.lr=0.1,1e6",
+        "schedule.log_every=1",
+        *TINY,
+        f"tracking.uri={store}",
+        f"dataset.root={data_root}",
+        "tracking.figures=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "Sweep done: 2 runs: 2 trained, 0 reused from earlier sweeps, 1 not finished" in result.stdout
     runs = {r.data.params["optimizer.lr"]: r for r in job_runs(MlflowClient(store))}
     failed = runs["1000000.0"].info.run_id
     assert f"1 run(s) did not finish: resnet-20 (run {failed}, " in result.stderr
-    assert re.search(r"optimizer\.lr=(1e6|1000000\.0) ", result.stderr.split("did not finish:", 1)[1])  # the job's overrides
+    assert re.search(
+        r"optimizer\.lr=(1e6|1000000\.0) ", result.stderr.split("did not finish:", 1)[1]
+    )  # the job's overrides
     assert runs["0.1"].info.status == "FINISHED"
     assert runs["1000000.0"].info.status == "FAILED"
-    assert "diverged" in runs["1000000.0"].data.tags["harness.error"]
-    assert int(runs["1000000.0"].data.tags["harness.diverged_at"]) >= 1
+    assert "diverged" in runs["1000000.0"].data.tags[record.ERROR]
+    assert int(runs["1000000.0"].data.tags[record.DIVERGED_AT]) >= 1
 
 
 @pytest.mark.parametrize(
@@ -190,8 +214,14 @@ def test_same_seed_gives_identical_curves_and_other_seeds_differ(data_root):
 
 def test_warmup_holds_the_low_rate_until_training_error_falls_below_the_threshold(data_root):
     data = load_data("fashion_mnist", data_root, False, 200, torch.device("cpu"))
-    cfg = compose_config("schedule=smoke", "schedule.iterations=4", "schedule.log_every=1", "schedule.warmup_lr=0.01",
-                         "schedule.warmup_until_error=0.0", "schedule.lr_drops=[]")  # fmt: skip
+    cfg = compose_config(
+        "schedule=smoke",
+        "schedule.iterations=4",
+        "schedule.log_every=1",
+        "schedule.warmup_lr=0.01",
+        "schedule.warmup_until_error=0.0",
+        "schedule.lr_drops=[]",
+    )
     tracker = MemoryTracker()
     train(cfg, build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
     assert [lr for _, lr in tracker.history["lr"]] == [0.01] * 4  # an error < 0 never comes
@@ -211,7 +241,9 @@ def test_a_resumed_run_continues_bit_for_bit(data_root):
     with the same tracker: the curves equal those of an uninterrupted run."""
     torch.use_deterministic_algorithms(True)
     data = load_data("fashion_mnist", data_root, False, 200, torch.device("cpu"))
-    cfg = compose_config("schedule=smoke", "schedule.checkpoint_every=10", "schedule.log_every=5", "dataset.augment=true")
+    cfg = compose_config(
+        "schedule=smoke", "schedule.checkpoint_every=10", "schedule.log_every=5", "dataset.augment=true"
+    )
     whole = MemoryTracker()
     torch.manual_seed(0)
     train(cfg, build_model(20, in_channels=1), data, whole, torch.device("cpu"))
@@ -245,8 +277,15 @@ def start_and_wait_for_checkpoint(command: list[str], cwd: Path) -> subprocess.P
     return job
 
 
-LONG_RUN = ["harness.run", "schedule=smoke", "schedule.iterations=200", "schedule.checkpoint_every=20",
-            "schedule.eval_every=50", "dataset.validation_size=500", "tracking.log_model=false"]  # fmt: skip
+LONG_RUN = [
+    "harness.run",
+    "schedule=smoke",
+    "schedule.iterations=200",
+    "schedule.checkpoint_every=20",
+    "schedule.eval_every=50",
+    "dataset.validation_size=500",
+    "tracking.log_model=false",
+]
 
 
 @pytest.mark.integration
@@ -256,9 +295,9 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_its_checkpoint(tmp_path, data_roo
     job.send_signal(signal.SIGINT)
     assert job.wait(timeout=120) != 0
     (run,) = job_runs(MlflowClient(store))
-    assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["harness.error"]
-    assert Path(run.data.tags["harness.checkpoint"]).exists()
-    assert not list(Path(run.data.tags["harness.checkpoint"]).parent.glob("*.partial"))
+    assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags[record.ERROR]
+    assert Path(run.data.tags[record.CHECKPOINT]).exists()
+    assert not list(Path(run.data.tags[record.CHECKPOINT]).parent.glob("*.partial"))
 
 
 @pytest.mark.integration
@@ -296,7 +335,9 @@ def test_the_default_budget_shows_both_effects(tmp_path):
     """The card's command on the default budget and data (about 13 minutes on 2 cores): plain-56
     trains at least 5 points worse than plain-20, ResNet-56 at least 5 points better than plain-56."""
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    result = harness_command("harness.run", "-m", "depth=20,56", "residual=true,false", f"tracking.uri={store}", cwd=tmp_path)
+    result = harness_command(
+        "harness.run", "-m", "depth=20,56", "residual=true,false", f"tracking.uri={store}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     final = {run.info.run_name: 100 * run.data.metrics["final_train_error"] for run in job_runs(MlflowClient(store))}
     assert final["plain-56"] - final["plain-20"] >= 5, final

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from conftest import free_ports
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from harness import server
+
+from conftest import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 

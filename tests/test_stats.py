@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from harness.models import model_name
+from harness.record import RUN_COLUMNS
 from harness.stats import claims, t_interval, verdict
-from harness.tracking.runs import RUN_COLUMNS
 
 
 def direct_interval(values, confidence=0.95) -> tuple[float, float, float, float]:
@@ -111,13 +111,30 @@ def synthetic_runs() -> pd.DataFrame:
         for seed in range(3):
             row = dict.fromkeys(RUN_COLUMNS)
             row.update(
-                run_id=f"{kind}-{depth}-{seed}", name=f"{kind}-{depth}", status="FINISHED", recipe="r", dataset="fashion_mnist",
-                family="cifar", depth=depth, residual=residual, shortcut="zero_pad" if residual else "none", activation="post",
-                seed=seed, variant=model_name(None, residual, "zero_pad"), model=model_name(depth, residual, "zero_pad"), iterations=1000,
-                batch_size=64, optimizer="sgd", lr=0.1, augment=False, resize="None", warmup="none", eval_split="test",
+                run_id=f"{kind}-{depth}-{seed}",
+                name=f"{kind}-{depth}",
+                status="FINISHED",
+                recipe="r",
+                dataset="fashion_mnist",
+                family="cifar",
+                depth=depth,
+                residual=residual,
+                shortcut="zero_pad" if residual else "none",
+                activation="post",
+                seed=seed,
+                variant=model_name(None, residual, "zero_pad"),
+                model=model_name(depth, residual, "zero_pad"),
+                iterations=1000,
+                batch_size=64,
+                optimizer="sgd",
+                lr=0.1,
+                augment=False,
+                resize="None",
+                warmup="none",
+                eval_split="test",
                 train_error=values["final_train_error"][seed] + 1,
                 **{key: values[key][seed] for key in ("final_train_error", "eval_error", "response_std_mean")},
-            )  # fmt: skip
+            )
             rows.append(row)
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -149,7 +166,9 @@ def test_claims_are_paired_differences_per_seed():
     (c1,), (c1b,), (c2,), (c3,), (c3_test,) = (found[k] for k in ("C1", "C1b", "C2", "C3", "C3-test"))
     check_claim(c1, value("plain", 56) - value("plain", 20), "reproduced")  # [10, 12, 10.5]
     assert "plain-56" in c1.text and "plain-20" in c1.text
-    check_claim(c1b, (value("plain", 56) - value("plain", 20)) - (value("resnet", 56) - value("resnet", 20)), "reproduced")
+    check_claim(
+        c1b, (value("plain", 56) - value("plain", 20)) - (value("resnet", 56) - value("resnet", 20)), "reproduced"
+    )
     check_claim(c2, value("plain", 56) - value("resnet", 56), "reproduced")
     check_claim(c3, value("resnet", 20) - value("resnet", 56), "reproduced")
     check_claim(c3_test, value("resnet", 20, "eval_error") - value("resnet", 56, "eval_error"), "reproduced")

@@ -9,13 +9,17 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness import record
+
 from conftest import TINY, harness_command
 
 pytestmark = pytest.mark.integration
 
 
 def sweep(tmp_path, store, data_root, *overrides: str):
-    result = harness_command("harness.run", "-m", *overrides, *TINY, f"tracking.uri={store}", f"dataset.root={data_root}", cwd=tmp_path)
+    result = harness_command(
+        "harness.run", "-m", *overrides, *TINY, f"tracking.uri={store}", f"dataset.root={data_root}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -27,7 +31,7 @@ def parent_of(result) -> str:
 
 def job_runs(client: MlflowClient) -> list:
     experiment = client.get_experiment_by_name("degradation")
-    return client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'job'")
+    return client.search_runs([experiment.experiment_id], record.JOBS_FILTER)
 
 
 def artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
@@ -60,7 +64,9 @@ def test_a_sweep_reuses_the_finished_runs_of_an_earlier_sweep(tmp_path, store, d
     assert parent != parent_of(first)
     runs = job_runs(client)
     assert len(runs) == 6  # the reused nets were not trained again
-    new = {(r.info.run_name, r.data.tags["seed"]): r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
+    new = {
+        (r.info.run_name, r.data.tags["seed"]): r.info.run_id for r in runs if r.data.tags.get(record.PARENT) == parent
+    }
     assert set(new) == {("plain-8", "1"), ("resnet-8", "1")}
 
     table = members(client, parent)
@@ -69,18 +75,25 @@ def test_a_sweep_reuses_the_finished_runs_of_an_earlier_sweep(tmp_path, store, d
     assert {roles[earlier["plain-8", "0"]], roles[earlier["resnet-8", "0"]]} == {"reused"}
     assert {roles[run_id] for run_id in new.values()} == {"trained"}
     tags = client.get_run(parent).data.tags
-    assert (tags["harness.members"], tags["harness.trained"], tags["harness.reused"]) == ("4", "2", "2")
+    assert (tags[record.MEMBERS], tags[record.TRAINED], tags[record.REUSED]) == ("4", "2", "2")
 
     report = artifact_text(client, parent, "figures/report.md")
     assert "4 finished runs" in report
-    assert [row.split("|")[2].strip() for row in rows(report, "plain-8") + rows(report, "resnet-8")] == ["2", "2"]  # seeds 0 and 1
+    assert [row.split("|")[2].strip() for row in rows(report, "plain-8") + rows(report, "resnet-8")] == [
+        "2",
+        "2",
+    ]  # seeds 0 and 1
     assert "-14" not in report  # the earlier sweep's other nets are not this sweep's
 
 
 def test_a_plain_net_is_trained_once_whatever_shortcut_the_sweep_names(tmp_path, store, data_root):
-    result = sweep(tmp_path, store, data_root, "depth=8", "residual=true,false", "shortcut=zero_pad,projection,full_projection")
+    result = sweep(
+        tmp_path, store, data_root, "depth=8", "residual=true,false", "shortcut=zero_pad,projection,full_projection"
+    )
     assert "Sweep done: 4 runs: 4 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
-    assert result.stdout.count("a plain net (residual=false) has no shortcuts") == 1, result.stdout  # once for the sweep
+    assert result.stdout.count("a plain net (residual=false) has no shortcuts") == 1, (
+        result.stdout
+    )  # once for the sweep
     assert "6 jobs train 4 distinct nets" in result.stdout
     client = MlflowClient(store)
     runs = job_runs(client)
@@ -91,5 +104,7 @@ def test_a_plain_net_is_trained_once_whatever_shortcut_the_sweep_names(tmp_path,
     report = artifact_text(client, parent_of(result), "figures/report.md")
     assert len(rows(report, "plain-8")) == 1
     assert [row.split("|")[2].strip() for row in rows(report, "plain-8")] == ["1"]
-    assert {"resnet-8", "resnet-8-B", "resnet-8-C"} <= {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| resnet")}
+    assert {"resnet-8", "resnet-8-B", "resnet-8-C"} <= {
+        line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| resnet")
+    }
     assert "Shortcut options" in report

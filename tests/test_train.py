@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import compose_config
-from harness.data import load_data
-from harness.models import build_model
+from harness.data.memory import load_data
+from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import train, warmup_end
 
@@ -36,8 +36,13 @@ def lrs(tracker) -> dict[int, float]:
 
 def test_a_net_that_never_learns_leaves_warmup_at_the_cap(data):
     # lr 1e-9 cannot lower the error below 80%; the cap (10) comes before the first lr drop (15).
-    cfg, _, tracker, _ = run(data, "schedule.warmup_lr=1e-9", "schedule.warmup_max_iterations=10", "schedule.log_every=5",
-                             "schedule.lr_drops=[0.75]")  # fmt: skip
+    cfg, _, tracker, _ = run(
+        data,
+        "schedule.warmup_lr=1e-9",
+        "schedule.warmup_max_iterations=10",
+        "schedule.log_every=5",
+        "schedule.lr_drops=[0.75]",
+    )
     assert warmup_end(cfg) == 10
     assert all(error >= 0.8 for step, error in tracker.history["train_error"] if step <= 10)
     assert lrs(tracker) == {5: 1e-9, 10: 1e-9, 15: 0.1, 20: pytest.approx(0.01)}
@@ -45,24 +50,39 @@ def test_a_net_that_never_learns_leaves_warmup_at_the_cap(data):
 
 
 def test_the_lr_of_every_iteration_during_and_after_the_cap(data):
-    _, _, tracker, _ = run(data, "schedule.warmup_lr=1e-9", "schedule.warmup_max_iterations=10", "schedule.log_every=1",
-                           "schedule.lr_drops=[0.75]")  # fmt: skip
+    _, _, tracker, _ = run(
+        data,
+        "schedule.warmup_lr=1e-9",
+        "schedule.warmup_max_iterations=10",
+        "schedule.log_every=1",
+        "schedule.lr_drops=[0.75]",
+    )
     # The lr logged at iteration i is the one step i - 1 trained with.
     assert [lr for _, lr in tracker.history["lr"]] == [1e-9] * 10 + [0.1] * 5 + [pytest.approx(0.01)] * 5
     assert tracker.history["warmup_ended_at"] == [(10, 10)]
 
 
 def test_warmup_never_outlasts_the_first_lr_drop(data):
-    cfg, _, tracker, _ = run(data, "schedule.warmup_lr=1e-9", "schedule.warmup_max_iterations=null", "schedule.log_every=5",
-                             "schedule.lr_drops=[0.25]")  # fmt: skip
+    cfg, _, tracker, _ = run(
+        data,
+        "schedule.warmup_lr=1e-9",
+        "schedule.warmup_max_iterations=null",
+        "schedule.log_every=5",
+        "schedule.lr_drops=[0.25]",
+    )
     assert warmup_end(cfg) == 5
     assert lrs(tracker) == {5: 1e-9, 10: pytest.approx(0.01), 15: pytest.approx(0.01), 20: pytest.approx(0.01)}
     assert tracker.history["warmup_ended_at"] == [(5, 5)]
 
 
 def test_warmup_ends_early_once_the_error_is_below_the_threshold(data):
-    _, _, tracker, _ = run(data, "schedule.warmup_lr=1e-9", "schedule.warmup_max_iterations=null", "schedule.log_every=5",
-                           "schedule.warmup_until_error=1.01")  # fmt: skip
+    _, _, tracker, _ = run(
+        data,
+        "schedule.warmup_lr=1e-9",
+        "schedule.warmup_max_iterations=null",
+        "schedule.log_every=5",
+        "schedule.warmup_until_error=1.01",
+    )
     assert lrs(tracker)[5] == 1e-9 and lrs(tracker)[10] == 0.1
     assert tracker.history["warmup_ended_at"] == [(5, 5)]
 
@@ -72,7 +92,12 @@ def test_a_net_below_the_minimum_depth_never_warms_up(data):
     assert warmup_end(cfg) == 0
     assert lrs(tracker)[5] == 0.1
     assert "warmup_ended_at" not in tracker.history
-    assert warmup_end(compose_config("schedule=smoke", "depth=20", "schedule.warmup_lr=1e-9", "schedule.warmup_min_depth=20")) > 0
+    assert (
+        warmup_end(
+            compose_config("schedule=smoke", "depth=20", "schedule.warmup_lr=1e-9", "schedule.warmup_min_depth=20")
+        )
+        > 0
+    )
 
 
 def test_final_train_error_is_the_final_models_error_on_the_first_training_images(data):

@@ -4,12 +4,12 @@ command the sweep printed. Every step leaves a screenshot in the test's temp dir
 $HARNESS_SCREENSHOTS when that is set (the README's docs/ui-*.png come from there)."""
 
 import os
-import sys
 import re
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,8 +18,11 @@ import pytest
 from matplotlib.colors import to_hex, to_rgb
 from mlflow.tracking import MlflowClient
 
+from harness import record
+from harness.record import EXPERIMENT_KIND, RUN_COLOUR
+from harness.tracking.ui import MODEL_DEVELOPMENT, SAVED_VIEW_ID, SAVED_VIEW_NAME
+
 from conftest import TINY, free_ports, harness_command
-from harness.tracking.ui import EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT, RUN_COLOUR_TAG, SAVED_VIEW_ID, SAVED_VIEW_NAME
 
 CHROMIUM = "/usr/bin/chromium"
 NETS = ["plain-8", "resnet-8", "plain-14", "resnet-14"]
@@ -54,7 +57,9 @@ class Screenshots:
     """Each step's page, as STEP.png in the test's temp dir and in $HARNESS_SCREENSHOTS."""
 
     def __init__(self, folder: Path):
-        self.folders = [folder] + ([Path(os.environ["HARNESS_SCREENSHOTS"])] if os.environ.get("HARNESS_SCREENSHOTS") else [])
+        self.folders = [folder] + (
+            [Path(os.environ["HARNESS_SCREENSHOTS"])] if os.environ.get("HARNESS_SCREENSHOTS") else []
+        )
         for f in self.folders:
             f.mkdir(parents=True, exist_ok=True)
         self.paths: list[Path] = []
@@ -91,17 +96,24 @@ def test_mlflow_ui_opens_on_the_study(tmp_path, store, data_root):
     sync_playwright = browser_or_skip()
     shots = Screenshots(tmp_path / "screenshots")
     sweep = harness_command(
-        "harness.run", "-m", "depth=8,14", "residual=true,false", *TINY, f"tracking.uri={store}",
-        f"dataset.root={data_root}", "threads=1", cwd=tmp_path,
-    )  # fmt: skip
+        "harness.run",
+        "-m",
+        "depth=8,14",
+        "residual=true,false",
+        *TINY,
+        f"tracking.uri={store}",
+        f"dataset.root={data_root}",
+        "threads=1",
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
 
     # The closing block: the report, the parent run, the command and the page to open.
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("degradation")
-    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_DEVELOPMENT
-    parent = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'sweep'")[0]
-    jobs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'job'")}
+    assert experiment.tags[EXPERIMENT_KIND] == MODEL_DEVELOPMENT
+    parent = client.search_runs([experiment.experiment_id], record.SWEEPS_FILTER)[0]
+    jobs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id], record.JOBS_FILTER)}
     assert sorted(jobs) == sorted(NETS)
     out = sweep.stdout
     assert f"MLflow parent run {parent.info.run_id}" in out
@@ -114,8 +126,8 @@ def test_mlflow_ui_opens_on_the_study(tmp_path, store, data_root):
     assert page_path == f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
 
     # Colours: the depth's colour for the residual net, a lighter tint for the plain one; 4 distinct.
-    colours = {name: run.data.tags[RUN_COLOUR_TAG] for name, run in jobs.items()}
-    assert len(set(colours.values())) == 4 and parent.data.tags[RUN_COLOUR_TAG] not in colours.values()
+    colours = {name: run.data.tags[RUN_COLOUR] for name, run in jobs.items()}
+    assert len(set(colours.values())) == 4 and parent.data.tags[RUN_COLOUR] not in colours.values()
     for depth in (8, 14):
         plain, resnet = to_rgb(colours[f"plain-{depth}"]), to_rgb(colours[f"resnet-{depth}"])
         assert sum(plain) > sum(resnet), (depth, colours)
@@ -130,8 +142,13 @@ def test_mlflow_ui_opens_on_the_study(tmp_path, store, data_root):
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "mlflow-ui.log"
     with open(log, "w") as log_file:
-        server = subprocess.Popen([program, *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                  stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)  # fmt: skip
+        server = subprocess.Popen(
+            [program, *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
     try:
         wait_for_server(base, server, log)
         with sync_playwright() as playwright:
@@ -154,7 +171,11 @@ def test_mlflow_ui_opens_on_the_study(tmp_path, store, data_root):
 
 def chart_strokes(page, metric: str, want: set[str]) -> set[str]:
     """The line colours drawn in the chart of `metric`, once they include `want` (or time is up)."""
-    card = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(has=page.get_by_text(metric, exact=True)).first
+    card = (
+        page.locator("[data-testid=experiment-view-compare-runs-card]")
+        .filter(has=page.get_by_text(metric, exact=True))
+        .first
+    )
     card.wait_for()
     card.scroll_into_view_if_needed()
     deadline = time.monotonic() + TIMEOUT_MS / 1000
@@ -181,7 +202,9 @@ def check_pages(page, base, page_path, experiment_id, parent, jobs, colours, sho
     row.locator("button[data-component-id*=runnamecellrenderer]").click()
     for name in NETS:
         page.get_by_role("link", name=name, exact=True).wait_for()
-    shown = page.locator("[data-testid=experiment-view-table-run-color] input").evaluate_all("els => els.map(e => e.value)")
+    shown = page.locator("[data-testid=experiment-view-table-run-color] input").evaluate_all(
+        "els => els.map(e => e.value)"
+    )
     assert set(colours.values()) <= set(shown), (colours, shown)
     shots.take(page, "ui-2-sweep-expanded")
 
@@ -254,8 +277,7 @@ def check_pages(page, base, page_path, experiment_id, parent, jobs, colours, sho
 def test_run_colours_follow_the_figures_depth_palette():
     """A residual net has its depth's colour of the figures, the plain net a lighter tint of it,
     other residual variants a darker shade: every net of a depth pair tells apart."""
-    from harness.figures import DEPTH_COLOURS, depth_colour
-    from harness.tracking.ui import SWEEP_COLOUR, run_colour
+    from harness.palette import DEPTH_COLOURS, SWEEP_COLOUR, depth_colour, run_colour
 
     for depth in [*DEPTH_COLOURS, 8, 14]:
         resnet, plain = run_colour(depth, True), run_colour(depth, False)
@@ -273,10 +295,16 @@ def test_closing_lines_say_how_to_open_the_store(tmp_path, monkeypatch):
     local = closing_lines(f"sqlite:///{tmp_path}/my store/mlflow.db", "3", "abc", report)
     assert local[0] == f"Report: {report}"
     program, *args = shlex.split(local[1].removeprefix("MLflow UI: "))
-    assert Path(program) == Path(sys.executable).parent / "mlflow" and args == ["ui", "--backend-store-uri", f"sqlite:///{tmp_path}/my store/mlflow.db"]
+    assert Path(program) == Path(sys.executable).parent / "mlflow" and args == [
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/my store/mlflow.db",
+    ]
     assert "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning" in local[2] and "abc" in local[2]
     server = closing_lines("http://head:5000/", "3", "abc", None)
-    assert server[0].startswith("Report: none") and server[1].startswith("MLflow UI: http://head:5000/#/experiments/3/runs?workflowType=")
+    assert server[0].startswith("Report: none") and server[1].startswith(
+        "MLflow UI: http://head:5000/#/experiments/3/runs?workflowType="
+    )
 
 
 def test_progress_lines_without_a_terminal(caplog):
@@ -294,5 +322,8 @@ def test_progress_lines_without_a_terminal(caplog):
     time.sleep(0.01)
     progress.update(200, 0.1234)
     (line,) = [record.getMessage() for record in caplog.records]
-    assert re.fullmatch(r"resnet-20: iteration 200/1000, [\d.]+ it/s \(\d+ images/s\), running training error 12\.34%, "
-                        r"ETA \d+:\d\d min", line), line  # fmt: skip
+    assert re.fullmatch(
+        r"resnet-20: iteration 200/1000, [\d.]+ it/s \(\d+ images/s\), running training error 12\.34%, "
+        r"ETA \d+:\d\d min",
+        line,
+    ), line

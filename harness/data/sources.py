@@ -9,12 +9,10 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
 
+from harness.data import DataError
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_MAGIC = {"images": 2051, "labels": 2049}
-
-
-class DataError(RuntimeError):
-    """A data set that is missing, truncated or not in its documented format."""
 
 
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train x, y, test x, y
@@ -80,7 +78,9 @@ def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
     except Exception as error:
-        raise DataError(f"{path} is not a CIFAR batch in the python format ({error!r}); delete it and download again.") from error
+        raise DataError(
+            f"{path} is not a CIFAR batch in the python format ({error!r}); delete it and download again."
+        ) from error
     if data.ndim != 2 or data.shape != (len(labels), 3 * 32 * 32):
         raise DataError(
             f"{path} is truncated or corrupt: data of shape {data.shape} for {len(labels)} labels, "
@@ -118,4 +118,3 @@ SOURCES = {
     "cifar10": lambda root, download: load_cifar(root, download, CIFAR10),
     "cifar100": lambda root, download: load_cifar(root, download, CIFAR100),
 }
-NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}

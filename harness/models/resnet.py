@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SHORTCUTS = ("zero_pad", "projection", "full_projection")  # P1 options A, B, C
-ACTIVATIONS = ("post", "pre")  # P1's original unit, P2's full pre-activation
+from harness.models import (
+    ACTIVATIONS,
+    CIFAR_WIDTHS,
+    IMAGENET_LAYOUTS,
+    IMAGENET_WIDTHS,
+    VALID_ACTIVATIONS,
+    resolve_family,
+    resolve_shortcut,
+)
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -37,7 +44,9 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
-def make_shortcut(option: str, in_planes: int, out_planes: int, stride: int, norm: nn.Module | None) -> nn.Module | None:
+def make_shortcut(
+    option: str, in_planes: int, out_planes: int, stride: int, norm: nn.Module | None
+) -> nn.Module | None:
     """The shortcut module of one block; None means the identity."""
     shape_changes = stride != 1 or in_planes != out_planes
     if option == "full_projection" or (option == "projection" and shape_changes):
@@ -81,7 +90,9 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, out_planes)
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride, nn.BatchNorm2d(out_planes)) if residual else None
+        self.shortcut = (
+            make_shortcut(shortcut, in_planes, out_planes, stride, nn.BatchNorm2d(out_planes)) if residual else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -105,7 +116,9 @@ class PreActBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str, preactivate: bool = True):
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str, preactivate: bool = True
+    ):
         super().__init__()
         out_planes = planes * self.expansion
         self.residual = residual
@@ -150,7 +163,9 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, out_planes)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride, nn.BatchNorm2d(out_planes)) if residual else None
+        self.shortcut = (
+            make_shortcut(shortcut, in_planes, out_planes, stride, nn.BatchNorm2d(out_planes)) if residual else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -177,7 +192,9 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str, preactivate: bool = True):
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str, preactivate: bool = True
+    ):
         super().__init__()
         out_planes = planes * self.expansion
         self.residual = residual
@@ -243,7 +260,10 @@ class ResNet(nn.Module):
         first_unit = {"preactivate": False} if pre_activation else {}
         self.stages = nn.Sequential(
             self._make_stage(block, widths[0], blocks_per_stage[0], stride=1, **first_unit),
-            *(self._make_stage(block, width, blocks, stride=2) for width, blocks in zip(widths[1:], blocks_per_stage[1:])),
+            *(
+                self._make_stage(block, width, blocks, stride=2)
+                for width, blocks in zip(widths[1:], blocks_per_stage[1:])
+            ),
         )
         # P2: after the last pre-activation unit, one more BN-ReLU before pooling.
         self.final_activation = (
@@ -259,7 +279,9 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_stage(self, block: type[nn.Module], planes: int, blocks: int, stride: int, **first_block_options) -> nn.Sequential:
+    def _make_stage(
+        self, block: type[nn.Module], planes: int, blocks: int, stride: int, **first_block_options
+    ) -> nn.Sequential:
         layers = [block(self.in_planes, planes, stride, self.residual, self.shortcut_option, **first_block_options)]
         self.in_planes = planes * block.expansion
         for _ in range(1, blocks):
@@ -275,68 +297,12 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-IMAGENET_LAYOUTS = {
-    18: ("basic", [2, 2, 2, 2]),
-    34: ("basic", [3, 4, 6, 3]),
-    50: ("bottleneck", [3, 4, 6, 3]),
-    101: ("bottleneck", [3, 4, 23, 3]),
-    152: ("bottleneck", [3, 8, 36, 3]),
-}
-CIFAR_WIDTHS = [16, 32, 64]
-IMAGENET_WIDTHS = [64, 128, 256, 512]
 BLOCKS = {
     ("basic", "post"): BasicBlock,
     ("basic", "pre"): PreActBasicBlock,
     ("bottleneck", "post"): Bottleneck,
     ("bottleneck", "pre"): PreActBottleneck,
 }
-FAMILIES = ("auto", "cifar", "imagenet")
-VALID_DEPTHS = "6n+2 for the CIFAR nets (20, 32, 44, 56, 110, 1202, any n >= 1) or 18, 34, 50, 101, 152 for the ImageNet nets"
-
-
-def is_cifar_depth(depth: int) -> bool:
-    return depth >= 8 and (depth - 2) % 6 == 0
-
-
-def resolve_family(depth: int, family: str = "auto") -> str:
-    """'cifar' or 'imagenet' for this depth. 50 and 152 are also 6n+2: `auto` takes them as the
-    ImageNet bottleneck nets, `family=cifar` as CIFAR nets."""
-    if family not in FAMILIES:
-        raise ValueError(f"family={family!r} is not valid; use one of {', '.join(FAMILIES)}.")
-    if family in ("auto", "imagenet") and depth in IMAGENET_LAYOUTS:
-        return "imagenet"
-    if family in ("auto", "cifar") and is_cifar_depth(depth):
-        return "cifar"
-    wanted = {"auto": VALID_DEPTHS, "cifar": "6n+2 (20, 32, 44, 56, 110, 1202, ...)", "imagenet": "18, 34, 50, 101, 152"}
-    family_text = "" if family == "auto" else f" for family={family}"
-    raise ValueError(f"depth={depth} is not valid{family_text}; valid depths are {wanted[family]}.")
-
-
-VALID_SHORTCUTS = (
-    "auto (option A, or B for the bottleneck nets 50, 101, 152), zero_pad (option A; alias identity), "
-    "projection (option B) or full_projection (option C)"
-)
-
-
-def canonical_shortcut(shortcut: str) -> str:
-    """P1 calls option A 'identity shortcuts', so `identity` names `zero_pad`. `auto` depends on
-    the net, so only `resolve_shortcut` takes it."""
-    if shortcut == "auto":
-        raise ValueError("shortcut='auto' depends on the net; resolve it with resolve_shortcut(shortcut, depth, family).")
-    shortcut = "zero_pad" if shortcut == "identity" else shortcut
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut={shortcut!r} is not valid; use {VALID_SHORTCUTS}.")
-    return shortcut
-
-
-def resolve_shortcut(shortcut: str, depth: int, family: str = "auto") -> str:
-    """The option this net uses. `auto` is P1's choice: option A for the CIFAR nets and
-    ResNet-18/34 (Table 3 reports 34 A), B for the bottleneck nets (section 3.3, 50/101/152)."""
-    if shortcut != "auto":
-        return canonical_shortcut(shortcut)
-    if resolve_family(depth, family) == "imagenet" and IMAGENET_LAYOUTS[depth][0] == "bottleneck":
-        return "projection"
-    return "zero_pad"
 
 
 def build_model(
@@ -351,32 +317,18 @@ def build_model(
     """The plain (residual=False) or residual net of P1/P2 with this many weighted layers."""
     shortcut = resolve_shortcut(shortcut, depth, family)
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not valid; use post (P1) or pre (P2's full pre-activation).")
+        raise ValueError(f"activation={activation!r} is not valid; use {VALID_ACTIVATIONS}.")
     pre = activation == "pre"
     make = partial(
-        ResNet, residual=residual, shortcut=shortcut, pre_activation=pre, in_channels=in_channels, num_classes=num_classes
+        ResNet,
+        residual=residual,
+        shortcut=shortcut,
+        pre_activation=pre,
+        in_channels=in_channels,
+        num_classes=num_classes,
     )
     if resolve_family(depth, family) == "cifar":
         n = (depth - 2) // 6
         return make(BLOCKS["basic", activation], [n, n, n], CIFAR_WIDTHS, imagenet_stem=False)
     kind, blocks_per_stage = IMAGENET_LAYOUTS[depth]
     return make(BLOCKS[kind, activation], blocks_per_stage, IMAGENET_WIDTHS, imagenet_stem=True)
-
-
-SHORTCUT_LETTERS = {"zero_pad": "A", "projection": "B", "full_projection": "C"}
-
-
-def model_name(
-    depth: int | None, residual: bool, shortcut: str = "auto", activation: str = "post", family: str = "auto"
-) -> str:
-    """The paper's names: plain-56, resnet-56; options other than A and pre-activation are
-    suffixed (resnet-56-B-pre, and resnet-50-B under `auto`, so a name never hides the option).
-    A plain net has no shortcut to name. Without a depth, the variant's name: plain,
-    resnet-B-pre; `auto` then has no meaning and is refused."""
-    name = ("resnet" if residual else "plain") + ("" if depth is None else f"-{depth}")
-    if residual:
-        option = canonical_shortcut(shortcut) if depth is None else resolve_shortcut(shortcut, depth, family)
-        name += "" if option == "zero_pad" else f"-{SHORTCUT_LETTERS[option]}"
-    if activation == "pre":
-        name += "-pre"
-    return name

@@ -6,21 +6,7 @@ it must stay consistent: a resumed run may neither repeat nor skip a metric step
 
 import copy
 from collections import defaultdict
-from pathlib import PurePosixPath
 from typing import Protocol
-
-# Artifact paths that the writers (analysis probes, the sweep) and the reader (tracking.runs) share.
-PROBE_FOLDER = "analysis"
-MEMBERS_TABLE = "members.csv"  # on a sweep's parent run: every run its report covers
-
-
-def probe_table(step: int) -> str:
-    """The artifact path of the probe table taken after `step` iterations."""
-    return f"{PROBE_FOLDER}/step-{step:07d}.csv"
-
-
-def probe_step(path: str) -> int:
-    return int(PurePosixPath(path).stem.removeprefix("step-"))
 
 
 class Tracker(Protocol):

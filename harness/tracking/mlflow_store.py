@@ -21,18 +21,10 @@ from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from harness import record
 from harness.tracking.ui import experiment_tags, mark_experiment
 
-ROLE_TAG = "harness.role"  # "sweep" on a sweep's parent run, "job" on every training run
-SWEEP_DIR_TAG = "harness.sweep_dir"
-ERROR_TAG = "harness.error"
-CHECKPOINT_TAG = "harness.checkpoint"
-FINGERPRINT_TAG = "harness.fingerprint"
-RECIPE_TAG = "harness.recipe"  # what the nets of one study share: a report groups runs by it
-SUPERSEDED_TAG = "harness.superseded_by"
-FAILURE_TAG = "harness.failure"  # "environment" (disk, store, data: resumable) or "run" (divergence, a bug)
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
 
 
@@ -52,18 +44,6 @@ class CorruptCheckpoint(RuntimeError):
         self.path = path
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}: MLflow params are flat."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def sqlite_folder(uri: str) -> Path | None:
     """The folder of a SQLite store's database, None for other stores."""
     return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
@@ -73,7 +53,10 @@ def sqlite_folder(uri: str) -> Path | None:
 def interrupts_deferred():
     """In the main thread, a Ctrl-C (or the sweep watcher's interrupt) that comes during the block
     takes effect when the block is done; a second one at once."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     caught = []
@@ -153,19 +136,19 @@ def find_run(client: MlflowClient, experiment_id: str, config_fingerprint: str):
     """The latest run that trained this config in this experiment and is still part of its sweep."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{config_fingerprint}'",
+        filter_string=record.fingerprint_filter(config_fingerprint),
         order_by=["attributes.start_time DESC"],
     )
-    current = [run for run in runs if SUPERSEDED_TAG not in run.data.tags]
+    current = [run for run in runs if record.is_current(run)]
     return current[0] if current else None
 
 
 def supersede(client: MlflowClient, old, new_run_id: str) -> None:
     """A retried config's new run takes the old one's place: the old run leaves the sweep, and
     an old RUNNING one (a process killed before its first checkpoint) is closed as KILLED."""
-    client.set_tag(old.info.run_id, SUPERSEDED_TAG, new_run_id)
-    if MLFLOW_PARENT_RUN_ID in old.data.tags:
-        client.delete_tag(old.info.run_id, MLFLOW_PARENT_RUN_ID)
+    client.set_tag(old.info.run_id, record.SUPERSEDED_BY, new_run_id)
+    if record.PARENT in old.data.tags:
+        client.delete_tag(old.info.run_id, record.PARENT)
     if old.info.status == "RUNNING":
         client.set_terminated(old.info.run_id, "KILLED")
 
@@ -202,18 +185,18 @@ class MlflowRun:
     ) -> "MlflowRun":
         tags = {key: str(value) for key, value in tags.items()}
         if parent_run_id:
-            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+            tags[record.PARENT] = parent_run_id
         run = client.create_run(experiment_id, run_name=name, tags=tags)
         started = cls(client, run.info.run_id, name, checkpoint_dir)
         if started.checkpoint_path:
-            started.set_tags({CHECKPOINT_TAG: started.checkpoint_path})
+            started.set_tags({record.CHECKPOINT: started.checkpoint_path})
         return started
 
     def reopen(self) -> None:
         """RUNNING again, to be resumed from the checkpoint: a stopped run's error is history."""
         self.client.update_run(self.run_id, status="RUNNING")
         tags = self.client.get_run(self.run_id).data.tags
-        for tag in (ERROR_TAG, FAILURE_TAG):
+        for tag in (record.ERROR, record.FAILURE):
             if tag in tags:
                 self.client.delete_tag(self.run_id, tag)
 
@@ -250,10 +233,14 @@ class MlflowRun:
             with contextlib.suppress(OSError):
                 partial.unlink()
             cause = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error)).lower()
-            kept = (f"the previous checkpoint {self.checkpoint_path} is intact" if self.checkpoint_path.exists()
-                    else "there is no earlier checkpoint")  # fmt: skip
-            raise CheckpointError(f"could not write the checkpoint {partial}: {cause}; the partial file was "
-                                  f"removed and {kept}") from error  # fmt: skip
+            kept = (
+                f"the previous checkpoint {self.checkpoint_path} is intact"
+                if self.checkpoint_path.exists()
+                else "there is no earlier checkpoint"
+            )
+            raise CheckpointError(
+                f"could not write the checkpoint {partial}: {cause}; the partial file was removed and {kept}"
+            ) from error
         self.flush()
 
     def read_checkpoint(self) -> dict | None:
@@ -348,7 +335,7 @@ class MlflowRun:
                 self.checkpoint_path.unlink()
         finally:
             if error is not None:
-                self.set_tags({ERROR_TAG: f"{type(error).__name__}: {error}"})
+                self.set_tags({record.ERROR: f"{type(error).__name__}: {error}"})
             try:
                 self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.from_string(status)))
             finally:

@@ -1,0 +1,119 @@
+"""What a config trains, as the store knows it: the effective config (`auto` values resolved,
+keys this net does not use removed), its fingerprint (one net: a relaunch finds its run by it,
+and a net two sweeps share is trained once), its recipe (what a study holds fixed across its
+nets: a report never pools runs of different recipes) and a sweep's study (all its nets).
+"""
+
+import hashlib
+import json
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.models import resolve_family, resolve_shortcut
+
+# Where and how a run is executed, tracked and reported, not what it trains.
+PRESENTATION_KEYS = ("tracking", "report", "threads", "cores", "device", "rerun", "analysis",
+                     "dataset.root", "dataset.download", "schedule.checkpoint_every")  # fmt: skip
+# What tells the nets of one study apart; everything else that is trained is the study's recipe.
+NET_KEYS = ("depth", "residual", "shortcut", "activation", "family", "seed")
+WARMUP_KEYS = ("warmup_lr", "warmup_until_error", "warmup_max_iterations", "warmup_min_depth")
+
+
+def _drop(tree: dict, keys) -> dict:
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return tree
+
+
+def _recipe_rules(trained: dict, unused: dict[str, str]) -> None:
+    """Keys that no net of the recipe uses leave it."""
+    if trained["optimizer"]["name"] != "sgd":
+        unused["optimizer.momentum"] = f"optimizer={trained['optimizer']['name']} has no momentum parameter"
+        _drop(trained, ["optimizer.momentum"])
+    if not trained["dataset"]["augment"]:
+        unused["dataset.pad"] = "augmentation is off (dataset.augment=false)"
+        _drop(trained, ["dataset.pad"])
+    schedule = trained["schedule"]
+    if schedule["warmup_lr"] is None:
+        for key in WARMUP_KEYS[1:]:
+            unused[f"schedule.{key}"] = "there is no warm-up (schedule.warmup_lr=null)"
+        unused.pop("schedule.warmup_lr", None)
+        _drop(trained, [f"schedule.{key}" for key in WARMUP_KEYS])
+
+
+def _net_rules(trained: dict, unused: dict[str, str]) -> None:
+    """The automatic values resolved, and the keys this particular net does not use removed."""
+    trained["family"] = resolve_family(trained["depth"], trained["family"])
+    if trained["residual"]:
+        trained["shortcut"] = resolve_shortcut(trained["shortcut"], trained["depth"], trained["family"])
+    else:
+        if trained["shortcut"] != "auto":
+            unused["shortcut"] = "a plain net (residual=false) has no shortcuts"
+        trained["shortcut"] = "none"
+    schedule = trained["schedule"]
+    if "warmup_lr" in schedule and trained["depth"] < schedule["warmup_min_depth"]:
+        depth, minimum = trained["depth"], schedule["warmup_min_depth"]
+        for key in WARMUP_KEYS:
+            unused[f"schedule.{key}"] = f"depth {depth} is below schedule.warmup_min_depth={minimum}"
+        _drop(trained, [f"schedule.{key}" for key in WARMUP_KEYS])
+
+
+def effective_config(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
+    """(what this config trains, {key: why it has no effect}): the resolved config with `auto`
+    values resolved and the keys this net does not use removed (a plain net's shortcut, Adam's
+    momentum, ...). Two configs that train the same net are equal here."""
+    trained, unused = OmegaConf.to_container(cfg, resolve=True), {}
+    _recipe_rules(trained, unused)
+    _net_rules(trained, unused)
+    return trained, unused
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """One net, as a short hash of what it trains."""
+    return _hash(_drop(effective_config(cfg)[0], PRESENTATION_KEYS))
+
+
+def recipe_of(tree: dict) -> str:
+    """The recipe of a config tree (resolved, recipe rules applied): everything but the net and
+    how it is run, as a short hash."""
+    return _hash(_drop(tree, PRESENTATION_KEYS + NET_KEYS))
+
+
+def recipe(cfg: DictConfig) -> str:
+    trained = OmegaConf.to_container(cfg, resolve=True)
+    _recipe_rules(trained, {})
+    return recipe_of(trained)
+
+
+def recipe_of_params(params: dict[str, str]) -> str:
+    """The recipe of a run of an older harness, which did not tag its recipe, from its params (the
+    flattened effective config): the same keys dropped, its own hash space (values are strings)."""
+    tree: dict = {}
+    for key, value in params.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return "old-" + recipe_of(tree)
+
+
+def study(fingerprints: list[str]) -> str:
+    """A sweep's nets, as a short hash: the same study launched again goes on in its parent run."""
+    return hashlib.sha256(" ".join(sorted(fingerprints)).encode()).hexdigest()[:16]
+
+
+def unused_notes(cfg: DictConfig, overridden: list[str]) -> list[str]:
+    """A note for every key the user set (in `overridden`, Hydra's override strings) that this
+    config does not use."""
+    keys = {override.split("=", 1)[0].lstrip("+~") for override in overridden}
+    _, unused = effective_config(cfg)
+    return [f"note: {key} has no effect here: {why}." for key, why in unused.items() if key in keys]

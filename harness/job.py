@@ -1,0 +1,450 @@
+"""One run's life. What the store holds of a net decides what a launch does with it (`decide`:
+skip, running elsewhere, resume, new run); the launch claims the run, trains it, and closes
+it through one table of outcomes (finished, Ctrl-C, scheduler stop, lease lost, diverged,
+environment failure, bug), each with its status, failure tag and exit code.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+
+from harness import OPENMP_WAIT, config, identity, record
+from harness.data import DataError
+from harness.data.memory import Data, load_data
+from harness.launchers import SchedulerStop, cpus_per_job, orphaned, placement_tags, watch_sweep
+from harness.lease import Heartbeat, Lease, LeaseLost, claim, heartbeat_of
+from harness.models import resolve_family
+from harness.models.resnet import build_model
+from harness.tracking.mlflow_store import (
+    CheckpointError,
+    CorruptCheckpoint,
+    MlflowRun,
+    StoreError,
+    connect,
+    find_run,
+    sqlite_folder,
+    supersede,
+)
+from harness.train import DivergedError, Result, train
+
+log = logging.getLogger(__name__)
+SMALLEST_IMAGENET_INPUT = 64  # pixels; below it the ImageNet stem leaves stage 4 almost nothing
+RESUMABLE = ("RUNNING", "KILLED")  # and FAILED runs whose failure was the environment's
+CLAIM_ATTEMPTS = 5
+
+
+# What the store holds, and what a launch does about it.
+
+SKIP, ELSEWHERE, RESUME, NEW = "skip", "running elsewhere", "resume", "new run"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The latest current run of a net in the store, as the decision needs it."""
+
+    run_id: str
+    status: str
+    alive: bool  # its heartbeat is live: another launch trains it
+    failure: str | None  # record.FAILURE
+    has_checkpoint: bool
+    heartbeat: Heartbeat | None = None
+    run: Any = None  # the MLflow run itself
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # SKIP, ELSEWHERE, RESUME or NEW
+    run: Stored | None = None  # the run skipped, left alone or resumed; for NEW, the run it replaces
+
+
+def decide(stored: Stored | None, rerun: bool) -> Decision:
+    """What to do with a net whose latest run is `stored` (None: it has none)."""
+    if stored is None:
+        return Decision(NEW)
+    if stored.status == "RUNNING" and stored.alive:
+        return Decision(ELSEWHERE, stored)
+    if rerun:  # a new run beside the earlier ones, which stay as they are
+        return Decision(NEW)
+    if stored.status == "FINISHED":
+        return Decision(SKIP, stored)
+    resumable = stored.status in RESUMABLE or stored.failure == record.ENVIRONMENT
+    return Decision(RESUME if resumable and stored.has_checkpoint else NEW, stored)
+
+
+def look(client, experiment_id: str, fingerprint: str, folder: Path | None) -> Stored | None:
+    run = find_run(client, experiment_id, fingerprint)
+    if run is None:
+        return None
+    beat = heartbeat_of(run)
+    return Stored(
+        run_id=run.info.run_id,
+        status=run.info.status,
+        alive=beat is not None and beat.alive(),
+        failure=run.data.tags.get(record.FAILURE),
+        has_checkpoint=MlflowRun(client, run.info.run_id, run.info.run_name, folder).has_checkpoint(),
+        heartbeat=beat,
+        run=run,
+    )
+
+
+def say(decision: Decision, name: str) -> None:
+    stored = decision.run
+    if decision.action == SKIP:
+        print(f"skip {name}: already FINISHED as MLflow run {stored.run_id} (rerun=true trains it again)")
+    elif decision.action == ELSEWHERE:
+        beat = stored.heartbeat
+        age = f"heartbeat {beat.age():.0f} s ago" if beat else "no heartbeat yet"
+        print(f"running elsewhere: {name} (MLflow run {stored.run_id}, {age}); not touched")
+
+
+# What a job needs around the loop.
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise config.ConfigError(
+            f"device={name} was asked for, but torch sees no CUDA device here; use device=auto or cpu."
+        )
+    return torch.device(name)
+
+
+def torch_threads(cfg: DictConfig) -> int:
+    """`threads` if set, else the job's share of the cores: jobs at once x threads <= cores."""
+    if cfg.threads:
+        return cfg.threads
+    cores = cfg.cores or len(os.sched_getaffinity(0))
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
+    return max(1, min(cores, cpus_per_job(launcher, cores)))
+
+
+def machine_of(device: torch.device) -> record.Machine:
+    return record.Machine(
+        device=device.type,
+        threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        openmp_wait=OPENMP_WAIT,
+        placement=placement_tags(),
+    )
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path | None:
+    """Checkpoints go beside a SQLite store, else into ./checkpoints, unless configured."""
+    if not cfg.schedule.checkpoint_every:
+        return None
+    if cfg.tracking.checkpoint_dir:
+        return config.launch_dir() / cfg.tracking.checkpoint_dir
+    store_folder = sqlite_folder(cfg.tracking.uri)
+    return store_folder / "checkpoints" if store_folder else config.launch_dir() / "checkpoints"
+
+
+def job_data(cfg: DictConfig, device: torch.device) -> Data:
+    dataset = cfg.dataset
+    try:
+        return load_data(
+            dataset.name,
+            config.launch_dir() / dataset.root,
+            dataset.download,
+            dataset.validation_size,
+            device,
+            resize=dataset.resize,
+            normalize=dataset.normalize,
+        )
+    except OSError as error:
+        raise DataError(f"dataset.root={dataset.root}: {error}") from error
+
+
+# Opening the run.
+
+
+def resume(client, stored: Stored, name: str, folder: Path | None) -> MlflowRun | None | bool:
+    """The stopped run, claimed and reopened at its checkpoint; None if another launch claimed it
+    first; False if its checkpoint is unreadable (set aside: the net trains in a new run)."""
+    generation = (stored.heartbeat.generation if stored.heartbeat else 0) + 1
+    if not claim(client, f"{stored.run_id} generation {generation}"):
+        return None
+    stopped = MlflowRun(client, stored.run_id, name, folder)
+    stopped.lease = Lease.take(client, stopped.run_id, generation).start()
+    try:
+        state = stopped.read_checkpoint()
+    except CorruptCheckpoint as error:
+        aside = stopped.set_checkpoint_aside()
+        print(
+            f"corrupt checkpoint: {error}; {name} (MLflow run {stopped.run_id}) cannot resume from it. "
+            f"Set it aside as {aside}; training restarts from iteration 0 in a new run."
+        )
+        stopped.lease.release()
+        return False
+    print(f"resume {name}: MLflow run {stored.run_id} from its last checkpoint (iteration {state['iteration']})")
+    stopped.reopen()
+    stopped.set_tags(placement_tags())  # the SLURM job or Ray node that trains it now
+    return stopped
+
+
+def open_run(
+    cfg: DictConfig, client, experiment_id: str, machine: record.Machine, first: Decision, stored: Stored | None
+) -> tuple[MlflowRun | None, bool]:
+    """(run, resumed): the run that trains this config, with this process's lease on it, or None.
+
+    Two launches that decide at the same moment both claim what they saw (harness.lease.claim):
+    one wins; the other looks again and finds the winner's live run."""
+    name, fingerprint, folder = record.net_name(cfg), identity.fingerprint(cfg), checkpoint_dir(cfg)
+    decision = first
+    for attempt in range(CLAIM_ATTEMPTS):
+        if attempt:
+            time.sleep(0.5 * attempt)  # the winner of a claim creates or reopens its run meanwhile
+            stored = look(client, experiment_id, fingerprint, folder)
+            decision = decide(stored, cfg.rerun)
+        if decision.action in (SKIP, ELSEWHERE):
+            say(decision, name)
+            return None, False
+        if decision.action == RESUME:
+            resumed = resume(client, decision.run, name, folder)
+            if resumed is None:
+                continue
+            if resumed:
+                return resumed, True
+        # The same net may be trained in another experiment of the same store: claims are per experiment.
+        if not claim(client, f"{fingerprint} in {experiment_id} after {stored.run_id if stored else 'none'}"):
+            continue
+        heartbeat = Heartbeat.now(1)
+        tags = {**record.job_tags(cfg, machine, record.source_commit()), record.HEARTBEAT: heartbeat.encode()}
+        run = MlflowRun.start(
+            client, experiment_id, name, tags, parent_run_id=cfg.tracking.parent_run_id, checkpoint_dir=folder
+        )
+        run.lease = Lease(client, run.run_id, heartbeat).start()
+        if decision.run is not None:
+            supersede(client, decision.run.run, run.run_id)
+        return run, False
+    print(
+        f"running elsewhere: {name}: other launches claimed it {CLAIM_ATTEMPTS} times at the same moment; not touched"
+    )
+    return None, False
+
+
+# Training it.
+
+
+def execute(
+    cfg: DictConfig, run: MlflowRun, device: torch.device, machine: record.Machine, resumed: bool, data: Data
+) -> Result:
+    if not resumed:  # a resumed run has its params already, and MLflow never changes a param
+        run.log_params(record.job_params(cfg, machine))
+        run.log_text(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)), record.CONFIG_FILE)
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        run.log_text(OmegaConf.to_yaml(overrides), record.OVERRIDES_FILE)
+
+    if resolve_family(cfg.depth, cfg.family) == "imagenet" and data.image_size < SMALLEST_IMAGENET_INPUT:
+        # The 7x7/2 stem and max pool shrink a 28-pixel image to 7, and stage 4 convolves 1x1 maps.
+        log.warning(
+            "%s: an ImageNet-style net on %dx%d inputs (under %d pixels): its last stage sees 1x1 maps; "
+            "dataset.resize=96 gives the seed's setting",
+            run.name,
+            data.image_size,
+            data.image_size,
+            SMALLEST_IMAGENET_INPUT,
+        )
+        run.set_tags({record.SMALL_INPUT: data.image_size})
+    model = build_model(
+        cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data.in_channels, data.num_classes, cfg.family
+    ).to(device, memory_format=torch.channels_last)
+    result = train(cfg, model, data, run, device)
+
+    run.log_json({"run": run.name, **vars(result)}, record.SUMMARY_FILE)
+    if cfg.tracking.log_model:
+        run.log_torch_state(model.state_dict(), record.MODEL_FILE)
+    return result
+
+
+# Closing it: one row per way a run can end.
+
+# Failures of the machine, not of the run: disk, tracking store, data. A run stopped by one
+# resumes from its checkpoint when launched again; any other failure trains it anew.
+ENVIRONMENT_ERRORS = (OSError, CheckpointError, StoreError, DataError, MlflowException)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str | None  # the run's last status; None: left to the launch that took it over
+    failure: str | None  # record.FAILURE
+    exit_code: int  # of the command, alone; in a sweep, the sweep's summary names the run instead
+
+
+OUTCOMES = {
+    "finished": Outcome("FINISHED", None, 0),
+    "Ctrl-C": Outcome("KILLED", None, 130),  # resumes from its last checkpoint
+    "scheduler stop": Outcome("KILLED", None, 0),  # SLURM's time limit is near: stopped like Ctrl-C, not failed
+    "lease lost": Outcome(None, None, 0),
+    "diverged": Outcome("FAILED", record.RUN, 1),
+    "environment failure": Outcome("FAILED", record.ENVIRONMENT, 1),  # resumes from its last checkpoint
+    "bug": Outcome("FAILED", record.RUN, 1),  # alone: with its traceback
+}
+
+
+def outcome_of(error: BaseException | None) -> str:
+    if error is None:
+        return "finished"
+    for kind, errors in (
+        ("Ctrl-C", KeyboardInterrupt),
+        ("scheduler stop", SchedulerStop),
+        ("lease lost", LeaseLost),
+        ("diverged", DivergedError),
+        ("environment failure", ENVIRONMENT_ERRORS),
+    ):
+        if isinstance(error, errors):
+            return kind
+    return "bug"
+
+
+def record_failure(run: MlflowRun, error: BaseException, outcome: Outcome) -> str:
+    """Mark the run FAILED with its failure tag; the message that says so."""
+    resumable = outcome.failure == record.ENVIRONMENT and run.has_checkpoint()
+    tags = {record.FAILURE: outcome.failure}
+    if isinstance(error, DivergedError):
+        tags[record.DIVERGED_AT] = error.step
+    message = f"{run.name} (MLflow run {run.run_id}) failed: {error}"
+    if resumable:
+        message += "; the same command resumes it from its last checkpoint"
+    try:
+        run.check_lease()
+        run.set_tags(tags)
+        run.finish("FAILED", error, resumable=resumable)
+    except LeaseLost as lost:
+        message = f"{run.name}: {lost}"
+    except Exception as store_error:  # the store itself is what failed
+        message += f" (and the store could not record it: {type(store_error).__name__}: {str(store_error)[:200]})"
+    return message
+
+
+def close(run: MlflowRun, result: Result | None, error: BaseException | None, in_sweep: bool) -> float | None:
+    """Close the run as its outcome says; the final test error of a finished run, else None
+    (or the command's exit, alone)."""
+    kind = outcome_of(error)
+    outcome = OUTCOMES[kind]
+    if kind == "finished":
+        run.finish("FINISHED")
+        log.info(
+            "%s: final training error %.2f%%, %s error %.2f%% in %.0f s",
+            run.name,
+            100 * result.final_train_error,
+            result.eval_split,
+            100 * result.eval_error,
+            result.seconds,
+        )
+        return result.eval_error
+    if kind == "lease lost":
+        print(f"{run.name}: {error}", file=sys.stderr)
+        return None
+    if outcome.status == "KILLED":
+        with contextlib.suppress(LeaseLost):
+            run.finish("KILLED", error)
+        if kind == "scheduler stop":
+            then = "resumes it from its last checkpoint" if run.has_checkpoint() else "trains it again"
+            log.error(
+                "%s (MLflow run %s) stopped by SLURM and marked KILLED (%s); the same command %s",
+                run.name,
+                run.run_id,
+                error,
+                then,
+            )
+            return None
+        if orphaned():  # the sweep that started this job is gone: so is the job
+            os._exit(1)
+        if in_sweep:  # the sweep says what it stopped
+            raise error
+        at = f" at iteration {run.saved_iteration}" if run.saved_iteration else ""
+        print(
+            f"stopped {run.name}: MLflow run {run.run_id} marked KILLED; the same command resumes it from its last "
+            f"checkpoint{at}."
+            if run.has_checkpoint()
+            else f"stopped {run.name}: MLflow run {run.run_id} marked "
+            "KILLED before its first checkpoint; the same command trains it again.",
+            file=sys.stderr,
+        )
+        raise SystemExit(outcome.exit_code) from None
+    message = record_failure(run, error, outcome)
+    if in_sweep:
+        log.error("%s", message)
+        return None
+    if kind == "bug":
+        raise error
+    config.fail(message, code=outcome.exit_code)
+
+
+# The whole life.
+
+
+def setup(cfg: DictConfig) -> tuple[Any, str, torch.device]:
+    """Checks, the store, and this process's torch settings; a bad config ends the command here."""
+    try:
+        config.check(cfg)
+        device = pick_device(cfg.device)
+        client, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment)
+    except (config.ConfigError, StoreError) as error:
+        config.fail(str(error))
+    watch_sweep()  # a job that a sweep's launcher started ends when the sweep's process is gone
+    # Bit-for-bit repeatable runs on the CPU need deterministic kernels as well as seeds.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(torch_threads(cfg))
+    return client, experiment_id, device
+
+
+def in_a_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """Check the config, then train and track one net; returns its final test error. Inside a
+    sweep a failed run is recorded and None returned, so that the other jobs go on; alone, the
+    error ends the command."""
+    client, experiment_id, device = setup(cfg)
+    in_sweep = in_a_sweep()
+    if HydraConfig.initialized() and not in_sweep:  # a sweep's callback says these once for all its jobs
+        for note in identity.unused_notes(cfg, list(HydraConfig.get().overrides.task)):
+            print(note)
+
+    name = record.net_name(cfg)
+    try:
+        stored = look(client, experiment_id, identity.fingerprint(cfg), checkpoint_dir(cfg))
+        decision = decide(stored, cfg.rerun)
+        if decision.action in (SKIP, ELSEWHERE):
+            say(decision, name)
+            return None
+        data = job_data(cfg, device)  # before anything of this run is stored
+        run, resumed = open_run(cfg, client, experiment_id, machine_of(device), decision, stored)
+    except (DataError, MlflowException, OSError) as error:
+        message = (
+            str(error)
+            if isinstance(error, DataError)
+            else (
+                f"the tracking store at tracking.uri={cfg.tracking.uri} failed while the run was opened: "
+                f"{type(error).__name__}: {str(error)[:300]}"
+            )
+        )
+        if in_sweep:  # the sweep's summary names the job
+            log.error("%s", message)
+            return None
+        config.fail(message, code=1)
+    if run is None:
+        return None
+    log.info("%s: MLflow run %s in %s", run.name, run.run_id, cfg.tracking.uri)
+    try:
+        result = execute(cfg, run, device, machine_of(device), resumed, data)
+    except (KeyboardInterrupt, Exception) as error:
+        return close(run, None, error, in_sweep)
+    return close(run, result, None, in_sweep)

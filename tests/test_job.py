@@ -1,0 +1,58 @@
+"""The run's life (`harness.job`) without a store: the decision from what the store holds, and
+the table from outcome to status, failure tag and exit code."""
+
+import pytest
+
+from harness import record
+from harness.job import ELSEWHERE, NEW, OUTCOMES, RESUME, SKIP, Stored, decide, outcome_of
+from harness.launchers import SchedulerStop
+from harness.lease import LeaseLost
+from harness.tracking.mlflow_store import CheckpointError, StoreError
+from harness.train import DivergedError
+
+
+def stored(status: str, alive: bool = False, failure: str | None = None, checkpoint: bool = False) -> Stored:
+    return Stored(run_id="r1", status=status, alive=alive, failure=failure, has_checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize(
+    "latest, rerun, action, replaces",
+    [
+        (None, False, NEW, False),
+        (stored("FINISHED"), False, SKIP, True),
+        (stored("FINISHED"), True, NEW, False),  # rerun: a new run beside the finished one
+        (stored("RUNNING", alive=True), False, ELSEWHERE, True),
+        (stored("RUNNING", alive=True), True, ELSEWHERE, True),  # rerun never touches a live run
+        (stored("RUNNING", checkpoint=True), False, RESUME, True),  # its process died
+        (stored("RUNNING"), False, NEW, True),  # died before its first checkpoint: trained anew
+        (stored("KILLED", checkpoint=True), False, RESUME, True),
+        (stored("KILLED", checkpoint=True), True, NEW, False),
+        (stored("FAILED", failure=record.ENVIRONMENT, checkpoint=True), False, RESUME, True),
+        (stored("FAILED", failure=record.ENVIRONMENT), False, NEW, True),
+        (stored("FAILED", failure=record.RUN, checkpoint=True), False, NEW, True),  # a bug or divergence: anew
+    ],
+)
+def test_what_the_store_holds_decides_the_launch(latest, rerun, action, replaces):
+    decision = decide(latest, rerun)
+    assert decision.action == action
+    assert (decision.run is latest and latest is not None) == replaces
+
+
+@pytest.mark.parametrize(
+    "error, kind, status, failure, exit_code",
+    [
+        (None, "finished", "FINISHED", None, 0),
+        (KeyboardInterrupt(), "Ctrl-C", "KILLED", None, 130),
+        (SchedulerStop("timed-out"), "scheduler stop", "KILLED", None, 0),
+        (LeaseLost("taken over"), "lease lost", None, None, 0),
+        (DivergedError(7, float("nan")), "diverged", "FAILED", record.RUN, 1),
+        (OSError("disk full"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
+        (StoreError("down"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
+        (CheckpointError("no space"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
+        (ValueError("a bug"), "bug", "FAILED", record.RUN, 1),
+    ],
+)
+def test_each_way_a_run_ends_has_one_status_failure_and_exit_code(error, kind, status, failure, exit_code):
+    assert outcome_of(error) == kind
+    outcome = OUTCOMES[kind]
+    assert (outcome.status, outcome.failure, outcome.exit_code) == (status, failure, exit_code)

@@ -1,0 +1,156 @@
+"""The run record (`harness.record`): what a run writes is what the readers parse, MLflow's
+own tag names are MLflow's, and stores written by earlier versions are still read and matched."""
+
+import gzip
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from mlflow.utils import mlflow_tags
+
+from harness import identity, record
+from harness.config import compose_config
+from harness.job import run_job
+from harness.tracking.runs import load_curves, load_runs
+
+from conftest import EXPECTED_STEPS, TINY, harness_command
+
+LEGACY_STORE = Path(__file__).parent / "data" / "store-3f14647.db.gz"
+# The sweep that made it, with commit 3f14647 (the record before this module existed):
+#   python -m harness.run -m residual=true,false schedule=smoke dataset.validation_size=500 \
+#       tracking.log_model=false analysis=false tracking.figures=false
+LEGACY_SWEEP = [
+    "residual=true,false",
+    "schedule=smoke",
+    "dataset.validation_size=500",
+    "tracking.log_model=false",
+    "analysis=false",
+    "tracking.figures=false",
+]
+LEGACY_PARENT = "1365c71f25854789af3c65f67103760c"
+
+
+def test_mlflows_own_tag_names_are_mlflows():
+    assert record.PARENT == mlflow_tags.MLFLOW_PARENT_RUN_ID
+    assert record.RUN_NAME == mlflow_tags.MLFLOW_RUN_NAME
+    assert record.NOTE == mlflow_tags.MLFLOW_RUN_NOTE
+    assert record.SOURCE_NAME == mlflow_tags.MLFLOW_SOURCE_NAME
+    assert record.SOURCE_TYPE == mlflow_tags.MLFLOW_SOURCE_TYPE
+    assert record.USER == mlflow_tags.MLFLOW_USER
+    assert record.GIT_COMMIT == mlflow_tags.MLFLOW_GIT_COMMIT
+    assert record.GIT_DIRTY == mlflow_tags.MLFLOW_GIT_DIRTY
+
+
+def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path, store, data_root):
+    cfg = compose_config(
+        *TINY,
+        "depth=8",
+        "residual=false",
+        "seed=3",
+        f"tracking.uri={store}",
+        f"dataset.root={data_root}",
+        "tracking.log_model=false",
+    )
+    run_job(cfg)
+    client = MlflowClient(store)
+    experiment_id = client.get_experiment_by_name("degradation").experiment_id
+    (row,) = load_runs(client, [experiment_id]).to_dict("records")
+    assert (row["model"], row["depth"], row["residual"], row["shortcut"], row["seed"]) == (
+        "plain-8",
+        8,
+        False,
+        "none",
+        3,
+    )
+    assert (row["iterations"], row["batch_size"], row["eval_split"], row["status"]) == (
+        20,
+        32,
+        "validation",
+        "FINISHED",
+    )
+    assert row["recipe"] == identity.recipe(cfg)
+    run = client.get_run(row["run_id"])
+    assert run.data.tags[record.FINGERPRINT] == identity.fingerprint(cfg)
+    assert run.data.tags[record.ROLE] == record.JOB and run.info.run_name == record.net_name(cfg)
+    assert set(run.data.metrics) == set(EXPECTED_STEPS)  # every metric the loop and the probes write
+    assert 100 * run.data.metrics[record.FINAL_TRAIN_ERROR] == pytest.approx(row["final_train_error"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {record.CONFIG_FILE, record.OVERRIDES_FILE, record.SUMMARY_FILE, record.PROBE_FOLDER} <= artifacts
+    probes = [a.path for a in client.list_artifacts(run.info.run_id, record.PROBE_FOLDER)]
+    assert [record.probe_step(path) for path in probes] == [10, 20] and probes[0] == record.probe_table(10)
+    curves = load_curves(client, load_runs(client, [experiment_id]))
+    assert set(curves["metric"]) == {"train_error", "eval_error"}
+    assert sorted(curves[curves["metric"] == "eval_error"]["step"]) == EXPECTED_STEPS["val_error"]
+
+
+def legacy_store(folder: Path) -> str:
+    """A copy of the store that commit 3f14647 wrote, its artifacts pointed into `folder`."""
+    database = folder / "mlruns" / "mlflow.db"
+    database.parent.mkdir(parents=True)
+    with gzip.open(LEGACY_STORE) as packed, open(database, "wb") as unpacked:
+        shutil.copyfileobj(packed, unpacked)
+    artifacts = (folder / "mlruns" / "artifacts").as_uri()
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE experiments SET artifact_location = ?", (f"{artifacts}",))
+        db.execute("UPDATE runs SET artifact_uri = ? || '/' || run_uuid || '/artifacts'", (artifacts,))
+    return f"sqlite:///{database}"
+
+
+def test_runs_of_an_earlier_version_parse_and_keep_their_identity(tmp_path):
+    """The record of commit 3f14647: the reader parses it, and today's fingerprints and recipes
+    of the same configs are the ones it stored, so a relaunch finds its runs."""
+    client = MlflowClient(legacy_store(tmp_path))
+    runs = load_runs(client, [client.get_experiment_by_name("degradation").experiment_id]).set_index("model")
+    assert sorted(runs.index) == ["plain-20", "resnet-20"] and set(runs["status"]) == {"FINISHED"}
+    for residual in (True, False):
+        cfg = compose_config(f"residual={residual}", *LEGACY_SWEEP[1:])
+        stored = client.get_run(runs.loc[record.net_name(cfg), "run_id"]).data.tags
+        assert stored[record.FINGERPRINT] == identity.fingerprint(cfg)
+        assert stored[record.RECIPE] == identity.recipe(cfg) == runs.loc[record.net_name(cfg), "recipe"]
+    (parent,) = client.search_runs([client.get_experiment_by_name("degradation").experiment_id], record.SWEEPS_FILTER)
+    fingerprints = [identity.fingerprint(compose_config(f"residual={r}", *LEGACY_SWEEP[1:])) for r in (True, False)]
+    assert parent.data.tags[record.STUDY] == identity.study(fingerprints)
+
+
+def test_an_older_run_without_a_recipe_tag_gets_one_from_its_params():
+    class Run:  # the parts of an MLflow run that the reader reads
+        class info:
+            run_id, run_name, status = "r1", "resnet-20", "FINISHED"
+
+        class data:
+            tags = {
+                "residual": "True",
+                "shortcut": "zero_pad",
+                "activation": "post",
+                "depth": "20",
+                "dataset": "cifar10",
+                "seed": "0",
+            }
+            params = {"schedule.iterations": "64000", "depth": "20", "seed": "0", "threads": "2"}
+            metrics = {}
+
+    other = type(
+        "Other", (Run,), {"data": type("data", (), {**vars(Run.data), "params": {**Run.data.params, "seed": "1"}})}
+    )
+    row = record.parse_job(Run)
+    assert row["recipe"].startswith("old-")
+    assert record.parse_job(other)["recipe"] == row["recipe"]  # the net's own keys leave the recipe
+
+
+@pytest.mark.integration
+def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_root):
+    """The same sweep launched against commit 3f14647's store trains nothing and goes on in its
+    parent run."""
+    store = legacy_store(tmp_path)
+    result = harness_command(
+        "harness.run", "-m", *LEGACY_SWEEP, f"tracking.uri={store}", f"dataset.root={data_root}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("skip ") == 2
+    assert f"goes on in MLflow parent run {LEGACY_PARENT}" in result.stderr + result.stdout
+    client = MlflowClient(store)
+    assert (
+        len(client.search_runs([client.get_experiment_by_name("degradation").experiment_id], record.JOBS_FILTER)) == 2
+    )
