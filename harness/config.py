@@ -23,6 +23,7 @@ from harness.models import ACTIVATIONS, SHORTCUTS, VALID_ACTIVATIONS, VALID_DEPT
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
+PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -187,6 +188,11 @@ class Config:
     family: str = option("auto", "which net a depth of both families (50, 152) means", valid="auto, cifar or imagenet")
     seed: int = option(0, "the initialisation, the data order and the augmentation")
     device: str = option("auto", "auto: cuda when present, else cpu", valid="auto, cpu or cuda[:N]")
+    precision: str = option(
+        "fp32",
+        "the arithmetic of convolutions and linear layers: bf16 autocast, or fp32 (harness/device.py)",
+        valid="auto (bf16 where the device runs it fast, else fp32), fp32 or bf16",
+    )
     threads: int | None = option(None, "torch threads per job; null: its share of `cores`")
     cores: int | None = option(None, "cores the jobs on one machine share; null: all this process may use")
     rerun: bool = option(False, "train again configurations that already have a FINISHED run")
@@ -211,6 +217,7 @@ class Config:
             self.device in DEVICES or self.device.startswith("cuda:"),
             f"device={self.device} is not valid; use {_valid('device')}.",
         )
+        need(self.precision in PRECISIONS, f"precision={self.precision} is not valid; use {_valid('precision')}.")
         need(
             self.threads is None or self.threads > 0,
             f"threads={self.threads} must be a positive number of torch threads, or null.",

@@ -9,6 +9,7 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.device import resolve_precision
 from harness.models import resolve_family, resolve_shortcut
 
 # Where and how a run is executed, tracked and reported, not what it trains.
@@ -30,7 +31,8 @@ def _drop(tree: dict, keys) -> dict:
 
 
 def _recipe_rules(trained: dict, unused: dict[str, str]) -> None:
-    """Keys that no net of the recipe uses leave it."""
+    """`precision=auto` resolved for the device; keys that no net of the recipe uses leave it."""
+    trained["precision"] = resolve_precision(trained["precision"], trained["device"])
     if trained["optimizer"]["name"] != "sgd":
         unused["optimizer.momentum"] = f"optimizer={trained['optimizer']['name']} has no momentum parameter"
         _drop(trained, ["optimizer.momentum"])
@@ -72,8 +74,10 @@ def effective_config(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
     return trained, unused
 
 
-def _hash(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+def _hash(tree: dict) -> str:
+    if tree.get("precision") == "fp32":  # what every version before the key trained: their hashes stand
+        tree = {key: value for key, value in tree.items() if key != "precision"}
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -104,6 +108,13 @@ def recipe_of_params(params: dict[str, str]) -> str:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return "old-" + recipe_of(tree)
+
+
+def with_precision(cfg: DictConfig, precision: str) -> DictConfig:
+    """The same config at another precision."""
+    other = cfg.copy()
+    other.precision = precision
+    return other
 
 
 def study(fingerprints: list[str]) -> str:

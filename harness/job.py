@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import OPENMP_WAIT, config, identity, record
 from harness.data import DataError
 from harness.data.memory import Data, load_data
+from harness.device import pick_device
 from harness.launchers import SchedulerStop, cpus_per_job, orphaned, placement_tags, watch_sweep
 from harness.lease import Heartbeat, Lease, LeaseLost, claim, heartbeat_of
 from harness.models import resolve_family
@@ -109,16 +110,6 @@ def say(decision: Decision, name: str) -> None:
 
 
 # What a job needs around the loop.
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise config.ConfigError(
-            f"device={name} was asked for, but torch sees no CUDA device here; use device=auto or cpu."
-        )
-    return torch.device(name)
 
 
 def torch_threads(cfg: DictConfig) -> int:

@@ -39,7 +39,7 @@ ROLE = "harness.role"  # "job" on a training run, "sweep" on a sweep's parent ru
 JOB, SWEEP = "job", "sweep"
 
 # Tags of a training run: the net as it was built (for filtering and grouping in the UI) ...
-NET_TAGS = ("model", "family", "depth", "residual", "shortcut", "activation", "dataset", "seed")
+NET_TAGS = ("model", "family", "depth", "residual", "shortcut", "activation", "dataset", "seed", "precision")
 # ... where and how it ran ...
 MACHINE_TAGS = ("git_commit", "torch_version", "device", "device_name", "threads", "openmp_wait",
                 "slurm_job_id", "ray_node_id")  # fmt: skip
@@ -196,6 +196,7 @@ def job_tags(cfg: DictConfig, machine: Machine, commit: str) -> dict[str, str]:
         "activation": cfg.activation,
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
+        "precision": trained["precision"],
         "git_commit": commit,
         "torch_version": machine.torch_version,
         "device": machine.device,
@@ -242,7 +243,7 @@ def sweep_result_tags(members: int, trained: int) -> dict[str, str]:
 RUN_COLUMNS = [
     "run_id", "name", "status", "parent_id", "recipe", "dataset", "family", "depth", "residual", "shortcut",
     "activation", "seed", "variant", "model", "iterations", "batch_size", "optimizer", "lr", "augment", "resize",
-    "warmup", "eval_split", "train_error", "final_train_error", "eval_error", "response_std_mean",
+    "warmup", "precision", "eval_split", "train_error", "final_train_error", "eval_error", "response_std_mean",
 ]  # fmt: skip
 MEMBER_COLUMNS = ["run_id", "name", "seed", "status", "role", "overrides"]
 # The two curves of a run's figures, the test or validation curve as `eval_error`.
@@ -300,6 +301,7 @@ def parse_job(run) -> dict:
         "augment": params.get("dataset.augment") == "True",
         "resize": params.get("dataset.resize", "None"),
         "warmup": _warmup(params),
+        "precision": params.get("precision", "fp32"),  # runs of earlier versions trained in fp32
         "eval_split": eval_split,
         # search_runs holds each metric's last value: the final running training error, the final
         # model's training error, and the final error on the whole evaluation split.

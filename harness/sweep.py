@@ -62,7 +62,7 @@ class SweepTracking(Callback):
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_overrides(config)
-        fingerprints, notes = [], {}
+        fingerprints, notes, configs = [], {}, []
         for overrides in jobs:
             try:
                 job = compose(config_name=kwargs.get("config_name") or "config", overrides=overrides)
@@ -70,6 +70,7 @@ class SweepTracking(Callback):
             except ConfigError as error:
                 fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
             fingerprints.append(identity.fingerprint(job))
+            configs.append(job)
             self.job_overrides.append(overrides)
             self.names.append(record.net_name(job))
             notes.update(dict.fromkeys(identity.unused_notes(job, overrides)))
@@ -84,6 +85,7 @@ class SweepTracking(Callback):
             self.experiment_id = experiment_id
         except StoreError as error:
             fail(str(error))
+        self.note_other_precision(configs)
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         mark_sweep_process()  # the jobs that a local launcher starts end when this process ends
         INTERRUPT_HOOKS.append(self.on_interrupt)
@@ -96,6 +98,26 @@ class SweepTracking(Callback):
             else:
                 self.parent_run_id = self.open_parent_run(config, experiment_id, fingerprints, sweep_dir)
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{self.parent_run_id}'")
+
+    def note_other_precision(self, configs: list[DictConfig]) -> None:
+        """Where `precision=auto` resolves otherwise than on the machine that trained the store's
+        runs of these nets, those runs are not reused: said once."""
+        others = {}
+        for job in configs:
+            resolved = identity.effective_config(job)[0]["precision"]
+            if job.precision != "auto" or find_run(self.client, self.experiment_id, identity.fingerprint(job)):
+                continue
+            for other in ("fp32", "bf16"):
+                if other != resolved and find_run(
+                    self.client, self.experiment_id, identity.fingerprint(identity.with_precision(job, other))
+                ):
+                    others.setdefault((resolved, other), set()).add(record.net_name(job))
+        for (resolved, other), names in others.items():
+            print(
+                f"note: precision=auto is {resolved} on this machine; {len(names)} net(s) of this sweep have {other} "
+                f"runs in the store (from a machine where auto is {other}, or from before the key), which it does not "
+                f"reuse: {', '.join(sorted(names))}; precision={other} reuses them."
+            )
 
     def open_parent_run(self, config: DictConfig, experiment_id: str, fingerprints: list[str], sweep_dir: str) -> str:
         # The same study launched again (after a kill, say) goes on in its parent run.

@@ -18,9 +18,11 @@ from tqdm import tqdm
 
 from harness import analysis, record
 from harness.data.memory import BatchSampler, Data, augment
+from harness.device import autocast, resolve_precision
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
+EVAL_BATCH = 1000  # images per forward pass of an evaluation
 
 
 class DivergedError(RuntimeError):
@@ -107,16 +109,17 @@ def warmup_end(cfg: DictConfig) -> int:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Data, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+    model: nn.Module, data: Data, images: torch.Tensor, labels: torch.Tensor, precision: str = "fp32"
 ) -> tuple[float, float]:
     """(mean loss, error rate) of the model in evaluation mode on these (uint8) images."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
     wrong = torch.zeros((), device=images.device)
-    for start in range(0, len(images), batch_size):
-        logits = model(data.normalise(images[start : start + batch_size]))
-        target = labels[start : start + batch_size]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+    for start in range(0, len(images), EVAL_BATCH):
+        target = labels[start : start + EVAL_BATCH]
+        with autocast(images.device, precision):
+            logits = model(data.normalise(images[start : start + EVAL_BATCH]))
+            loss_sum += F.cross_entropy(logits, target, reduction="sum")
         wrong += (logits.argmax(dim=1) != target).sum()
     model.train()
     return loss_sum.item() / len(images), wrong.item() / len(images)
@@ -147,6 +150,7 @@ def restore_state(state: dict, model: nn.Module, optimizer, sampler: BatchSample
 
 def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, device: torch.device) -> Result:
     schedule = cfg.schedule
+    precision = resolve_precision(cfg.precision, device.type)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     sampler = BatchSampler(len(data.train_images), schedule.batch_size, generator)
     optimizer = make_optimizer(cfg.optimizer, model)
@@ -175,11 +179,9 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     )
     progress_log = ProgressLog(tracker.name, start, schedule.iterations, schedule.batch_size, enabled=progress.disable)
     for step in progress:
-        lr = (
-            schedule.warmup_lr
-            if warming_up and step < warmup_until
-            else learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
-        )
+        lr = learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
+        if warming_up and step < warmup_until:
+            lr = schedule.warmup_lr
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -189,8 +191,9 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
             images = augment(images, cfg.dataset.pad, generator)
         labels = data.train_labels[indices]
 
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        with autocast(device, precision):  # bf16: convolutions and linear layers; the loss in fp32
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -219,7 +222,9 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
 
         if iteration % schedule.eval_every == 0 and iteration < schedule.iterations:
             subset = schedule.eval_subset
-            eval_loss, eval_error = evaluate(model, data, data.eval_images[:subset], data.eval_labels[:subset])
+            eval_loss, eval_error = evaluate(
+                model, data, data.eval_images[:subset], data.eval_labels[:subset], precision
+            )
             tracker.log_metrics({eval_loss_key: eval_loss, eval_error_key: eval_error}, step=iteration)
 
         if cfg.analysis and (iteration % schedule.analysis_every == 0 or iteration == schedule.iterations):
@@ -231,11 +236,12 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         progress_log.update(iteration, train_error)
 
     # The last point of the test curve is always measured on the whole evaluation split.
-    eval_loss, eval_error = evaluate(model, data, data.eval_images, data.eval_labels)
+    eval_loss, eval_error = evaluate(model, data, data.eval_images, data.eval_labels, precision)
     # The running error averages a window of a moving model, in training mode: the claims about
     # training error compare the final model itself, on a fixed sample of the training split.
     subset = schedule.final_train_subset
-    final_train_loss, final_train_error = evaluate(model, data, data.train_images[:subset], data.train_labels[:subset])
+    train_images, train_labels = data.train_images[:subset], data.train_labels[:subset]
+    final_train_loss, final_train_error = evaluate(model, data, train_images, train_labels, precision)
     final = {
         eval_loss_key: eval_loss,
         eval_error_key: eval_error,

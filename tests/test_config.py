@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+import harness.device
 from harness.config import ConfigError, check_values, compose_config, reference
+from harness.device import resolve_precision
 from harness.identity import effective_config, fingerprint, recipe, unused_notes
 
 
@@ -161,3 +163,26 @@ def test_the_configuration_reference_is_the_schemas():
     page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     assert page == reference(), "docs/configuration.md is stale: python -m harness.config > docs/configuration.md"
     assert all(f"`{key}`" in page for key in ("depth", "schedule.iterations", "dataset.resize", "report.confidence"))
+
+
+def test_precision_is_resolved_and_tells_nets_and_recipes_apart():
+    here = resolve_precision("auto", "auto")
+    assert effective_config(compose_config("precision=auto"))[0]["precision"] == here
+    assert fp("precision=auto") == fp(f"precision={here}") and rc("precision=auto") == rc(f"precision={here}")
+    assert fp() == fp("precision=fp32")  # the default until bf16's verdicts are checked
+    assert fp("precision=bf16") != fp("precision=fp32") and rc("precision=bf16") != rc("precision=fp32")
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"avx512_bf16"}, "bf16"),  # AVX-512 bf16 dot products
+        ({"amx_bf16", "amx_tile"}, "bf16"),  # AMX tiles
+        ({"avx512f", "avx2"}, "fp32"),  # AVX-512 without bf16
+        (set(), "fp32"),
+    ],
+)
+def test_auto_precision_is_bf16_where_the_cpu_has_bf16_units(monkeypatch, flags, expected):
+    monkeypatch.setattr(harness.device, "cpu_flags", lambda: frozenset(flags))
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"

@@ -12,6 +12,7 @@ from mlflow.utils import mlflow_tags
 
 from harness import identity, record
 from harness.config import compose_config
+from harness.device import resolve_precision
 from harness.job import run_job
 from harness.tracking.runs import load_curves, load_runs
 
@@ -49,6 +50,7 @@ def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path,
         "depth=8",
         "residual=false",
         "seed=3",
+        "precision=auto",
         f"tracking.uri={store}",
         f"dataset.root={data_root}",
         "tracking.log_model=false",
@@ -74,6 +76,8 @@ def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path,
     run = client.get_run(row["run_id"])
     assert run.data.tags[record.FINGERPRINT] == identity.fingerprint(cfg)
     assert run.data.tags[record.ROLE] == record.JOB and run.info.run_name == record.net_name(cfg)
+    precision = resolve_precision("auto", "cpu")  # what precision=auto is here
+    assert run.data.tags["precision"] == run.data.params["precision"] == row["precision"] == precision
     assert set(run.data.metrics) == set(EXPECTED_STEPS)  # every metric the loop and the probes write
     assert 100 * run.data.metrics[record.FINAL_TRAIN_ERROR] == pytest.approx(row["final_train_error"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -105,12 +109,15 @@ def test_runs_of_an_earlier_version_parse_and_keep_their_identity(tmp_path):
     runs = load_runs(client, [client.get_experiment_by_name("degradation").experiment_id]).set_index("model")
     assert sorted(runs.index) == ["plain-20", "resnet-20"] and set(runs["status"]) == {"FINISHED"}
     for residual in (True, False):
-        cfg = compose_config(f"residual={residual}", *LEGACY_SWEEP[1:])
+        cfg = compose_config(f"residual={residual}", *LEGACY_SWEEP[1:], "precision=fp32")
         stored = client.get_run(runs.loc[record.net_name(cfg), "run_id"]).data.tags
         assert stored[record.FINGERPRINT] == identity.fingerprint(cfg)
         assert stored[record.RECIPE] == identity.recipe(cfg) == runs.loc[record.net_name(cfg), "recipe"]
     (parent,) = client.search_runs([client.get_experiment_by_name("degradation").experiment_id], record.SWEEPS_FILTER)
-    fingerprints = [identity.fingerprint(compose_config(f"residual={r}", *LEGACY_SWEEP[1:])) for r in (True, False)]
+    fingerprints = [
+        identity.fingerprint(compose_config(f"residual={r}", *LEGACY_SWEEP[1:], "precision=fp32"))
+        for r in (True, False)
+    ]
     assert parent.data.tags[record.STUDY] == identity.study(fingerprints)
 
 
@@ -141,16 +148,22 @@ def test_an_older_run_without_a_recipe_tag_gets_one_from_its_params():
 
 @pytest.mark.integration
 def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_root):
-    """The same sweep launched against commit 3f14647's store trains nothing and goes on in its
-    parent run."""
+    """The same sweep launched against commit 3f14647's store at fp32 (what it trained) trains
+    nothing and goes on in its parent run; at a precision=auto that is bf16 here, it says once
+    that those fp32 runs are not reused."""
     store = legacy_store(tmp_path)
-    result = harness_command(
-        "harness.run", "-m", *LEGACY_SWEEP, f"tracking.uri={store}", f"dataset.root={data_root}", cwd=tmp_path
-    )
+    sweep = ["harness.run", "-m", *LEGACY_SWEEP, f"tracking.uri={store}", f"dataset.root={data_root}"]
+    result = harness_command(*sweep, "precision=fp32", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("skip ") == 2
     assert f"goes on in MLflow parent run {LEGACY_PARENT}" in result.stderr + result.stdout
     client = MlflowClient(store)
-    assert (
-        len(client.search_runs([client.get_experiment_by_name("degradation").experiment_id], record.JOBS_FILTER)) == 2
-    )
+    experiment_id = client.get_experiment_by_name("degradation").experiment_id
+    assert len(client.search_runs([experiment_id], record.JOBS_FILTER)) == 2
+    if resolve_precision("auto", "auto") == "bf16":
+        result = harness_command(*sweep, "precision=auto", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        note = "note: precision=auto is bf16 on this machine; 2 net(s) of this sweep have fp32 runs in the store"
+        assert result.stdout.count(note) == 1 and "skip " not in result.stdout
+        bf16 = client.search_runs([experiment_id], f"{record.JOBS_FILTER} AND tags.precision = 'bf16'")
+        assert len(bf16) == 2

@@ -523,6 +523,7 @@ BAD_INPUTS = [
     ("depth=abc", "'abc' is not a valid integer; use 6n+2"),
     ("residual=maybe", "'maybe' is not a valid bool; use true (ResNet) or false"),
     ("dataset.validation_size=0", "dataset.validation_size=0 must be null"),
+    ("precision=fp8", "precision=fp8 is not valid; use auto"),
 ]
 
 

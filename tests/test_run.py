@@ -167,6 +167,7 @@ def test_bad_input_fails_before_any_run_with_a_clear_message(tmp_path, store, ov
         ("schedule.batch_size=-1", "schedule.batch_size=-1 must be a positive"),
         ("schedule.lr_drops=[0.5,1.5]", "must be fractions of the iterations"),
         ("optimizer.lr=0", "optimizer.lr=0.0 must be positive"),
+        ("precision=fp8", "precision=fp8 is not valid; use auto .*, fp32 or bf16"),
         ("shortcut=identity", None),  # P1's name for option A
     ],
 )
@@ -236,14 +237,16 @@ def test_config_resolves_to_plain_containers():
     assert OmegaConf.to_container(cfg, resolve=True)["tracking"]["uri"].startswith("sqlite:///")
 
 
-def test_a_resumed_run_continues_bit_for_bit(data_root):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_resumed_run_continues_bit_for_bit(data_root, precision):
     """Stop after the checkpoint at iteration 10 (later steps lost, as in a kill), train again
-    with the same tracker: the curves equal those of an uninterrupted run."""
+    with the same tracker: the curves equal those of an uninterrupted run, at either precision."""
     torch.use_deterministic_algorithms(True)
     data = load_data("fashion_mnist", data_root, False, 200, torch.device("cpu"))
     cfg = compose_config(
-        "schedule=smoke", "schedule.checkpoint_every=10", "schedule.log_every=5", "dataset.augment=true"
-    )
+        "schedule=smoke", "schedule.checkpoint_every=10", "schedule.log_every=5", "dataset.augment=true",
+        f"precision={precision}",
+    )  # fmt: skip
     whole = MemoryTracker()
     torch.manual_seed(0)
     train(cfg, build_model(20, in_channels=1), data, whole, torch.device("cpu"))

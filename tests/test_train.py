@@ -129,3 +129,17 @@ def test_a_validation_split_gives_val_metrics_and_no_test_metrics(data, data_roo
     assert "val_error" not in tracker.history
     assert result.eval_split == "test"
     assert (result.iterations, result.train_error) == (20, tracker.history["train_error"][-1][1])
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_is_the_arithmetic_of_the_convolutions_and_the_weights_stay_fp32(data_root, precision, dtype):
+    data = load_data("fashion_mnist", data_root, False, 200, torch.device("cpu"))
+    cfg = compose_config("schedule=smoke", "schedule.iterations=2", "analysis=false", f"precision={precision}")
+    model = build_model(8, in_channels=1)
+    outputs = set()
+    model.stem[0].register_forward_hook(lambda module, inputs, output: outputs.add(output.dtype))
+    result = train(cfg, model, data, MemoryTracker(), torch.device("cpu"))
+    assert outputs == {dtype}  # in training and in the evaluations
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {b.dtype for name, b in model.named_buffers() if "running" in name} == {torch.float32}
+    assert isinstance(result.final_train_loss, float)

@@ -94,9 +94,10 @@ def describe_recipe(runs: pd.DataFrame) -> str:
     first = runs.iloc[0]
     resize = "" if first["resize"] in ("None", None) else f", resized to {first['resize']} px"
     augment = "pad-crop-flip augmentation" if first["augment"] else "no augmentation"
+    precision = ", bf16 autocast" if first.get("precision") == "bf16" else ""
     return (
         f"{first['dataset']}{resize}, {first['iterations']} iterations × batch {first['batch_size']}, "
-        f"{first['optimizer']} lr {first['lr']:g}, {augment}, warm-up: {first['warmup']}"
+        f"{first['optimizer']} lr {first['lr']:g}, {augment}, warm-up: {first['warmup']}{precision}"
     )
 
 

@@ -1,0 +1,73 @@
+"""The device a job trains on and the arithmetic it uses there. `device=auto` is CUDA where torch
+sees it, else the CPU; `precision=auto` is bf16 where the device runs it fast, else fp32:
+- a CUDA GPU that supports bf16 (`torch.cuda.is_bf16_supported()`: Ampere and later);
+- a CPU whose flags (/proc/cpuinfo) name AMX-BF16 tiles (`amx_bf16`) or AVX-512 bf16 dot
+  products (`avx512_bf16`), which oneDNN uses for bf16 convolutions and matrix products.
+
+bf16 is `torch.autocast`: convolutions and linear layers (forward and backward) run in bf16;
+the weights, the optimizer's state, the loss and BatchNorm's statistics stay fp32.
+Torch is imported only where CUDA must be asked about.
+"""
+
+import contextlib
+import functools
+from pathlib import Path
+
+from harness.config import ConfigError
+
+FAST_CPU_BF16 = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, as Linux lists them; none where /proc/cpuinfo is missing."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def device_type(name: str) -> str:
+    """'cuda' or 'cpu' for a `device` value (auto: cuda where torch sees it)."""
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name.startswith("cuda") else "cpu"
+
+
+def fast_bf16(kind: str) -> bool:
+    """Whether a device of this type here runs bf16 faster than fp32."""
+    if kind == "cuda":
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & set(FAST_CPU_BF16))
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """fp32 or bf16: `precision` with auto resolved for the `device` value."""
+    if precision != "auto":
+        return precision
+    return "bf16" if fast_bf16(device_type(device)) else "fp32"
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for, but torch sees no CUDA device here; use device=auto or cpu.")
+    return torch.device(name)
+
+
+def autocast(device, precision: str):
+    """The context the forward pass and the loss run in: torch's autocast for bf16, else none."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16)
