@@ -14,6 +14,12 @@ With --resize N all three see N x N images: (b) resizes each batch on the device
 (dataset.resize=N), (c) runs the seed's own per-image Resize(N) before ToTensor. The seed's
 experiment is `--depths 18 --resize 96`.
 
+With --whole-run: how close a default run comes to its compute, per depth and precision: the
+wall time of `python -m harness.run depth=D precision=P` from process start to exit (start-up,
+data, store, evaluations, probes, checkpoints, the final pass and all) over its iterations times
+the bare training step (forward, backward, SGD step) of the same net, batch, threads and
+precision, measured in this process. The target: at most 1.15.
+
 With --contention: what sharing the cores does to a default job. The default training step
 (depth, batch size and threads of the default config), each in its own process as a sweep's
 jobs are: alone, then beside 1 and 3 copies of itself that train all the while, against the
@@ -43,6 +49,7 @@ from harness import OPENMP_WAIT, OPENMP_WAIT_VARIABLES
 from harness.analysis import PROBE_IMAGES, probe
 from harness.config import compose_config
 from harness.data.memory import load_data
+from harness.device import autocast, resolve_precision
 from harness.job import torch_threads
 from harness.models.resnet import build_model
 from harness.stats import t_interval
@@ -283,6 +290,54 @@ def contention(steps: int, repeats: int, settings: dict[str, dict[str, str]]) ->
     )
 
 
+WHOLE_RUN_TARGET = 1.15
+
+
+def bare_step_seconds(cfg, steps: int, image_size: int = 28) -> float:
+    """Median seconds of one training step of the config's net, batch, threads and precision."""
+    torch.set_num_threads(torch_threads(cfg))
+    device, precision = torch.device("cpu"), resolve_precision(cfg.precision, "cpu")
+    model = new_model(cfg.depth)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    batch = cfg.schedule.batch_size
+    images, labels = torch.randn(batch, 1, image_size, image_size), torch.randint(0, 10, (batch,))
+    seconds = []
+    for i in range(steps + 3):  # 3 warm-up steps
+        start = time.perf_counter()
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= 3:
+            seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def whole_run(depths: list[int], precisions: list[str], steps: int, root: Path, overrides: list[str]) -> None:
+    """The whole default run against its bare steps, one line per depth and precision."""
+    print(f"torch {torch.__version__}; each run: python -m harness.run depth=D precision=P {' '.join(overrides)}")
+    print("depth  precision  threads  bare step ms  iterations  whole run s  run / (iterations x step)")
+    for depth in depths:
+        for precision in precisions:
+            run_overrides = [f"depth={depth}", f"precision={precision}", "device=cpu", *overrides]
+            cfg = compose_config(*run_overrides)
+            step = bare_step_seconds(cfg, steps)
+            with tempfile.TemporaryDirectory() as store:
+                command = [sys.executable, "-m", "harness.run", *run_overrides, f"dataset.root={root.resolve()}",
+                           f"tracking.uri=sqlite:///{store}/mlflow.db"]  # fmt: skip
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True, cwd=store)
+                seconds = time.perf_counter() - start
+            iterations = cfg.schedule.iterations
+            ratio = seconds / (iterations * step)
+            print(
+                f"{depth:5d}  {resolve_precision(precision, 'cpu'):>9}  {torch_threads(cfg):7d}  {1000 * step:12.1f}  "
+                f"{iterations:10d}  {seconds:11.1f}  {ratio:6.3f} (target <= {WHOLE_RUN_TARGET})",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56])
@@ -302,10 +357,17 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=10, help="with --contention: turns alone per setting, --steps each"
     )
+    parser.add_argument("--whole-run", action="store_true", help="a default run's wall time against its bare steps")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="with --whole-run")
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], metavar="KEY=VALUE", help="with --whole-run: added to every run"
+    )
     parser.add_argument("--contention-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.contention_worker:
         return contention_worker()
+    if args.whole_run:
+        return whole_run(args.depths, args.precisions, args.steps, args.root, args.overrides)
     if args.contention:
         settings = {f"{OPENMP_WAIT} (harness)": {}}
         settings |= {setting: dict(item.split("=", 1) for item in setting.split()) for setting in args.compare}
