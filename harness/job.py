@@ -285,9 +285,21 @@ OUTCOMES = {
 }
 
 
+def scheduler_stop(error: BaseException | None) -> SchedulerStop | None:
+    """SLURM's stop, also where it came in the middle of a store call and the store's client
+    raised its own error while handling it (MLflow: "API request ... failed with exception ...")."""
+    while error is not None:
+        if isinstance(error, SchedulerStop):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def outcome_of(error: BaseException | None) -> str:
     if error is None:
         return "finished"
+    if scheduler_stop(error) is not None and not isinstance(error, KeyboardInterrupt):
+        return "scheduler stop"
     for kind, errors in (
         ("Ctrl-C", KeyboardInterrupt),
         ("scheduler stop", SchedulerStop),
@@ -325,6 +337,8 @@ def close(run: MlflowRun, result: Result | None, error: BaseException | None, in
     (or the command's exit, alone)."""
     kind = outcome_of(error)
     outcome = OUTCOMES[kind]
+    if kind == "scheduler stop":
+        error = scheduler_stop(error)
     if kind == "finished":
         run.finish("FINISHED")
         log.info(

@@ -196,7 +196,7 @@ def test_a_run_that_slurm_stops_at_its_time_limit_resumes_when_launched_again(
         "residual=true",
         *TINY,
         f"schedule.iterations={iterations}",
-        "schedule.checkpoint_every=25",
+        "schedule.checkpoint_every=100",  # few store calls for the signal to land in (test_job: one that does)
         "schedule.eval_every=500",
         "analysis=false",
         "hydra.launcher.signal_delay_s=1",

@@ -2,9 +2,10 @@
 the table from outcome to status, failure tag and exit code."""
 
 import pytest
+from mlflow.exceptions import MlflowException
 
 from harness import record
-from harness.job import ELSEWHERE, NEW, OUTCOMES, RESUME, SKIP, Stored, decide, outcome_of
+from harness.job import ELSEWHERE, NEW, OUTCOMES, RESUME, SKIP, Stored, decide, outcome_of, scheduler_stop
 from harness.launchers import SchedulerStop
 from harness.lease import LeaseLost
 from harness.tracking.mlflow_store import CheckpointError, StoreError
@@ -56,3 +57,17 @@ def test_each_way_a_run_ends_has_one_status_failure_and_exit_code(error, kind, s
     assert outcome_of(error) == kind
     outcome = OUTCOMES[kind]
     assert (outcome.status, outcome.failure, outcome.exit_code) == (status, failure, exit_code)
+
+
+def test_slurms_stop_inside_a_store_call_is_a_scheduler_stop():
+    """submitit raises its stop from a signal handler, wherever the job is: inside an MLflow HTTP
+    call, MLflow's client raises its own error while handling it."""
+    try:
+        try:
+            raise SchedulerStop("Job not requeued because: timed-out too many times.")
+        except Exception as stop:
+            raise MlflowException(f"API request to /api/2.0/mlflow/runs/log-batch failed with exception {stop}")
+    except MlflowException as wrapped:
+        assert outcome_of(wrapped) == "scheduler stop"
+        assert isinstance(scheduler_stop(wrapped), SchedulerStop)
+    assert outcome_of(MlflowException("the server is down")) == "environment failure"
