@@ -302,7 +302,6 @@ def outcome_of(error: BaseException | None) -> str:
         return "scheduler stop"
     for kind, errors in (
         ("Ctrl-C", KeyboardInterrupt),
-        ("scheduler stop", SchedulerStop),
         ("lease lost", LeaseLost),
         ("diverged", DivergedError),
         ("environment failure", ENVIRONMENT_ERRORS),
