@@ -12,7 +12,8 @@ ratios compare like with like on a noisy machine.
 
 With --resize N all three see N x N images: (b) resizes each batch on the device
 (dataset.resize=N), (c) runs the seed's own per-image Resize(N) before ToTensor. The seed's
-experiment is `--depths 18 --resize 96`.
+experiment is `--depths 18 --resize 96`. With --precision bf16 all three train under bf16
+autocast (the seed itself trained fp32).
 
 With --whole-run: how close a default run comes to its compute, per depth and precision: the
 wall time of `python -m harness.run depth=D precision=P` from process start to exit (start-up,
@@ -82,13 +83,14 @@ def step_flops(depth: int, size: int) -> int:
     return counter.get_total_flops()
 
 
-def timed_steps(batches, model: torch.nn.Module, steps: int, warmup: int = 3) -> float:
+def timed_steps(batches, model: torch.nn.Module, steps: int, precision: str, warmup: int = 3) -> float:
     """Images per second of forward, backward and SGD step over the batches `batches` yields."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     for i, (images, labels) in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels)
+        with autocast(torch.device("cpu"), precision):
+            loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -97,18 +99,18 @@ def timed_steps(batches, model: torch.nn.Module, steps: int, warmup: int = 3) ->
     raise ValueError("too few batches")
 
 
-def pure_compute(depth: int, steps: int, size: int) -> float:
+def pure_compute(depth: int, steps: int, size: int, precision: str) -> float:
     images, labels = torch.randn(BATCH, 1, size, size), torch.randint(0, 10, (BATCH,))
-    return timed_steps(((images, labels) for _ in iter(int, 1)), new_model(depth), steps)
+    return timed_steps(((images, labels) for _ in iter(int, 1)), new_model(depth), steps, precision)
 
 
-def seed_style(depth: int, steps: int, root: Path, resize: int | None) -> float:
+def seed_style(depth: int, steps: int, root: Path, resize: int | None, precision: str) -> float:
     pipeline = [transforms.ToTensor()]
     if resize:
         pipeline.insert(0, transforms.Resize(resize))
     dataset = FashionMNIST(root, train=True, transform=transforms.Compose(pipeline))
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
-    return timed_steps(iter(loader), new_model(depth), steps)
+    return timed_steps(iter(loader), new_model(depth), steps, precision)
 
 
 class TimedTracker:
@@ -130,11 +132,12 @@ class TimedTracker:
         return timed
 
 
-def harness_loop(depth: int, steps: int, data, run: MlflowRun) -> tuple[float, float]:
+def harness_loop(depth: int, steps: int, data, run: MlflowRun, precision: str) -> tuple[float, float]:
     """Images per second of `harness.train.train` and the share of its time spent tracking."""
     # Like the 128-image evaluation split, a 128-image final training error keeps the closing
     # evaluations out of the timing.
-    common = ["schedule.final_train_subset=128"] + ([f"dataset.resize={data.resize}"] if data.resize else [])
+    common = ["schedule.final_train_subset=128", f"precision={precision}"]
+    common += [f"dataset.resize={data.resize}"] if data.resize else []
     cfg = compose_config(
         f"schedule.batch_size={BATCH}",
         f"schedule.iterations={steps}",
@@ -293,8 +296,8 @@ def contention(steps: int, repeats: int, settings: dict[str, dict[str, str]]) ->
 WHOLE_RUN_TARGET = 1.15
 
 
-def bare_step_seconds(cfg, steps: int, image_size: int = 28) -> float:
-    """Median seconds of one training step of the config's net, batch, threads and precision."""
+def bare_step_seconds(cfg, steps: int, image_size: int = 28) -> list[float]:
+    """Seconds of each of `steps` training steps of the config's net, batch, threads and precision."""
     torch.set_num_threads(torch_threads(cfg))
     device, precision = torch.device("cpu"), resolve_precision(cfg.precision, "cpu")
     model = new_model(cfg.depth)
@@ -311,31 +314,40 @@ def bare_step_seconds(cfg, steps: int, image_size: int = 28) -> float:
         optimizer.step()
         if i >= 3:
             seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return seconds
 
 
 def whole_run(depths: list[int], precisions: list[str], steps: int, root: Path, overrides: list[str]) -> None:
     """The whole default run against its bare steps, one line per depth and precision."""
     print(f"torch {torch.__version__}; each run: python -m harness.run depth=D precision=P {' '.join(overrides)}")
+    print("into one SQLite store, created before the first (a new store's tables take MLflow 1.5-3 s once)")
     print("depth  precision  threads  bare step ms  iterations  whole run s  run / (iterations x step)")
-    for depth in depths:
-        for precision in precisions:
-            run_overrides = [f"depth={depth}", f"precision={precision}", "device=cpu", *overrides]
-            cfg = compose_config(*run_overrides)
-            step = bare_step_seconds(cfg, steps)
-            with tempfile.TemporaryDirectory() as store:
+    with tempfile.TemporaryDirectory() as folder:
+        store = f"sqlite:///{folder}/mlflow.db"
+        connect(store, compose_config().tracking.experiment)
+        for depth in depths:
+            for precision in precisions:
+                run_overrides = [f"depth={depth}", f"precision={precision}", "device=cpu", *overrides]
+                cfg = compose_config(*run_overrides)
+                # The bare steps before and after the run, so that a slow minute of the host weighs on both.
+                before = bare_step_seconds(cfg, steps)
                 command = [sys.executable, "-m", "harness.run", *run_overrides, f"dataset.root={root.resolve()}",
-                           f"tracking.uri=sqlite:///{store}/mlflow.db"]  # fmt: skip
+                           f"tracking.uri={store}"]  # fmt: skip
                 start = time.perf_counter()
-                subprocess.run(command, check=True, capture_output=True, cwd=store)
+                subprocess.run(command, check=True, capture_output=True, cwd=folder)
                 seconds = time.perf_counter() - start
-            iterations = cfg.schedule.iterations
-            ratio = seconds / (iterations * step)
-            print(
-                f"{depth:5d}  {resolve_precision(precision, 'cpu'):>9}  {torch_threads(cfg):7d}  {1000 * step:12.1f}  "
-                f"{iterations:10d}  {seconds:11.1f}  {ratio:6.3f} (target <= {WHOLE_RUN_TARGET})",
-                flush=True,
-            )
+                step = statistics.median(before + bare_step_seconds(cfg, steps))
+                whole_run_line(depth, precision, cfg, step, seconds)
+
+
+def whole_run_line(depth: int, precision: str, cfg, step: float, seconds: float) -> None:
+    iterations = cfg.schedule.iterations
+    ratio = seconds / (iterations * step)
+    print(
+        f"{depth:5d}  {resolve_precision(precision, 'cpu'):>9}  {torch_threads(cfg):7d}  {1000 * step:12.1f}  "
+        f"{iterations:10d}  {seconds:11.1f}  {ratio:6.3f} (target <= {WHOLE_RUN_TARGET})",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -360,6 +372,12 @@ def main() -> None:
     parser.add_argument("--whole-run", action="store_true", help="a default run's wall time against its bare steps")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="with --whole-run")
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="of (a), (b) and (c): bf16 runs them under autocast",
+    )
+    parser.add_argument(
         "--overrides", nargs="*", default=[], metavar="KEY=VALUE", help="with --whole-run: added to every run"
     )
     parser.add_argument("--contention-worker", action="store_true", help=argparse.SUPPRESS)
@@ -379,17 +397,16 @@ def main() -> None:
     gemm = matmul_gflops()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul 2048^3: {gemm:.1f} GFLOP/s; "
-        f"{size}x{size} images"
+        f"{size}x{size} images, {args.precision}"
     )
     print("depth  pure(a) img/s  harness(b)  seed-style(c)    b/a    b/c  tracking  analysis  GFLOP/s (% of matmul)")
     with tempfile.TemporaryDirectory() as store:
         client, experiment_id = connect(f"sqlite:///{store}/mlflow.db", "bench")
         for depth in args.depths:
-            a = pure_compute(depth, args.steps, size)
-            b, tracking = harness_loop(
-                depth, args.steps, data, MlflowRun.start(client, experiment_id, f"bench-{depth}", {})
-            )
-            c = seed_style(depth, args.steps, args.root, args.resize)
+            a = pure_compute(depth, args.steps, size, args.precision)
+            run = MlflowRun.start(client, experiment_id, f"bench-{depth}", {})
+            b, tracking = harness_loop(depth, args.steps, data, run, args.precision)
+            c = seed_style(depth, args.steps, args.root, args.resize, args.precision)
             gflops = step_flops(depth, size) * a / BATCH / 1e9
             analysis = analysis_share(depth, data, b)
             print(

@@ -189,7 +189,7 @@ class Config:
     seed: int = option(0, "the initialisation, the data order and the augmentation")
     device: str = option("auto", "auto: cuda when present, else cpu", valid="auto, cpu or cuda[:N]")
     precision: str = option(
-        "fp32",
+        "auto",
         "the arithmetic of convolutions and linear layers: bf16 autocast, or fp32 (harness/device.py)",
         valid="auto (bf16 where the device runs it fast, else fp32), fp32 or bf16",
     )
@@ -197,6 +197,9 @@ class Config:
     cores: int | None = option(None, "cores the jobs on one machine share; null: all this process may use")
     rerun: bool = option(False, "train again configurations that already have a FINISHED run")
     analysis: bool = option(True, "layer responses and gradient norms every schedule.analysis_every iterations")
+    plan: bool = option(
+        False, "print what the launch would train or reuse and how long it would take here; run nothing"
+    )
     dataset: DatasetConfig = option(help="the data (config group `dataset=`)", factory=DatasetConfig)
     optimizer: OptimizerConfig = option(help="config group `optimizer=`", factory=OptimizerConfig)
     schedule: ScheduleConfig = option(help="the budget (config group `schedule=`)", factory=ScheduleConfig)

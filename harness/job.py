@@ -5,6 +5,7 @@ environment failure, bug), each with its status, failure tag and exit code.
 """
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -112,12 +113,14 @@ def say(decision: Decision, name: str) -> None:
 # What a job needs around the loop.
 
 
-def torch_threads(cfg: DictConfig) -> int:
-    """`threads` if set, else the job's share of the cores: jobs at once x threads <= cores."""
+def torch_threads(cfg: DictConfig, launcher: DictConfig | None = None) -> int:
+    """`threads` if set, else the job's share of the cores: jobs at once x threads <= cores. The
+    launcher is this job's (Hydra's), unless given."""
     if cfg.threads:
         return cfg.threads
     cores = cfg.cores or len(os.sched_getaffinity(0))
-    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
+    if launcher is None and HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
     return max(1, min(cores, cpus_per_job(launcher, cores)))
 
 
@@ -405,6 +408,10 @@ def setup(cfg: DictConfig) -> tuple[Any, str, torch.device]:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(torch_threads(cfg))
+    # What the job's start-up has loaded (the store's client, Hydra's plugins) lives to its end:
+    # frozen like harness.run's imports, after a collection that leaves no earlier job's garbage.
+    gc.collect()
+    gc.freeze()
     return client, experiment_id, device
 
 

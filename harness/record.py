@@ -74,6 +74,10 @@ CLAIMED_BY = "harness.claimed_by"
 TRAIN_LOSS, TRAIN_ERROR, LR = "train_loss", "train_error", "lr"  # the mean over each logging window
 WARMUP_ENDED_AT = "warmup_ended_at"
 FINAL_TRAIN_LOSS, FINAL_TRAIN_ERROR = "final_train_loss", "final_train_error"  # the final model, training images
+# The wall time of the loop (evaluations and probes included) per iteration this launch trained:
+# what `harness.plan` estimates a study's time from.
+SECONDS_PER_ITERATION = "seconds_per_iteration"
+TIMING_METRICS = (SECONDS_PER_ITERATION,)  # the only metrics that differ between repeats of a run
 RESPONSE_STD_MEAN = "response_std_mean"  # probes (harness.analysis)
 SIGNAL_RATIO = "output_grad_first_over_last"
 EVAL_PREFIX = {"test": "test", "validation": "val"}  # held-out training images are never `test_*`

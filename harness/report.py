@@ -230,9 +230,10 @@ def write_report(
     min_effect: float = 1.0,
     confidence: float = 0.95,
     notes: list[str] = (),
+    next_steps: list[str] = (),
 ) -> list[Path]:
-    """Figures (PNG and PDF) and report.md in `out_dir`, one section per recipe; returns the
-    files written."""
+    """Figures (PNG and PDF) and report.md in `out_dir`, one section per recipe, and what to run
+    next where the sweep gave it (harness.plan); returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     done = finished(runs)
     recipes = done.groupby("recipe", sort=False)
@@ -265,6 +266,8 @@ def write_report(
     section, files = budget_section(budget_table(done, min_effect, confidence), out_dir, min_effect, confidence)
     text += section
     written += files
+    if next_steps:
+        text += ["## What to run next", "", *[f"- {line}" for line in next_steps], ""]
     missing = [
         f"{r.model} seed {r.seed} (run {r.run_id}): no final_train_error (an older harness run); left out of "
         "training-error claims"
@@ -310,15 +313,22 @@ def report_runs(
     title: str,
     min_effect: float = 1.0,
     confidence: float = 0.95,
+    next_steps: list[str] = (),
 ) -> list[Path]:
     """Read the finished runs' curves and probe tables, then write the report."""
     done = finished(runs)
     analysis, notes = load_analysis(client, done)
-    return write_report(runs, load_curves(client, done), analysis, out_dir, title, min_effect, confidence, notes)
+    curves = load_curves(client, done)
+    return write_report(runs, curves, analysis, out_dir, title, min_effect, confidence, notes, next_steps)
 
 
 def report_sweep(
-    client: MlflowClient, parent_run_id: str, out_dir: Path, min_effect: float = 1.0, confidence: float = 0.95
+    client: MlflowClient,
+    parent_run_id: str,
+    out_dir: Path,
+    min_effect: float = 1.0,
+    confidence: float = 0.95,
+    next_steps: list[str] = (),
 ) -> list[Path]:
     """The report of one sweep: every run it covers (trained or reused), written to `out_dir`
     and logged to its parent run."""
@@ -326,7 +336,8 @@ def report_sweep(
     runs = load_runs(client, [parent.info.experiment_id], run_ids=sweep_members(client, parent_run_id))
     if runs.empty:
         return []
-    written = report_runs(client, runs, out_dir, f"Report of {parent.info.run_name}", min_effect, confidence)
+    title = f"Report of {parent.info.run_name}"
+    written = report_runs(client, runs, out_dir, title, min_effect, confidence, next_steps)
     for path in written:
         client.log_artifact(parent_run_id, str(path), record.FIGURES_FOLDER)
     return written

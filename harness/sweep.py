@@ -5,7 +5,9 @@ reused from earlier sweeps), report on all of them and say which configurations 
 
 import functools
 import logging
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,17 +17,21 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
+from tqdm import tqdm
 
-from harness import identity, record
+from harness import identity, plan, record
 from harness.config import ConfigError, check, fail
-from harness.launchers import INTERRUPT_HOOKS, mark_sweep_process
+from harness.device import pick_device
+from harness.launchers import INTERRUPT_HOOKS, jobs_at_once, mark_sweep_process
 from harness.lease import heartbeat_of
 from harness.report import report_sweep
+from harness.stats import claims
 from harness.tracking.mlflow_store import StoreError, connect, find_run
-from harness.tracking.runs import write_members
+from harness.tracking.runs import finished, load_runs, write_members
 from harness.tracking.ui import closing_lines, describe_sweep
 
 log = logging.getLogger(__name__)
+PROGRESS_SECONDS = 10.0  # how often the sweep looks for jobs that ended
 
 
 def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
@@ -58,6 +64,9 @@ class SweepTracking(Callback):
         self.fingerprints: list[str] = []  # one per job; jobs that train the same net share one
         self.job_overrides: list[list[str]] = []
         self.names: list[str] = []  # the net each job trains, as its run is named
+        self.progress: plan.Progress | None = None  # None where a cluster runs the jobs: no estimate
+        self.watching = threading.Event()  # set: the progress watcher stops
+        self.estimate: float | None = None  # seconds, from the process's start
 
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -80,6 +89,9 @@ class SweepTracking(Callback):
         if distinct < len(fingerprints):
             print(f"note: the sweep's {len(fingerprints)} jobs train {distinct} distinct nets; each is trained once.")
         self.fingerprints = fingerprints
+        if config.plan:
+            plan.show(configs, config.hydra.launcher)
+            raise SystemExit(0)  # no parent run, no job
         try:
             self.client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
             self.experiment_id = experiment_id
@@ -98,6 +110,34 @@ class SweepTracking(Callback):
             else:
                 self.parent_run_id = self.open_parent_run(config, experiment_id, fingerprints, sweep_dir)
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{self.parent_run_id}'")
+        self.start_progress(configs, config.hydra.launcher)
+
+    def start_progress(self, configs: list[DictConfig], launcher: DictConfig) -> None:
+        """The sweep's estimate, and a thread that says each job's end with the time left. Where a
+        cluster runs the jobs, this machine's rates say nothing of theirs: the count only."""
+        at_once = jobs_at_once(launcher, configs[0].cores or len(os.sched_getaffinity(0)))
+        made = plan.make_plan(
+            configs, launcher, self.client, self.experiment_id, pick_device(configs[0].device),
+            plan.calibrate if at_once else plan.no_calibration,
+        )  # fmt: skip
+        if at_once:
+            print(plan.summary(made))
+            self.estimate = made.wall_seconds
+        self.progress = plan.Progress(made)
+        threading.Thread(target=self.watch_progress, name="sweep-progress", daemon=True).start()
+
+    def watch_progress(self) -> None:
+        while not self.watching.wait(PROGRESS_SECONDS):
+            try:
+                runs = self.client.search_runs([self.experiment_id], record.children_filter(self.parent_run_id))
+            except Exception:  # the store's trouble is the jobs' to report; the count waits
+                continue
+            for run in sorted(runs, key=lambda run: run.info.end_time or 0):
+                info = run.info
+                ended = info.status in ("FINISHED", "FAILED", "KILLED") and info.end_time
+                fingerprint = run.data.tags.get(record.FINGERPRINT)
+                if ended and self.progress.finish(fingerprint, (info.end_time - info.start_time) / 1000):
+                    tqdm.write(self.progress.line(info.run_name, info.status))
 
     def note_other_precision(self, configs: list[DictConfig]) -> None:
         """Where `precision=auto` resolves otherwise than on the machine that trained the store's
@@ -146,6 +186,7 @@ class SweepTracking(Callback):
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.watching.set()
         members = self.members()
         folder = Path(config.hydra.sweep.dir)
         if not members.empty:
@@ -158,19 +199,29 @@ class SweepTracking(Callback):
         reused = len(members) - trained
         for key, value in record.sweep_result_tags(len(members), trained).items():
             self.client.set_tag(self.parent_run_id, key, value)
+        steps = self.next_steps(config, members)
         written = []
         if config.tracking.figures:
             report = config.report
             figures = folder / record.FIGURES_FOLDER
-            written = report_sweep(self.client, self.parent_run_id, figures, report.min_effect, report.confidence)
+            written = report_sweep(
+                self.client, self.parent_run_id, figures, report.min_effect, report.confidence, steps
+            )
         self.client.set_terminated(self.parent_run_id, "FAILED" if len(failed) else "FINISHED")
         reports = [path.resolve() for path in written if path.name in ("report.html", "report.md")]
         report_file = max(reports, key=lambda path: path.suffix == ".html", default=None)  # html where there is one
-        describe_sweep(self.client, self.parent_run_id, members, report_file)
+        describe_sweep(self.client, self.parent_run_id, members, report_file, steps)
+        took = f" in {plan.clock(plan.seconds_since_start())}" + (
+            f" (estimated {plan.clock(self.estimate)})" if self.estimate is not None else ""
+        )
         print(
-            f"Sweep done: {len(members)} runs: {trained} trained, {reused} reused from earlier sweeps, "
+            f"Sweep done{took}: {len(members)} runs: {trained} trained, {reused} reused from earlier sweeps, "
             f"{len(failed)} not finished (MLflow parent run {self.parent_run_id})."
         )
+        if steps:
+            print("What to run next:")
+            for line in steps:
+                print(f"  {line}")
         if written:
             print(f"Figures and report: {(folder / record.FIGURES_FOLDER).resolve()}")
         for line in closing_lines(config.tracking.uri, self.experiment_id, self.parent_run_id, report_file):
@@ -181,6 +232,33 @@ class SweepTracking(Callback):
                 f"{len(failed)} run(s) did not finish: {names}; their errors are in the MLflow tag harness.error.",
                 code=1,
             )
+
+    def next_steps(self, config: DictConfig, members: pd.DataFrame) -> list[str]:
+        """What to run next for the claims that this sweep's runs leave inconclusive, with the
+        time more seeds would take here (harness.plan)."""
+        if members.empty:
+            return []
+        runs = finished(load_runs(self.client, [self.experiment_id], run_ids=list(members["run_id"])))
+        found = [
+            claim
+            for _, nets in runs.groupby(["recipe", "family"])
+            for claim in claims(nets, config.report.min_effect, config.report.confidence)
+        ]
+        own = ("seed", "tracking.parent_run_id", "hydra.sweep.dir")
+        kept = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in own]
+
+        def more_seeds(seeds: int) -> tuple[str, float]:
+            seed_list = ",".join(map(str, range(seeds)))
+            jobs = {tuple(o for o in job if o.split("=", 1)[0] != "seed") for job in self.job_overrides}
+            configs = [
+                compose(config_name="config", overrides=[*job, f"seed={seed}"]) for job in jobs for seed in range(seeds)
+            ]
+            made = plan.make_plan(
+                configs, config.hydra.launcher, self.client, self.experiment_id, pick_device(config.device)
+            )
+            return f"python -m harness.run -m {' '.join([*kept, f'seed={seed_list}'])}", made.wall_seconds
+
+        return list(dict.fromkeys(plan.next_steps(found, more_seeds, config.report.confidence)))
 
     def missing(self) -> list[dict]:
         """The jobs of this sweep whose net has no run at all: they failed before opening one."""

@@ -169,7 +169,7 @@ def test_precision_is_resolved_and_tells_nets_and_recipes_apart():
     here = resolve_precision("auto", "auto")
     assert effective_config(compose_config("precision=auto"))[0]["precision"] == here
     assert fp("precision=auto") == fp(f"precision={here}") and rc("precision=auto") == rc(f"precision={here}")
-    assert fp() == fp("precision=fp32")  # the default until bf16's verdicts are checked
+    assert fp() == fp("precision=auto")  # the default
     assert fp("precision=bf16") != fp("precision=fp32") and rc("precision=bf16") != rc("precision=fp32")
 
 

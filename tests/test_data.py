@@ -9,6 +9,8 @@ from Debian's dataset-fashion-mnist package (skipped where that is not installed
 import gzip
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +324,46 @@ def test_resize_matches_the_seeds_torchvision_pipeline(fashion_mnist, size):
     assert difference.shape == (100, 1, size, size)
     assert difference.max().item() <= 1 / 255 + 1e-6
     assert difference.mean().item() < 0.25 / 255
+
+
+@needs_fashion_mnist
+def test_the_idx_reader_gives_torchvisions_arrays(fashion_mnist):
+    """The harness reads the idx files itself (torchvision costs a run over a second to import):
+    the same images and labels as torchvision's FashionMNIST, with its dtypes."""
+    root, data = fashion_mnist
+    for train_split, images, labels in [
+        (True, data.train_images, data.train_labels),
+        (False, data.eval_images, data.eval_labels),
+    ]:
+        reference = FashionMNIST(root, train=train_split)
+        assert torch.equal(images[:, 0], reference.data) and images.dtype == reference.data.dtype
+        assert torch.equal(labels, reference.targets) and labels.dtype == reference.targets.dtype
+
+
+def test_the_catalogue_names_torchvisions_files():
+    """Where the harness looks for each data set is where torchvision puts it."""
+    import torchvision.datasets as tv
+
+    from harness.data import DATASETS
+
+    fashion = DATASETS["fashion_mnist"]
+    assert fashion.folder == "FashionMNIST/raw"
+    assert set(fashion.files) == {Path(url).stem for url, _ in FashionMNIST.resources}
+    for name, source in [("cifar10", tv.CIFAR10), ("cifar100", tv.CIFAR100)]:
+        assert DATASETS[name].folder == source.base_folder
+        assert DATASETS[name].train_files == tuple(file for file, _ in source.train_list)
+        assert DATASETS[name].test_files == tuple(file for file, _ in source.test_list)
+
+
+@needs_fashion_mnist
+def test_loading_fashion_mnist_imports_no_torchvision(fashion_mnist):
+    root, _ = fashion_mnist
+    code = (
+        "import sys; from harness.data.memory import load_data; import torch; "
+        f"load_data('fashion_mnist', {str(root)!r}, False, None, torch.device('cpu')); "
+        "assert 'torchvision' not in sys.modules, 'torchvision was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def copy_raw(source_root: Path, target_root: Path) -> Path:

@@ -8,6 +8,8 @@ import copy
 from collections import defaultdict
 from typing import Protocol
 
+from harness import record
+
 
 class Tracker(Protocol):
     name: str
@@ -36,6 +38,10 @@ class MemoryTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
             self.history[key].append((step, value))
+
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """What repeats bit for bit: every metric but the run's timing."""
+        return {key: points for key, points in self.history.items() if key not in record.TIMING_METRICS}
 
     def log_table(self, table, artifact_file: str) -> None:
         self.tables[artifact_file] = table

@@ -97,6 +97,14 @@ class CompleteCalls:
         return call
 
 
+def store_error(uri: str, error: Exception, what: str) -> StoreError:
+    return StoreError(
+        f"The MLflow tracking store at tracking.uri={uri} cannot be {what} ({type(error).__name__}: "
+        f"{str(error)[:300]}). Start the tracking server, fix the URI, or leave tracking.uri unset for the "
+        "local SQLite store in ./mlruns."
+    )
+
+
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the id of the named experiment, created if new. A SQLite store keeps its
     artifacts in an `artifacts` folder beside the database."""
@@ -125,11 +133,21 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
                     raise
                 return client, mark_experiment(client, found)
     except Exception as error:
-        raise StoreError(
-            f"The MLflow tracking store at tracking.uri={uri} cannot be used ({type(error).__name__}: "
-            f"{str(error)[:300]}). Start the tracking server, fix the URI, or leave tracking.uri unset for the "
-            "local SQLite store in ./mlruns."
-        ) from error
+        raise store_error(uri, error, "used") from error
+
+
+def look_in(uri: str, experiment: str) -> tuple[MlflowClient | None, str | None]:
+    """A client of an existing store and the id of the named experiment, for reading only: no
+    store, folder or experiment is created ((None, None) where there is no store yet)."""
+    store_folder = sqlite_folder(uri)
+    if store_folder and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None, None
+    try:
+        client = CompleteCalls(MlflowClient(tracking_uri=uri))
+        found = client.get_experiment_by_name(experiment)
+    except Exception as error:
+        raise store_error(uri, error, "read") from error
+    return client, found.experiment_id if found else None
 
 
 def find_run(client: MlflowClient, experiment_id: str, config_fingerprint: str):

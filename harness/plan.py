@@ -1,0 +1,438 @@
+"""Plan a launch before running it (`plan=true`): what each distinct net would do with the store
+(skip its finished run, leave one running elsewhere, resume, train), and how long training would
+take on this machine with the chosen launcher. A plan trains nothing and writes nothing.
+
+Step rates come from measurement: the store's finished runs of the same net, batch, image size,
+precision, device and threads (their `seconds_per_iteration`, evaluations and probes included),
+else a calibration of the net here (a few training steps and one evaluation batch: seconds).
+`next_steps` turns a report's inconclusive claims into what to run next and what it would cost.
+"""
+
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+from scipy import stats
+
+from harness import identity, record
+from harness.analysis import PROBE_IMAGES
+from harness.data import DATASETS
+from harness.job import NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
+from harness.launchers import jobs_at_once
+
+CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
+MAX_SEEDS = 100  # beyond this many seeds a claim is not worth resolving by seeds at this budget
+
+
+@dataclass
+class NetPlan:
+    name: str  # resnet-56, plain-20, ... with the seed
+    fingerprint: str
+    action: str  # harness.job's skip, running elsewhere, resume, new run
+    run_id: str | None  # the stored run skipped, left alone or resumed
+    iterations: int  # left to train
+    seconds: float  # the job's estimated wall time here; 0 when nothing is trained
+    source: str  # where the rate came from, in words
+
+
+@dataclass
+class Plan:
+    nets: list[NetPlan]
+    jobs: int
+    at_once: int | None  # jobs that run at once; None where a cluster schedules them
+    threads: int
+    startup: float  # seconds: this launch's own start-up until the plan, measured
+
+    @property
+    def training(self) -> list[NetPlan]:
+        return [net for net in self.nets if net.action in (NEW, RESUME)]
+
+    @property
+    def wall_seconds(self) -> float:
+        """The launch's estimated wall time: jobs in order on the first free slot of `at_once`
+        (a cluster: all at once), plus one start-up per slot."""
+        seconds = [net.seconds for net in self.training]
+        slots = self.at_once or max(1, len(seconds))
+        return makespan(seconds, slots) + self.startup * min(slots, max(1, len(seconds)))
+
+
+def makespan(seconds: list[float], slots: int) -> float:
+    """The end of the last of these jobs, each started in order on the first slot that is free."""
+    free = [0.0] * slots
+    for job in seconds:
+        free[free.index(min(free))] += job
+    return max(free, default=0.0)
+
+
+def clock(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def seconds_since_start() -> float:
+    """This process's age: its own start-up (imports, Hydra, the checks) when asked at the plan."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# Rates.
+
+
+def speed_key(model, family, dataset, resize, batch_size, precision, device, threads) -> tuple[str, ...]:
+    """What a step's time depends on."""
+    return tuple(str(part) for part in (model, family, dataset, resize, batch_size, precision, device, threads))
+
+
+def job_key(cfg: DictConfig, device: str, threads: int) -> tuple[str, ...]:
+    trained, _ = identity.effective_config(cfg)
+    return speed_key(
+        record.net_name(cfg),
+        trained["family"],
+        cfg.dataset.name,
+        cfg.dataset.resize,
+        cfg.schedule.batch_size,
+        trained["precision"],
+        device,
+        threads,
+    )
+
+
+def run_key(run) -> tuple[str, ...]:
+    tags, params = run.data.tags, run.data.params
+    return speed_key(
+        tags["model"],
+        tags.get("family", "cifar"),
+        tags["dataset"],
+        params.get("dataset.resize", "None"),
+        params.get("schedule.batch_size"),
+        tags.get("precision", "fp32"),  # runs of earlier versions trained in fp32
+        tags.get("device"),
+        tags.get("threads"),
+    )
+
+
+def run_rate(run) -> float | None:
+    """Seconds per iteration of a finished run: as it measured itself, or for runs of earlier
+    versions its time in the store over its iterations."""
+    if record.SECONDS_PER_ITERATION in run.data.metrics:
+        return run.data.metrics[record.SECONDS_PER_ITERATION]
+    iterations = int(run.data.params.get("schedule.iterations", 0))
+    if not iterations or not run.info.end_time:
+        return None
+    return (run.info.end_time - run.info.start_time) / 1000 / iterations
+
+
+def measured_rates(client) -> dict[tuple[str, ...], list[float]]:
+    """Seconds per iteration of every finished training run in the store, by speed key."""
+    if client is None:
+        return {}
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    rates: dict[tuple[str, ...], list[float]] = {}
+    for start in range(0, len(experiments), 100):  # search_runs takes at most 100 experiments
+        runs = client.search_runs(
+            experiments[start : start + 100],
+            f"{record.JOBS_FILTER} AND attributes.status = 'FINISHED'",
+            max_results=50000,
+        )
+        for run in runs:
+            rate = run_rate(run)
+            if rate:
+                rates.setdefault(run_key(run), []).append(rate)
+    return rates
+
+
+def evaluated_images(cfg: DictConfig, iterations: int) -> int:
+    """Images a run's evaluations forward in `iterations` of its schedule: the evaluation subset
+    every eval_every iterations, then the whole evaluation split and the final training sample."""
+    schedule, dataset = cfg.schedule, cfg.dataset
+    split = dataset.validation_size or DATASETS[dataset.name].test_images
+    trainable = DATASETS[dataset.name].train_images - (dataset.validation_size or 0)
+    intermediate = (iterations - 1) // schedule.eval_every * min(schedule.eval_subset or split, split)
+    return intermediate + split + min(schedule.final_train_subset or trainable, trainable)
+
+
+def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
+    """(seconds per training step, seconds per evaluated image) of the config's net here, on
+    random images of its data set's shape."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.device import autocast, resolve_precision
+    from harness.models.resnet import build_model
+    from harness.train import eval_batch, make_optimizer
+
+    data_set = DATASETS[cfg.dataset.name]
+    size = cfg.dataset.resize or data_set.image_size
+    precision = resolve_precision(cfg.precision, device.type)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = build_model(
+            cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data_set.channels, data_set.classes, cfg.family
+        ).to(device, memory_format=torch.channels_last)
+        optimizer = make_optimizer(cfg.optimizer, model)
+
+        def batch(n: int):
+            images = torch.randn(n, data_set.channels, size, size, device=device)
+            return images, torch.randint(0, data_set.classes, (n,), device=device)
+
+        def timed(work, repeats: int, warmup: int) -> float:
+            for i in range(warmup + repeats):
+                if i == warmup:
+                    torch.cuda.synchronize() if device.type == "cuda" else None
+                    start = time.perf_counter()
+                work()
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            return (time.perf_counter() - start) / repeats
+
+        images, labels = batch(cfg.schedule.batch_size)
+
+        def step():
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step_seconds = timed(step, CALIBRATION_STEPS, warmup=2)
+        model.eval()
+        eval_images, _ = batch(eval_batch(device))
+
+        @torch.no_grad()
+        def forward():
+            with autocast(device, precision):
+                model(eval_images)
+
+        per_image = timed(forward, 1, warmup=1) / len(eval_images)
+        return step_seconds, per_image
+    finally:
+        torch.set_num_threads(before)
+
+
+def no_calibration(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
+    """Where the jobs run elsewhere: no estimate for a net this machine has not measured."""
+    return math.nan, math.nan
+
+
+def estimated_seconds(cfg: DictConfig, iterations: int, step: float, per_image: float) -> float:
+    """A run's wall time from its calibrated step and evaluation: the steps, the evaluations and
+    the probes (each an evaluation forward and a training step of PROBE_IMAGES)."""
+    probes = iterations // cfg.schedule.analysis_every + 1 if cfg.analysis else 0
+    probe = PROBE_IMAGES * per_image + PROBE_IMAGES / cfg.schedule.batch_size * step
+    return iterations * step + evaluated_images(cfg, iterations) * per_image + probes * probe
+
+
+# The plan.
+
+
+def iterations_left(client, stored, cfg: DictConfig) -> int:
+    """A resumed run trains from its last checkpoint, where its training curve was last flushed."""
+    history = client.get_metric_history(stored.run_id, record.TRAIN_ERROR)
+    done = max((point.step for point in history), default=0)
+    return max(0, cfg.schedule.iterations - done)
+
+
+def make_plan(
+    configs: list[DictConfig],
+    launcher: DictConfig | None,
+    client,
+    experiment_id: str | None,
+    device,
+    calibrate_nets=calibrate,
+) -> Plan:
+    """What a launch of these job configs by this Hydra launcher would do and how long it would
+    take here."""
+    rates = measured_rates(client)
+    threads = torch_threads(configs[0], launcher)
+    nets, seen, calibrated = [], set(), {}
+    for cfg in configs:
+        fingerprint = identity.fingerprint(cfg)
+        if fingerprint in seen:
+            continue
+        seen.add(fingerprint)
+        name = f"{record.net_name(cfg)} seed {cfg.seed}"
+        stored = look(client, experiment_id, fingerprint, checkpoint_dir(cfg)) if experiment_id else None
+        decision = decide(stored, cfg.rerun)
+        if decision.action not in (NEW, RESUME):
+            nets.append(NetPlan(name, fingerprint, decision.action, decision.run.run_id, 0, 0.0, ""))
+            continue
+        iterations = cfg.schedule.iterations
+        if decision.action == RESUME:
+            iterations = iterations_left(client, decision.run, cfg)
+        key = job_key(cfg, device.type, threads)
+        if rates.get(key):
+            seconds = iterations * statistics.median(rates[key])
+            source = f"measured: {len(rates[key])} finished run(s) here"
+        else:
+            if key not in calibrated:
+                calibrated[key] = calibrate_nets(cfg, device, threads)
+            step, per_image = calibrated[key]
+            seconds = estimated_seconds(cfg, iterations, step, per_image)
+            source = f"calibrated: {1000 * step:.0f} ms a step"
+        run_id = decision.run.run_id if decision.action == RESUME else None
+        nets.append(NetPlan(name, fingerprint, decision.action, run_id, iterations, seconds, source))
+    cores = configs[0].cores or len(os.sched_getaffinity(0))
+    return Plan(nets, len(configs), jobs_at_once(launcher, cores), threads, seconds_since_start())
+
+
+def plan_lines(plan: Plan, device) -> list[str]:
+    at_once = (
+        "a cluster schedules them"
+        if plan.at_once is None
+        else f"{plan.at_once} at a time, {plan.threads} thread(s) each"
+    )
+    lines = [
+        f"Plan: {plan.jobs} job(s), {len(plan.nets)} distinct net(s); on {device.type} here, {at_once}.",
+        f"  {'net':28} {'action':18} {'iterations':>10} {'estimate':>9}  from",
+    ]
+    for net in plan.nets:
+        what = {SKIP: f"skip (FINISHED run {net.run_id})"}.get(net.action, net.action)
+        if net.action == RESUME:
+            what = f"resume run {net.run_id[:8]}"
+        if net.action not in (NEW, RESUME):
+            lines.append(f"  {net.name:28} {what}")
+            continue
+        lines.append(f"  {net.name:28} {what:18} {net.iterations:10d} {clock(net.seconds):>9}  {net.source}")
+    trained = plan.training
+    reused = sum(net.action == SKIP for net in plan.nets)
+    elsewhere = len(plan.nets) - len(trained) - reused
+    total = (
+        f"estimated wall time here {clock(plan.wall_seconds)} (training {clock(sum(n.seconds for n in trained))} "
+        f"of job time, start-up {plan.startup:.0f} s per process), the report not included"
+        if plan.at_once is not None
+        else f"estimated job time {clock(sum(n.seconds for n in trained))} in all, the longest job "
+        f"{clock(max((n.seconds for n in trained), default=0))}, at this machine's rates"
+    )
+    lines.append(
+        f"{len(trained)} to train, {reused} reused, {elsewhere} running elsewhere: {total}."
+        if trained
+        else f"Nothing to train: {reused} reused, {elsewhere} running elsewhere."
+    )
+    return lines
+
+
+# What to run next.
+
+
+def seeds_needed(mean: float, sd: float, confidence: float = 0.95) -> int | None:
+    """The number of seeds at which a t interval with this standard deviation excludes zero at
+    this mean (the t-based sample size); None beyond MAX_SEEDS."""
+    if not math.isfinite(sd) or sd == 0:
+        return 2
+    for n in range(2, MAX_SEEDS + 1):
+        if stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) < abs(mean):
+            return n
+    return None
+
+
+BUDGET_CLAIMS = ("C3", "C3-test")  # their gap shrinks with the budget: P1 claims them of full training
+
+
+def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
+    """For each inconclusive claim, what to run next: with 1 seed, more seeds; with 2 or more,
+    the number of seeds at which the observed standard deviation would give an interval that
+    excludes zero at the observed mean (an estimate); a budget-bound claim, the budget curve.
+    `more_seeds(n)` is (the command that trains seeds 0..n-1, its estimated seconds here)."""
+    lines = []
+    for claim in found:
+        interval = claim.interval
+        budget = (
+            " At this budget the gap may simply not have opened yet (P1 claims it of full training): "
+            "the budget curve, `python -m harness.run -m +experiment=budget_curve`, draws it against iterations."
+            if claim.key in BUDGET_CLAIMS
+            else ""
+        )
+        if claim.verdict == "contradicted" and budget:
+            lines.append(f"{claim.key} is contradicted at this budget.{budget}")
+        if claim.verdict != "inconclusive" or interval.n == 0:
+            continue
+        if interval.n == 1:
+            seeds = 3
+            why = "1 seed gives the direction only"
+        elif claim.reason.startswith("the mean is below"):
+            lines.append(f"{claim.key}: {claim.reason}; more seeds narrow the interval, not the effect.{budget}")
+            continue
+        else:
+            needed = seeds_needed(interval.mean, interval.sd, confidence)
+            if needed is None:
+                lines.append(
+                    f"{claim.key}: at the observed mean {interval.mean:+.2f} and sd {interval.sd:.2f} no number "
+                    f"of seeds up to {MAX_SEEDS} gives an interval that excludes zero.{budget}"
+                )
+                continue
+            seeds = max(needed, 3, interval.n + 1)
+            why = (
+                f"about {needed} seeds would give a {confidence:.0%} interval that excludes zero at the observed "
+                f"mean {interval.mean:+.2f} and sd {interval.sd:.2f} (a t-based estimate; it has {interval.n})"
+            )
+        command, seconds = more_seeds(seeds)
+        lines.append(f"{claim.key}: {why}: `{command}`, about {clock(seconds)} here.{budget}")
+    return lines
+
+
+def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
+    """Print the plan of a launch of these job configs; nothing is trained or stored."""
+    from harness.config import fail
+    from harness.device import pick_device
+    from harness.tracking.mlflow_store import StoreError, look_in
+
+    cfg = configs[0]
+    device = pick_device(cfg.device)
+    try:
+        client, experiment_id = look_in(cfg.tracking.uri, cfg.tracking.experiment)
+    except StoreError as error:
+        fail(str(error))
+    for line in plan_lines(make_plan(configs, launcher, client, experiment_id, device), device):
+        print(line)
+    print("Nothing was trained or stored (plan=true); the same command without it runs this.")
+
+
+class Progress:
+    """Where a sweep stands: its jobs done of those it trains, and the time left, from the plan's
+    estimates scaled by how the finished jobs' real times compared with theirs."""
+
+    def __init__(self, plan: Plan):
+        self.estimates = {net.fingerprint: net.seconds for net in plan.training}
+        self.at_once = plan.at_once or max(1, len(self.estimates))
+        self.done: dict[str, float] = {}  # fingerprint: its real seconds
+
+    def finish(self, fingerprint: str, seconds: float) -> bool:
+        """Count a job of the sweep as done; False if it was counted already, or is not one it trains."""
+        if fingerprint not in self.estimates or fingerprint in self.done:
+            return False
+        self.done[fingerprint] = seconds
+        return True
+
+    def seconds_left(self) -> float:
+        estimated = sum(self.estimates[fingerprint] for fingerprint in self.done)
+        scale = sum(self.done.values()) / estimated if estimated else 1.0
+        left = [seconds for fingerprint, seconds in self.estimates.items() if fingerprint not in self.done]
+        return scale * makespan(left, self.at_once)
+
+    def line(self, name: str, status: str) -> str:
+        seconds = self.done[list(self.done)[-1]]
+        head = f"sweep: {len(self.done)}/{len(self.estimates)} jobs done ({name} {status} in {clock(seconds)})"
+        left = self.seconds_left()
+        if len(self.done) == len(self.estimates) or math.isnan(left):
+            return head
+        return f"{head}; about {clock(left)} left"
+
+
+def summary(plan: Plan) -> str:
+    """The estimate a sweep prints as it starts."""
+    trained = plan.training
+    sources = sorted({net.source.split(":")[0] for net in trained})
+    reused = len(plan.nets) - len(trained)
+    return (
+        f"Estimate: {len(trained)} net(s) to train ({reused} reused or running elsewhere), about "
+        f"{clock(plan.wall_seconds)} here ({' and '.join(sources) or 'nothing to train'}; plan=true details it)."
+    )

@@ -1,0 +1,172 @@
+"""Planning a launch (`plan=true`, harness.plan): it trains and stores nothing, its estimates are
+the arithmetic of the store's measured rates (or a calibration), and the seeds a claim needs
+are the t-based sample size."""
+
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from harness import plan, record
+from harness.config import compose_config
+from harness.stats import make_claim
+from harness.tracking.mlflow_store import MlflowRun, connect
+from tests.conftest import harness_command
+
+SWEEP = ["-m", "depth=8,14", "residual=true,false", "schedule=smoke", "threads=2", "device=cpu"]
+
+
+def finished_run(client, experiment_id: str, *overrides: str, seconds_per_iteration: float) -> str:
+    """A finished training run as harness.job logs it, through the record's writers."""
+    cfg = compose_config(*overrides)
+    machine = record.Machine(threads=2)
+    run = MlflowRun.start(client, experiment_id, record.net_name(cfg), record.job_tags(cfg, machine, "unknown"), None)
+    run.log_params(record.job_params(cfg, machine))
+    run.log_metrics({record.SECONDS_PER_ITERATION: seconds_per_iteration}, cfg.schedule.iterations)
+    run.flush()
+    client.set_terminated(run.run_id, "FINISHED")
+    return run.run_id
+
+
+def row_counts(database: Path) -> dict[str, int]:
+    with sqlite3.connect(database) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in tables}
+
+
+def test_the_estimate_is_the_measured_rate_times_the_iterations(tmp_path):
+    """Three stored runs of plain-8 (0.02, 0.04 and 0.03 s an iteration): the median, 0.03, times
+    the planned 600 iterations; a finished net of the plan is reused, not estimated; two jobs at
+    a time share the work out in order."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, experiment_id = connect(store, "degradation")
+    common = ("depth=8", "residual=false", "threads=2", "device=cpu", "precision=fp32")
+    finished_run(client, experiment_id, *common, "seed=5", seconds_per_iteration=0.02)
+    finished_run(client, experiment_id, *common, "seed=6", seconds_per_iteration=0.04)
+    done = finished_run(client, experiment_id, *common, "seed=0", "schedule.iterations=600", seconds_per_iteration=0.03)
+    configs = [compose_config(*common, f"seed={seed}", "schedule.iterations=600") for seed in (0, 1, 2)]
+
+    def no_calibration(*args):
+        raise AssertionError("a net with measured runs is not calibrated")
+
+    made = plan.make_plan(configs, None, client, experiment_id, torch.device("cpu"), no_calibration)
+    assert [(net.action, net.run_id) for net in made.nets[:1]] == [("skip", done)]
+    assert [net.action for net in made.nets[1:]] == ["new run", "new run"]
+    assert [net.seconds for net in made.nets[1:]] == pytest.approx([600 * 0.03, 600 * 0.03])
+    assert "measured: 3 finished run(s)" in made.nets[1].source
+    made.startup = 0.0
+    assert made.wall_seconds == pytest.approx(2 * 18.0)  # the basic launcher: one after the other
+    made.at_once = 2
+    assert made.wall_seconds == pytest.approx(18.0)
+
+
+def test_a_net_without_measured_runs_is_calibrated_once():
+    calls = []
+
+    def calibration(cfg, device, threads):
+        calls.append(cfg.depth)
+        return 0.05, 0.001  # seconds a step, seconds an evaluated image
+
+    configs = [compose_config("depth=8", "schedule=smoke", f"seed={seed}", "device=cpu") for seed in (0, 1)]
+    made = plan.make_plan(configs, None, None, None, torch.device("cpu"), calibration)
+    cfg = configs[0]
+    iterations = cfg.schedule.iterations
+    probes = iterations // cfg.schedule.analysis_every + 1
+    probe = 256 * 0.001 + 256 / cfg.schedule.batch_size * 0.05
+    expected = iterations * 0.05 + plan.evaluated_images(cfg, iterations) * 0.001 + probes * probe
+    assert calls == [8]
+    assert [net.seconds for net in made.nets] == pytest.approx([expected, expected])
+    assert made.nets[0].source.startswith("calibrated")
+
+
+def test_evaluated_images_follow_the_schedule():
+    cfg = compose_config()  # 1000 iterations, 1000 test images every 100, then all 10k and 5k training images
+    assert plan.evaluated_images(cfg, 1000) == 9 * 1000 + 10000 + 5000
+
+
+def test_makespan_starts_each_job_on_the_first_free_slot():
+    assert plan.makespan([3, 1, 1, 1], 2) == 3
+    assert plan.makespan([1, 1, 3], 2) == 4
+    assert plan.makespan([], 4) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_seeds_needed_is_the_t_based_sample_size(seed):
+    differences = np.random.default_rng(seed).normal(1.0, 2.0, size=3)
+    mean, sd = differences.mean(), differences.std(ddof=1)
+    needed = plan.seeds_needed(mean, sd)
+    direct = next(n for n in range(2, 1000) if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < abs(mean))
+    assert needed == (direct if direct <= plan.MAX_SEEDS else None)
+
+
+def test_next_steps_for_inconclusive_claims():
+    import pandas as pd
+
+    one_seed = make_claim("C1", "degradation", "points", pd.Series([2.0]), 1.0, 0.95)
+    wide = make_claim("C2", "shortcuts", "points", pd.Series([4.0, -1.0, 3.0]), 1.0, 0.95)
+    budget = make_claim("C3", "deeper", "points", pd.Series([-3.0, -2.5, -3.5]), 1.0, 0.95)
+    reproduced = make_claim("C1b", "beyond", "points", pd.Series([5.0, 6.0, 5.5]), 1.0, 0.95)
+    asked = []
+
+    def more_seeds(n):
+        asked.append(n)
+        return f"python -m harness.run -m seed={','.join(map(str, range(n)))}", 60.0 * n
+
+    lines = plan.next_steps([one_seed, wide, budget, reproduced], more_seeds)
+    needed = plan.seeds_needed(wide.interval.mean, wide.interval.sd)
+    assert asked == [3, needed]
+    assert lines[0] == "C1: 1 seed gives the direction only: `python -m harness.run -m seed=0,1,2`, about 3:00 here."
+    assert lines[1].startswith(f"C2: about {needed} seeds would give a 95% interval that excludes zero")
+    assert lines[2].startswith("C3 is contradicted at this budget.") and "+experiment=budget_curve" in lines[2]
+    assert len(lines) == 3  # nothing for a reproduced claim
+
+
+def test_plan_mode_trains_nothing_and_writes_nothing(tmp_path, data_root):
+    """Against a store with one finished net of the sweep: the plan says skip for it and gives
+    estimates for the others; the store's rows are the same before and after, and no
+    multirun folder or checkpoint appears."""
+    database = tmp_path / "mlruns" / "mlflow.db"
+    client, experiment_id = connect(f"sqlite:///{database}", "degradation")
+    done = finished_run(
+        client, experiment_id, "depth=8", "residual=true", "schedule=smoke", "threads=2", "device=cpu",
+        seconds_per_iteration=0.01,
+    )  # fmt: skip
+    before = row_counts(database)
+    result = harness_command("harness.run", *SWEEP, f"dataset.root={data_root}", "plan=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert row_counts(database) == before
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlruns" / "checkpoints").exists()
+    out = result.stdout
+    assert "Plan: 4 job(s), 4 distinct net(s)" in out
+    assert f"skip (FINISHED run {done})" in out
+    assert out.count("new run") == 3 and out.count("calibrated") == 3
+    assert "3 to train, 1 reused, 0 running elsewhere: estimated wall time here" in out
+    assert "Nothing was trained or stored" in out
+
+
+def test_plan_mode_without_a_store_creates_none(tmp_path, data_root):
+    result = harness_command(
+        "harness.run", "depth=8", "schedule=smoke", f"dataset.root={data_root}", "plan=true", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 to train" in result.stdout
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("args", [["precision=fp8", "plan=true"], ["-m", "depth=8,13", "plan=true"]])
+def test_bad_input_in_plan_mode_gets_the_launchs_error(tmp_path, args):
+    planned = harness_command("harness.run", *args, cwd=tmp_path)
+    launched = harness_command("harness.run", *[a for a in args if a != "plan=true"], cwd=tmp_path)
+    assert planned.returncode == launched.returncode == 2
+
+    def error(result) -> list[str]:  # a sweep's error names the job, with its overrides
+        return [
+            line.split(" (in the sweep's job")[0] for line in result.stderr.splitlines() if line.startswith("error:")
+        ]
+
+    assert error(planned) and error(planned) == error(launched)
+    assert not (tmp_path / "mlruns").exists()
