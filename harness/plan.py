@@ -8,6 +8,7 @@ else a calibration of the net here (a few training steps and one evaluation batc
 `next_steps` turns a report's inconclusive claims into what to run next and what it would cost.
 """
 
+import functools
 import math
 import os
 import statistics
@@ -23,6 +24,7 @@ from harness.analysis import PROBE_IMAGES
 from harness.data import DATASETS
 from harness.job import NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
 from harness.launchers import jobs_at_once
+from harness.stats import MIN_SEEDS
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
 MAX_SEEDS = 100  # beyond this many seeds a claim is not worth resolving by seeds at this budget
@@ -74,8 +76,14 @@ def clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+@functools.cache
+def startup_seconds() -> float:
+    """A launch's own start-up (imports, Hydra, the checks): this process's age when first asked."""
+    return seconds_since_start()
+
+
 def seconds_since_start() -> float:
-    """This process's age: its own start-up (imports, Hydra, the checks) when asked at the plan."""
+    """This process's age."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -281,7 +289,7 @@ def make_plan(
         run_id = decision.run.run_id if decision.action == RESUME else None
         nets.append(NetPlan(name, fingerprint, decision.action, run_id, iterations, seconds, source))
     cores = configs[0].cores or len(os.sched_getaffinity(0))
-    return Plan(nets, len(configs), jobs_at_once(launcher, cores), threads, seconds_since_start())
+    return Plan(nets, len(configs), jobs_at_once(launcher, cores), threads, startup_seconds())
 
 
 def plan_lines(plan: Plan, device) -> list[str]:
@@ -338,62 +346,44 @@ BUDGET_CLAIMS = ("C3", "C3-test")  # their gap shrinks with the budget: P1 claim
 
 
 def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
-    """For each inconclusive claim, what to run next: with 1 seed, more seeds; with 2 or more,
-    the number of seeds at which the observed standard deviation would give an interval that
-    excludes zero at the observed mean (an estimate); a budget-bound claim, the budget curve.
-    `more_seeds(n)` is (the command that trains seeds 0..n-1, its estimated seconds here)."""
-    lines = []
+    """For each inconclusive claim, what to run next: with 1 seed, 3 seeds; with 2 or more, the
+    number of seeds at which the observed standard deviation would give an interval that excludes
+    zero at the observed mean (an estimate); for a claim bound to the budget, the budget curve.
+    Claims that need the same seeds share a line. `more_seeds(n)` is (the command that trains
+    seeds 0..n-1, its estimated seconds here)."""
+    by_seeds: dict[int, list[str]] = {}  # seeds: why, per claim
+    other = []
     for claim in found:
         interval = claim.interval
-        budget = (
-            " At this budget the gap may simply not have opened yet (P1 claims it of full training): "
-            "the budget curve, `python -m harness.run -m +experiment=budget_curve`, draws it against iterations."
-            if claim.key in BUDGET_CLAIMS
-            else ""
-        )
-        if claim.verdict == "contradicted" and budget:
-            lines.append(f"{claim.key} is contradicted at this budget.{budget}")
+        if claim.key in BUDGET_CLAIMS and claim.verdict != "reproduced" and interval.n >= 1 and interval.mean < 0:
+            other.append(
+                f"{claim.key} goes against the claim at this budget, which P1 makes of full training: the budget "
+                "curve, `python -m harness.run -m +experiment=budget_curve`, draws its gap against iterations."
+            )
         if claim.verdict != "inconclusive" or interval.n == 0:
             continue
         if interval.n == 1:
-            seeds = 3
-            why = "1 seed gives the direction only"
+            by_seeds.setdefault(3, []).append(f"{claim.key} (1 seed: the direction only)")
         elif claim.reason.startswith("the mean is below"):
-            lines.append(f"{claim.key}: {claim.reason}; more seeds narrow the interval, not the effect.{budget}")
-            continue
+            other.append(f"{claim.key}: {claim.reason}; more seeds narrow the interval, not the effect.")
         else:
             needed = seeds_needed(interval.mean, interval.sd, confidence)
             if needed is None:
-                lines.append(
-                    f"{claim.key}: at the observed mean {interval.mean:+.2f} and sd {interval.sd:.2f} no number "
-                    f"of seeds up to {MAX_SEEDS} gives an interval that excludes zero.{budget}"
+                other.append(
+                    f"{claim.key}: at the observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}, no number "
+                    f"of seeds up to {MAX_SEEDS} gives an interval that excludes zero."
                 )
                 continue
-            seeds = max(needed, 3, interval.n + 1)
-            why = (
-                f"about {needed} seeds would give a {confidence:.0%} interval that excludes zero at the observed "
-                f"mean {interval.mean:+.2f} and sd {interval.sd:.2f} (a t-based estimate; it has {interval.n})"
+            seeds = max(needed, MIN_SEEDS, interval.n + 1)
+            by_seeds.setdefault(seeds, []).append(
+                f"{claim.key} (about {needed} seeds give a {confidence:.0%} interval that excludes zero at the "
+                f"observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}: a t-based estimate; it has {interval.n})"
             )
+    lines = []
+    for seeds, claims in sorted(by_seeds.items()):
         command, seconds = more_seeds(seeds)
-        lines.append(f"{claim.key}: {why}: `{command}`, about {clock(seconds)} here.{budget}")
-    return lines
-
-
-def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
-    """Print the plan of a launch of these job configs; nothing is trained or stored."""
-    from harness.config import fail
-    from harness.device import pick_device
-    from harness.tracking.mlflow_store import StoreError, look_in
-
-    cfg = configs[0]
-    device = pick_device(cfg.device)
-    try:
-        client, experiment_id = look_in(cfg.tracking.uri, cfg.tracking.experiment)
-    except StoreError as error:
-        fail(str(error))
-    for line in plan_lines(make_plan(configs, launcher, client, experiment_id, device), device):
-        print(line)
-    print("Nothing was trained or stored (plan=true); the same command without it runs this.")
+        lines.append(f"{'; '.join(claims)}: `{command}`, about {clock(seconds)} here.")
+    return lines + other
 
 
 class Progress:
@@ -436,3 +426,20 @@ def summary(plan: Plan) -> str:
         f"Estimate: {len(trained)} net(s) to train ({reused} reused or running elsewhere), about "
         f"{clock(plan.wall_seconds)} here ({' and '.join(sources) or 'nothing to train'}; plan=true details it)."
     )
+
+
+def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
+    """Print the plan of a launch of these job configs; nothing is trained or stored."""
+    from harness.config import fail
+    from harness.device import pick_device
+    from harness.tracking.mlflow_store import StoreError, look_in
+
+    cfg = configs[0]
+    device = pick_device(cfg.device)
+    try:
+        client, experiment_id = look_in(cfg.tracking.uri, cfg.tracking.experiment)
+    except StoreError as error:
+        fail(str(error))
+    for line in plan_lines(make_plan(configs, launcher, client, experiment_id, device), device):
+        print(line)
+    print("Nothing was trained or stored (plan=true); the same command without it runs this.")

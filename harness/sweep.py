@@ -124,20 +124,25 @@ class SweepTracking(Callback):
             print(plan.summary(made))
             self.estimate = made.wall_seconds
         self.progress = plan.Progress(made)
-        threading.Thread(target=self.watch_progress, name="sweep-progress", daemon=True).start()
+        self.watcher = threading.Thread(target=self.watch_progress, name="sweep-progress", daemon=True)
+        self.watcher.start()
 
     def watch_progress(self) -> None:
         while not self.watching.wait(PROGRESS_SECONDS):
-            try:
-                runs = self.client.search_runs([self.experiment_id], record.children_filter(self.parent_run_id))
-            except Exception:  # the store's trouble is the jobs' to report; the count waits
-                continue
-            for run in sorted(runs, key=lambda run: run.info.end_time or 0):
-                info = run.info
-                ended = info.status in ("FINISHED", "FAILED", "KILLED") and info.end_time
-                fingerprint = run.data.tags.get(record.FINGERPRINT)
-                if ended and self.progress.finish(fingerprint, (info.end_time - info.start_time) / 1000):
-                    tqdm.write(self.progress.line(info.run_name, info.status))
+            self.say_progress()
+
+    def say_progress(self) -> None:
+        """One line for each job of the sweep that ended since the last look."""
+        try:
+            runs = self.client.search_runs([self.experiment_id], record.children_filter(self.parent_run_id))
+        except Exception:  # the store's trouble is the jobs' to report; the count waits
+            return
+        for run in sorted(runs, key=lambda run: run.info.end_time or 0):
+            info = run.info
+            ended = info.status in ("FINISHED", "FAILED", "KILLED") and info.end_time
+            fingerprint = run.data.tags.get(record.FINGERPRINT)
+            if ended and self.progress.finish(fingerprint, (info.end_time - info.start_time) / 1000):
+                tqdm.write(self.progress.line(info.run_name, info.status))
 
     def note_other_precision(self, configs: list[DictConfig]) -> None:
         """Where `precision=auto` resolves otherwise than on the machine that trained the store's
@@ -186,7 +191,10 @@ class SweepTracking(Callback):
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        self.watching.set()
+        if self.progress is not None:
+            self.watching.set()
+            self.watcher.join()
+            self.say_progress()  # the jobs that ended since the watcher last looked
         members = self.members()
         folder = Path(config.hydra.sweep.dir)
         if not members.empty:

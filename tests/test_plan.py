@@ -104,25 +104,36 @@ def test_seeds_needed_is_the_t_based_sample_size(seed):
 
 
 def test_next_steps_for_inconclusive_claims():
+    """1 seed: 3 seeds; 2 or more: the t-based number; claims that need the same seeds share a
+    line; C3 against the claim points to the budget curve; a reproduced claim needs nothing."""
     import pandas as pd
 
-    one_seed = make_claim("C1", "degradation", "points", pd.Series([2.0]), 1.0, 0.95)
-    wide = make_claim("C2", "shortcuts", "points", pd.Series([4.0, -1.0, 3.0]), 1.0, 0.95)
-    budget = make_claim("C3", "deeper", "points", pd.Series([-3.0, -2.5, -3.5]), 1.0, 0.95)
-    reproduced = make_claim("C1b", "beyond", "points", pd.Series([5.0, 6.0, 5.5]), 1.0, 0.95)
+    def claim(key, differences):
+        return make_claim(key, key, "points", pd.Series(differences), 1.0, 0.95)
+
+    found = [
+        claim("C1", [2.0]),
+        claim("Fig7", [5.0]),
+        claim("C2", [4.0, -1.0, 3.0]),
+        claim("C3", [-3.0, -2.5, -3.5]),
+        claim("C1b", [5.0, 6.0, 5.5]),
+    ]
     asked = []
 
     def more_seeds(n):
         asked.append(n)
         return f"python -m harness.run -m seed={','.join(map(str, range(n)))}", 60.0 * n
 
-    lines = plan.next_steps([one_seed, wide, budget, reproduced], more_seeds)
-    needed = plan.seeds_needed(wide.interval.mean, wide.interval.sd)
+    lines = plan.next_steps(found, more_seeds)
+    needed = plan.seeds_needed(found[2].interval.mean, found[2].interval.sd)
     assert asked == [3, needed]
-    assert lines[0] == "C1: 1 seed gives the direction only: `python -m harness.run -m seed=0,1,2`, about 3:00 here."
-    assert lines[1].startswith(f"C2: about {needed} seeds would give a 95% interval that excludes zero")
-    assert lines[2].startswith("C3 is contradicted at this budget.") and "+experiment=budget_curve" in lines[2]
-    assert len(lines) == 3  # nothing for a reproduced claim
+    assert lines[0] == (
+        "C1 (1 seed: the direction only); Fig7 (1 seed: the direction only): "
+        "`python -m harness.run -m seed=0,1,2`, about 3:00 here."
+    )
+    assert lines[1].startswith(f"C2 (about {needed} seeds give a 95% interval that excludes zero")
+    assert lines[2].startswith("C3 goes against the claim at this budget") and "+experiment=budget_curve" in lines[2]
+    assert len(lines) == 3
 
 
 def test_plan_mode_trains_nothing_and_writes_nothing(tmp_path, data_root):
