@@ -380,10 +380,21 @@ def main() -> None:
     parser.add_argument(
         "--overrides", nargs="*", default=[], metavar="KEY=VALUE", help="with --whole-run: added to every run"
     )
+    parser.add_argument(
+        "--gpu", action="store_true", help="P1's recipe on CUDA: rates, settings, runs at once, Table 6's time"
+    )
     parser.add_argument("--contention-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.contention_worker:
         return contention_worker()
+    if args.gpu or args.gpu_worker:
+        from harness import bench_gpu
+
+        if args.gpu_worker:
+            barrier, copies, depth, seconds, *overrides = args.gpu_worker
+            return bench_gpu.worker(Path(barrier), int(copies), int(depth), float(seconds), overrides)
+        return bench_gpu.main()
     if args.whole_run:
         return whole_run(args.depths, args.precisions, args.steps, args.root, args.overrides)
     if args.contention:

@@ -24,6 +24,7 @@ from harness.models import ACTIVATIONS, SHORTCUTS, VALID_ACTIVATIONS, VALID_DEPT
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -193,6 +194,12 @@ class Config:
         "the arithmetic of convolutions and linear layers: bf16 autocast, or fp32 (harness/device.py)",
         valid="auto (bf16 where the device runs it fast, else fp32), fp32 or bf16",
     )
+    compile: str = option(
+        "false",
+        "torch.compile the training step (evaluations and probes stay eager)",
+        valid="false, true (torch's default mode) or a mode: " + ", ".join(COMPILE_MODES),
+    )
+    deterministic: bool = option(True, "deterministic kernels: bit-for-bit repeatable runs on one machine")
     threads: int | None = option(None, "torch threads per job; null: its share of `cores`")
     cores: int | None = option(None, "cores the jobs on one machine share; null: all this process may use")
     rerun: bool = option(False, "train again configurations that already have a FINISHED run")
@@ -221,6 +228,10 @@ class Config:
             f"device={self.device} is not valid; use {_valid('device')}.",
         )
         need(self.precision in PRECISIONS, f"precision={self.precision} is not valid; use {_valid('precision')}.")
+        need(
+            self.compile.lower() in ("false", "true") or self.compile in COMPILE_MODES,
+            f"compile={self.compile} is not valid; use {_valid('compile')}.",
+        )
         need(
             self.threads is None or self.threads > 0,
             f"threads={self.threads} must be a positive number of torch threads, or null.",

@@ -13,7 +13,8 @@ from harness.device import resolve_precision
 from harness.models import resolve_family, resolve_shortcut
 
 # Where and how a run is executed, tracked and reported, not what it trains.
-PRESENTATION_KEYS = ("tracking", "report", "threads", "cores", "device", "rerun", "analysis", "plan",
+PRESENTATION_KEYS = ("tracking", "report", "threads", "cores", "device", "rerun", "analysis", "plan", "compile",
+                     "deterministic",
                      "dataset.root", "dataset.download", "schedule.checkpoint_every")  # fmt: skip
 # What tells the nets of one study apart; everything else that is trained is the study's recipe.
 NET_KEYS = ("depth", "residual", "shortcut", "activation", "family", "seed")

@@ -405,7 +405,8 @@ def setup(cfg: DictConfig) -> tuple[Any, str, torch.device]:
     watch_sweep()  # a job that a sweep's launcher started ends when the sweep's process is gone
     # Bit-for-bit repeatable runs on the CPU need deterministic kernels as well as seeds.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg.deterministic  # cuDNN's autotuner picks kernels by timing them
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(torch_threads(cfg))
     # What the job's start-up has loaded (the store's client, Hydra's plugins) lives to its end:

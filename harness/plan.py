@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from scipy import stats
 
 from harness import identity, record
@@ -24,6 +24,7 @@ from harness.analysis import PROBE_IMAGES
 from harness.data import DATASETS
 from harness.job import NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
 from harness.launchers import jobs_at_once
+from harness.lease import process_start
 from harness.stats import MIN_SEEDS
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
@@ -83,13 +84,13 @@ def startup_seconds() -> float:
 
 
 def seconds_since_start() -> float:
-    """This process's age."""
+    """This process's age (0 where /proc does not say)."""
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return 0.0
+    ticks = process_start(os.getpid())
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK")) if ticks else 0.0
 
 
 # Rates.
@@ -169,61 +170,54 @@ def evaluated_images(cfg: DictConfig, iterations: int) -> int:
 
 
 def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
-    """(seconds per training step, seconds per evaluated image) of the config's net here, on
-    random images of its data set's shape."""
+    """(seconds per training step, seconds per evaluated image) of the config's net here, through
+    the harness's own loop and evaluation on random images of its data set's shape, with the
+    job's threads and kernels: a run of 2 steps and one of 2 + CALIBRATION_STEPS, whose
+    difference leaves out what both pay once."""
     import torch
-    import torch.nn.functional as F
 
-    from harness.device import autocast, resolve_precision
+    from harness.data.memory import Data
+    from harness.device import resolve_precision
     from harness.models.resnet import build_model
-    from harness.train import eval_batch, make_optimizer
+    from harness.tracking import MemoryTracker
+    from harness.train import eval_batch, evaluate, train
 
-    data_set = DATASETS[cfg.dataset.name]
-    size = cfg.dataset.resize or data_set.image_size
-    precision = resolve_precision(cfg.precision, device.type)
-    before = torch.get_num_threads()
+    data_set, batch = DATASETS[cfg.dataset.name], cfg.schedule.batch_size
+    shape = (data_set.channels, data_set.image_size, data_set.image_size)
+    generator = torch.Generator().manual_seed(0)
+    count = max(2 * batch, eval_batch(device))
+    images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=generator).to(device)
+    labels = torch.randint(0, data_set.classes, (count,), generator=generator).to(device)
+    mean = torch.zeros(shape, device=device)
+    data = Data(images, labels, images, labels, "test", mean, data_set.classes, cfg.dataset.resize)
+    settings = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     try:
         model = build_model(
             cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data_set.channels, data_set.classes, cfg.family
         ).to(device, memory_format=torch.channels_last)
-        optimizer = make_optimizer(cfg.optimizer, model)
 
-        def batch(n: int):
-            images = torch.randn(n, data_set.channels, size, size, device=device)
-            return images, torch.randint(0, data_set.classes, (n,), device=device)
+        def seconds(iterations: int) -> float:
+            short = {"iterations": iterations, "eval_every": iterations + 1, "final_train_subset": 1}
+            run = OmegaConf.merge(cfg, {"schedule": short, "analysis": False})
+            start = time.perf_counter()
+            train(run, model, data, MemoryTracker(), device)
+            return time.perf_counter() - start
 
-        def timed(work, repeats: int, warmup: int) -> float:
-            for i in range(warmup + repeats):
-                if i == warmup:
-                    torch.cuda.synchronize() if device.type == "cuda" else None
-                    start = time.perf_counter()
-                work()
-            torch.cuda.synchronize() if device.type == "cuda" else None
-            return (time.perf_counter() - start) / repeats
-
-        images, labels = batch(cfg.schedule.batch_size)
-
-        def step():
-            with autocast(device, precision):
-                loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        step_seconds = timed(step, CALIBRATION_STEPS, warmup=2)
-        model.eval()
-        eval_images, _ = batch(eval_batch(device))
-
-        @torch.no_grad()
-        def forward():
-            with autocast(device, precision):
-                model(eval_images)
-
-        per_image = timed(forward, 1, warmup=1) / len(eval_images)
-        return step_seconds, per_image
+        step = (seconds(2 + CALIBRATION_STEPS) - seconds(2)) / CALIBRATION_STEPS
+        evaluated, precision = eval_batch(device), resolve_precision(cfg.precision, device.type)
+        evaluate(model, data, images[:evaluated], labels[:evaluated], precision)  # warm-up
+        start = time.perf_counter()
+        evaluate(model, data, images[:evaluated], labels[:evaluated], precision)
+        return max(step, 0.0), (time.perf_counter() - start) / evaluated
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(settings[0])
+        torch.use_deterministic_algorithms(settings[1], warn_only=settings[2])
 
 
 def no_calibration(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
@@ -328,12 +322,31 @@ def plan_lines(plan: Plan, device) -> list[str]:
     return lines
 
 
+def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
+    """Print the plan of a launch of these job configs; nothing is trained or stored."""
+    from harness.config import fail
+    from harness.device import pick_device
+    from harness.tracking.mlflow_store import StoreError, look_in
+
+    cfg = configs[0]
+    device = pick_device(cfg.device)
+    try:
+        client, experiment_id = look_in(cfg.tracking.uri, cfg.tracking.experiment)
+    except StoreError as error:
+        fail(str(error))
+    for line in plan_lines(make_plan(configs, launcher, client, experiment_id, device), device):
+        print(line)
+    print("Nothing was trained or stored (plan=true); the same command without it runs this.")
+
+
 # What to run next.
 
 
 def seeds_needed(mean: float, sd: float, confidence: float = 0.95) -> int | None:
     """The number of seeds at which a t interval with this standard deviation excludes zero at
     this mean (the t-based sample size); None beyond MAX_SEEDS."""
+    if mean == 0:
+        return None
     if not math.isfinite(sd) or sd == 0:
         return 2
     for n in range(2, MAX_SEEDS + 1):
@@ -351,7 +364,8 @@ def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
     zero at the observed mean (an estimate); for a claim bound to the budget, the budget curve.
     Claims that need the same seeds share a line. `more_seeds(n)` is (the command that trains
     seeds 0..n-1, its estimated seconds here)."""
-    by_seeds: dict[int, list[str]] = {}  # seeds: why, per claim
+    one_seed: list[str] = []  # claims with 1 seed
+    by_seeds: dict[int, list[str]] = {}  # seeds: why, for claims with 2 or more
     other = []
     for claim in found:
         interval = claim.interval
@@ -363,26 +377,27 @@ def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
         if claim.verdict != "inconclusive" or interval.n == 0:
             continue
         if interval.n == 1:
-            by_seeds.setdefault(3, []).append(f"{claim.key} (1 seed: the direction only)")
+            one_seed.append(claim.key)
         elif claim.reason.startswith("the mean is below"):
             other.append(f"{claim.key}: {claim.reason}; more seeds narrow the interval, not the effect.")
+        elif (needed := seeds_needed(interval.mean, interval.sd, confidence)) is None:
+            other.append(
+                f"{claim.key}: at the observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}, no number "
+                f"of seeds up to {MAX_SEEDS} gives an interval that excludes zero."
+            )
         else:
-            needed = seeds_needed(interval.mean, interval.sd, confidence)
-            if needed is None:
-                other.append(
-                    f"{claim.key}: at the observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}, no number "
-                    f"of seeds up to {MAX_SEEDS} gives an interval that excludes zero."
-                )
-                continue
-            seeds = max(needed, MIN_SEEDS, interval.n + 1)
-            by_seeds.setdefault(seeds, []).append(
+            by_seeds.setdefault(max(needed, MIN_SEEDS, interval.n + 1), []).append(
                 f"{claim.key} (about {needed} seeds give a {confidence:.0%} interval that excludes zero at the "
                 f"observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}: a t-based estimate; it has {interval.n})"
             )
+    if one_seed:  # Fig7 comes once per depth
+        by_seeds.setdefault(MIN_SEEDS, []).insert(
+            0, f"{', '.join(dict.fromkeys(one_seed))} (1 seed: the direction only)"
+        )
     lines = []
-    for seeds, claims in sorted(by_seeds.items()):
+    for seeds, reasons in sorted(by_seeds.items()):
         command, seconds = more_seeds(seeds)
-        lines.append(f"{'; '.join(claims)}: `{command}`, about {clock(seconds)} here.")
+        lines.append(f"{'; '.join(reasons)}: `{command}`, about {clock(seconds)} here.")
     return lines + other
 
 
@@ -426,20 +441,3 @@ def summary(plan: Plan) -> str:
         f"Estimate: {len(trained)} net(s) to train ({reused} reused or running elsewhere), about "
         f"{clock(plan.wall_seconds)} here ({' and '.join(sources) or 'nothing to train'}; plan=true details it)."
     )
-
-
-def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
-    """Print the plan of a launch of these job configs; nothing is trained or stored."""
-    from harness.config import fail
-    from harness.device import pick_device
-    from harness.tracking.mlflow_store import StoreError, look_in
-
-    cfg = configs[0]
-    device = pick_device(cfg.device)
-    try:
-        client, experiment_id = look_in(cfg.tracking.uri, cfg.tracking.experiment)
-    except StoreError as error:
-        fail(str(error))
-    for line in plan_lines(make_plan(configs, launcher, client, experiment_id, device), device):
-        print(line)
-    print("Nothing was trained or stored (plan=true); the same command without it runs this.")

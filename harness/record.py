@@ -77,7 +77,10 @@ FINAL_TRAIN_LOSS, FINAL_TRAIN_ERROR = "final_train_loss", "final_train_error"  #
 # The wall time of the loop (evaluations and probes included) per iteration this launch trained:
 # what `harness.plan` estimates a study's time from.
 SECONDS_PER_ITERATION = "seconds_per_iteration"
-TIMING_METRICS = (SECONDS_PER_ITERATION,)  # the only metrics that differ between repeats of a run
+# Peak memory, in MiB: the process's resident set (for a sweep's jobs in one process, the peak of
+# all so far), and on CUDA the tensors' peak on the device during this run.
+PEAK_RSS_MB, PEAK_GPU_MB = "peak_rss_mb", "peak_gpu_mb"
+MACHINE_METRICS = (SECONDS_PER_ITERATION, PEAK_RSS_MB, PEAK_GPU_MB)  # the only ones that differ between repeats
 RESPONSE_STD_MEAN = "response_std_mean"  # probes (harness.analysis)
 SIGNAL_RATIO = "output_grad_first_over_last"
 EVAL_PREFIX = {"test": "test", "validation": "val"}  # held-out training images are never `test_*`

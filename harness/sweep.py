@@ -68,6 +68,11 @@ class SweepTracking(Callback):
         self.watching = threading.Event()  # set: the progress watcher stops
         self.estimate: float | None = None  # seconds, from the process's start
 
+    def __getstate__(self) -> dict:
+        """The joblib launcher sends the callbacks to its workers with every job; the progress
+        watcher stays in the sweep's process."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("watching", "watcher")}
+
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_overrides(config)

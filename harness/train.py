@@ -7,6 +7,7 @@ iterations. The loop reports to a `Tracker` and knows nothing of MLflow.
 
 import logging
 import math
+import resource
 import time
 from dataclasses import dataclass
 
@@ -86,6 +87,21 @@ def make_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def compiled(model: nn.Module, setting: str) -> nn.Module:
+    """What the training step calls: the model, or `torch.compile` of it. Evaluations and probes
+    call the model itself: they run a few times a run, not worth a compilation each."""
+    if setting.lower() == "false":
+        return model
+    return torch.compile(model, mode=None if setting.lower() == "true" else setting)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    peak = {record.PEAK_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    if device.type == "cuda":
+        peak[record.PEAK_GPU_MB] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
 
 
 def learning_rate(step: int, base_lr: float, iterations: int, drops: list[float]) -> float:
@@ -178,6 +194,9 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     window_wrong = torch.zeros((), device=device)
     window_steps = 0
     train_loss = train_error = math.nan
+    step_model = compiled(model, cfg.compile)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start_time = time.perf_counter()
     model.train()
     steps = range(start, schedule.iterations)
@@ -199,7 +218,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
         labels = data.train_labels[indices]
 
         with autocast(device, precision):  # bf16: convolutions and linear layers; the loss in fp32
-            logits = model(images)
+            logits = step_model(images)
             loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -258,6 +277,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     }
     if schedule.iterations > start:
         final[record.SECONDS_PER_ITERATION] = seconds / (schedule.iterations - start)
+    final |= peak_memory(device)
     tracker.log_metrics(final, step=schedule.iterations)
     progress.close()
     return Result(

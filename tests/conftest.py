@@ -27,6 +27,7 @@ EXPECTED_STEPS = {
     "train_error": [5, 10, 15, 20], "train_loss": [5, 10, 15, 20], "lr": [5, 10, 15, 20],
     "val_error": [10, 20], "val_loss": [10, 20], "final_train_error": [20], "final_train_loss": [20],
     "response_std_mean": [10, 20], "output_grad_first_over_last": [10, 20], "seconds_per_iteration": [20],
+    "peak_rss_mb": [20],
 }  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import harness.device
+from harness import record
 from harness.config import ConfigError, check_values, compose_config, reference
 from harness.device import resolve_precision
 from harness.identity import effective_config, fingerprint, recipe, unused_notes
@@ -186,3 +187,15 @@ def test_auto_precision_is_bf16_where_the_cpu_has_bf16_units(monkeypatch, flags,
     monkeypatch.setattr(harness.device, "cpu_flags", lambda: frozenset(flags))
     assert resolve_precision("auto", "cpu") == expected
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_compile_and_deterministic_are_how_a_net_is_run_not_which():
+    assert fp("compile=true") == fp() == fp("deterministic=false") == fp("compile=max-autotune")
+    params = record.job_params(compose_config("compile=reduce-overhead", "deterministic=false"), record.Machine())
+    assert params["compile"] == "reduce-overhead" and params["deterministic"] is False
+
+
+@pytest.mark.parametrize("value", ["fast", "yes"])
+def test_a_bad_compile_mode_names_the_valid_ones(value):
+    with pytest.raises(ConfigError, match=f"compile={value} is not valid; use false, true .*max-autotune"):
+        check_values(compose_config(f"compile={value}"))

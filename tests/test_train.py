@@ -143,3 +143,19 @@ def test_precision_is_the_arithmetic_of_the_convolutions_and_the_weights_stay_fp
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert {b.dtype for name, b in model.named_buffers() if "running" in name} == {torch.float32}
     assert isinstance(result.final_train_loss, float)
+
+
+def test_every_run_logs_its_peak_memory(data):
+    _, _, tracker, _ = run(data)
+    [(step, megabytes)] = tracker.history["peak_rss_mb"]
+    assert step == 20 and 100 < megabytes < 64 * 1024
+
+
+@pytest.mark.integration
+def test_a_compiled_training_step_trains_as_the_eager_one(data):
+    """compile=true compiles the training step (on the CPU too, through a C++ compiler): the same
+    first losses as the eager step, within float reordering."""
+    _, _, eager, _ = run(data, "schedule.iterations=4", "schedule.log_every=1")
+    _, _, compiled, _ = run(data, "schedule.iterations=4", "schedule.log_every=1", "compile=true")
+    for (step, loss), (step_c, loss_c) in zip(eager.history["train_loss"], compiled.history["train_loss"]):
+        assert step == step_c and loss_c == pytest.approx(loss, rel=1e-3)

@@ -40,8 +40,8 @@ class MemoryTracker:
             self.history[key].append((step, value))
 
     def curves(self) -> dict[str, list[tuple[int, float]]]:
-        """What repeats bit for bit: every metric but the run's timing."""
-        return {key: points for key, points in self.history.items() if key not in record.TIMING_METRICS}
+        """What repeats bit for bit: every metric but the machine's measurements (time, memory)."""
+        return {key: points for key, points in self.history.items() if key not in record.MACHINE_METRICS}
 
     def log_table(self, table, artifact_file: str) -> None:
         self.tables[artifact_file] = table
