@@ -22,7 +22,7 @@ from scipy import stats
 from harness import identity, record
 from harness.analysis import PROBE_IMAGES
 from harness.data import DATASETS
-from harness.job import NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
+from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
 from harness.launchers import jobs_at_once
 from harness.lease import process_start
 from harness.stats import MIN_SEEDS
@@ -386,9 +386,10 @@ def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
                 f"of seeds up to {MAX_SEEDS} gives an interval that excludes zero."
             )
         else:
+            side = "excludes zero" if interval.mean > 0 else "lies wholly against the claim"
             by_seeds.setdefault(max(needed, MIN_SEEDS, interval.n + 1), []).append(
-                f"{claim.key} (about {needed} seeds give a {confidence:.0%} interval that excludes zero at the "
-                f"observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}: a t-based estimate; it has {interval.n})"
+                f"{claim.key} (about {needed} seeds give a {confidence:.0%} interval that {side} at the observed "
+                f"mean {interval.mean:+.2f} and sd {interval.sd:.2f}: a t-based estimate; it has {interval.n})"
             )
     if one_seed:  # Fig7 comes once per depth
         by_seeds.setdefault(MIN_SEEDS, []).insert(
@@ -436,8 +437,11 @@ def summary(plan: Plan) -> str:
     """The estimate a sweep prints as it starts."""
     trained = plan.training
     sources = sorted({net.source.split(":")[0] for net in trained})
-    reused = len(plan.nets) - len(trained)
+    counts = [f"{len(trained)} net(s) to train"]
+    for action, word in ((SKIP, "reused"), (ELSEWHERE, "running elsewhere")):
+        if n := sum(net.action == action for net in plan.nets):
+            counts.append(f"{n} {word}")
     return (
-        f"Estimate: {len(trained)} net(s) to train ({reused} reused or running elsewhere), about "
-        f"{clock(plan.wall_seconds)} here ({' and '.join(sources) or 'nothing to train'}; plan=true details it)."
+        f"Estimate: {', '.join(counts)}; about {clock(plan.wall_seconds)} here "
+        f"({' and '.join(sources) or 'nothing to train'}; plan=true details it)."
     )

@@ -224,13 +224,12 @@ class SweepTracking(Callback):
         reports = [path.resolve() for path in written if path.name in ("report.html", "report.md")]
         report_file = max(reports, key=lambda path: path.suffix == ".html", default=None)  # html where there is one
         describe_sweep(self.client, self.parent_run_id, members, report_file, steps)
-        took = f" in {plan.clock(plan.seconds_since_start())}" + (
-            f" (estimated {plan.clock(self.estimate)})" if self.estimate is not None else ""
-        )
         print(
-            f"Sweep done{took}: {len(members)} runs: {trained} trained, {reused} reused from earlier sweeps, "
+            f"Sweep done: {len(members)} runs: {trained} trained, {reused} reused from earlier sweeps, "
             f"{len(failed)} not finished (MLflow parent run {self.parent_run_id})."
         )
+        estimated = f" (estimated at its start: {plan.clock(self.estimate)})" if self.estimate is not None else ""
+        print(f"Wall time: {plan.clock(plan.seconds_since_start())} from the command's start{estimated}.")
         if steps:
             print("What to run next:")
             for line in steps:

@@ -17,8 +17,8 @@ def test_the_whole_run_ratio_is_the_run_over_its_bare_steps(tmp_path, data_root)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("8 ")]
     assert [row[1] for row in rows] == ["fp32", "bf16"]
-    for _depth, _precision, _threads, step_ms, iterations, seconds, ratio, *_ in rows:
-        assert int(iterations) == 20
+    for _depth, _precision, _threads, step_ms, iterations, seconds, loop, ratio, *_ in rows:
+        assert int(iterations) == 20 and 0 < float(loop) < float(seconds)
         assert float(ratio) == pytest.approx(float(seconds) / (int(iterations) * float(step_ms) / 1000), rel=0.02)
 
 

@@ -133,6 +133,9 @@ def test_next_steps_for_inconclusive_claims():
     assert lines[1].startswith(f"C2 (about {needed} seeds give a 95% interval that excludes zero")
     assert lines[2].startswith("C3 goes against the claim at this budget") and "+experiment=budget_curve" in lines[2]
     assert len(lines) == 3
+    against = plan.next_steps([claim("C3-test", [-3.0, 1.0, -4.0])], more_seeds)
+    assert "C3-test (about" in against[0] and "interval that lies wholly against the claim" in against[0]
+    assert against[1].startswith("C3-test goes against the claim at this budget")
 
 
 def test_plan_mode_trains_nothing_and_writes_nothing(tmp_path, data_root):
@@ -180,3 +183,18 @@ def test_bad_input_in_plan_mode_gets_the_launchs_error(tmp_path, args):
 
     assert error(planned) and error(planned) == error(launched)
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_the_time_left_is_the_rest_scaled_by_how_the_finished_jobs_compared():
+    nets = [plan.NetPlan(f"net {i}", f"fp{i}", "new run", None, 1000, seconds, "calibrated") for i, seconds in
+            enumerate([100.0, 100.0, 200.0, 200.0])]  # fmt: skip
+    progress = plan.Progress(plan.Plan(nets, jobs=4, at_once=1, threads=2, startup=0.0))
+    assert progress.seconds_left() == 600
+    assert progress.finish("fp0", 150.0) and not progress.finish("fp0", 150.0) and not progress.finish("other", 1)
+    assert progress.seconds_left() == pytest.approx(1.5 * 500)  # the first job took 1.5x its estimate
+    assert progress.line("net 0", "FINISHED") == "sweep: 1/4 jobs done (net 0 FINISHED in 2:30); about 12:30 left"
+    progress.at_once = 2
+    assert progress.seconds_left() == pytest.approx(1.5 * 300)  # 100 + 200 on one slot, 200 on the other
+    for fingerprint in ("fp1", "fp2", "fp3"):
+        progress.finish(fingerprint, 100.0)
+    assert progress.line("net 3", "FAILED") == "sweep: 4/4 jobs done (net 3 FAILED in 1:40)"

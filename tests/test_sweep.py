@@ -60,6 +60,20 @@ def test_a_sweep_reuses_the_finished_runs_of_an_earlier_sweep(tmp_path, store, d
     second = sweep(tmp_path, store, data_root, "depth=8", "residual=true,false", "seed=0,1")
     assert "Sweep done: 4 runs: 2 trained, 2 reused from earlier sweeps, 0 not finished" in second.stdout
     assert second.stdout.count("skip ") == 2
+    # Where it stands: the estimate at the start (measured now: the first sweep ran these nets
+    # here), a line per job that ends, and the wall time against the estimate.
+    assert "Estimate: 4 net(s) to train; about " in first.stdout
+    assert "(calibrated; plan=true details it)" in first.stdout
+    assert "Estimate: 2 net(s) to train, 2 reused; about " in second.stdout
+    assert "(measured; plan=true details it)" in second.stdout
+    assert "sweep: 4/4 jobs done (" in first.stdout and "sweep: 2/2 jobs done (" in second.stdout
+    assert re.search(
+        r"Wall time: \d+:\d\d from the command's start \(estimated at its start: \d+:\d\d\)", second.stdout
+    )
+    # 1 seed: the next step is 3 seeds, with the command and its time.
+    assert "What to run next:" in first.stdout
+    assert re.search(r"C1, C1b, C2, C3, C3-test, Fig7 \(1 seed: the direction only\): `python -m harness.run -m "
+                     r".*seed=0,1,2`, about \d+:\d\d here\.", first.stdout)  # fmt: skip
     parent = parent_of(second)
     assert parent != parent_of(first)
     runs = job_runs(client)

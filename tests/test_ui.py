@@ -170,7 +170,9 @@ def test_mlflow_ui_opens_on_the_study(tmp_path, store, data_root):
 
 
 def chart_strokes(page, metric: str, want: set[str]) -> set[str]:
-    """The line colours drawn in the chart of `metric`, once they include `want` (or time is up)."""
+    """The line colours drawn in the chart of `metric`, once they include `want` (or time is up).
+    The charts are searched for it first: the UI renders only the cards in view."""
+    page.get_by_placeholder("Search metric charts").fill(metric)
     card = (
         page.locator("[data-testid=experiment-view-compare-runs-card]")
         .filter(has=page.get_by_text(metric, exact=True))
