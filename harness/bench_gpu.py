@@ -1,5 +1,5 @@
-"""`python -m harness.bench --gpu`: the paper's recipe on one GPU, measured in a few minutes of
-device time (a lent GPU comes for about 15 minutes, start-up included).
+"""`python -m harness.bench --gpu`: the paper's recipe on one GPU, meant to fit in 8 minutes of
+device time (a lent GPU comes for about 15 minutes, start-up included; not yet run on one).
 
 On CIFAR-shaped data (3x32x32 uint8 images in device memory, random: no download; the loop
 does not care what the pixels are) and P1's recipe (batch 128, SGD, augmentation on the
