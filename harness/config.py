@@ -166,6 +166,15 @@ class TrackingConfig:
     log_model: bool = option(True, "keep the final state_dict as an artifact")
     checkpoint_dir: str | None = option(None, "null: beside a SQLite store, else ./checkpoints")
     parent_run_id: str | None = option(None, "the sweep's parent run; the sweep sets it for each of its jobs")
+    outage_limit: float = option(600.0, "seconds a run trains on while the store cannot be reached, then stops")
+    buffer_points: int = option(100_000, "metric points a run keeps while the store cannot be reached, then stops")
+
+    def check(self) -> None:
+        need(
+            self.outage_limit > 0,
+            f"tracking.outage_limit={self.outage_limit} must be a positive number of seconds (600: ten minutes).",
+        )
+        need(self.buffer_points > 0, f"tracking.buffer_points={self.buffer_points} must be a positive number of points.")
 
 
 @dataclass
@@ -240,7 +249,7 @@ class Config:
             self.cores is None or self.cores > 0,
             f"cores={self.cores} must be a positive number of cores, or null for all.",
         )
-        for group in (self.dataset, self.optimizer, self.schedule, self.report):
+        for group in (self.dataset, self.optimizer, self.schedule, self.tracking, self.report):
             group.check()
         trainable = self.dataset.trainable_images()
         held_out = self.dataset.validation_size

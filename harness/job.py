@@ -25,7 +25,7 @@ from harness.data import DataError
 from harness.data.memory import Data, load_data
 from harness.device import pick_device
 from harness.launchers import SchedulerStop, cpus_per_job, orphaned, placement_tags, watch_sweep
-from harness.lease import Heartbeat, Lease, LeaseLost, claim, heartbeat_of
+from harness.lease import Heartbeat, Lease, LeaseLost, claimed, generation_of, heartbeat_of
 from harness.models import resolve_family
 from harness.models.resnet import build_model
 from harness.tracking.mlflow_store import (
@@ -33,11 +33,14 @@ from harness.tracking.mlflow_store import (
     CorruptCheckpoint,
     MlflowRun,
     StoreError,
+    checkpoint_file,
     connect,
     find_run,
+    latest_run_id,
     sqlite_folder,
     supersede,
 )
+from harness.tracking.writer import StoreOutage
 from harness.train import DivergedError, Result, train
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ def look(client, experiment_id: str, fingerprint: str, folder: Path | None) -> S
         status=run.info.status,
         alive=beat is not None and beat.alive(),
         failure=run.data.tags.get(record.FAILURE),
-        has_checkpoint=MlflowRun(client, run.info.run_id, run.info.run_name, folder).has_checkpoint(),
+        has_checkpoint=folder is not None and checkpoint_file(folder, run.info.run_id).exists(),
         heartbeat=beat,
         run=run,
     )
@@ -164,14 +167,16 @@ def job_data(cfg: DictConfig, device: torch.device) -> Data:
 # Opening the run.
 
 
-def resume(client, stored: Stored, name: str, folder: Path | None) -> MlflowRun | None | bool:
+def resume(client, stored: Stored, name: str, folder: Path | None, **writer_limits) -> MlflowRun | None | bool:
     """The stopped run, claimed and reopened at its checkpoint; None if another launch claimed it
     first; False if its checkpoint is unreadable (set aside: the net trains in a new run)."""
     generation = (stored.heartbeat.generation if stored.heartbeat else 0) + 1
-    if not claim(client, f"{stored.run_id} generation {generation}"):
-        return None
-    stopped = MlflowRun(client, stored.run_id, name, folder)
-    stopped.lease = Lease.take(client, stopped.run_id, generation).start()
+    key = f"{stored.run_id} generation {generation}"
+    with claimed(client, key, lambda: generation_of(client.get_run(stored.run_id)) == generation - 1) as won:
+        if not won:
+            return None
+        stopped = MlflowRun(client, stored.run_id, name, folder, **writer_limits)
+        stopped.lease = Lease.take(client, stopped.run_id, generation).start()
     try:
         state = stopped.read_checkpoint()
     except CorruptCheckpoint as error:
@@ -181,6 +186,7 @@ def resume(client, stored: Stored, name: str, folder: Path | None) -> MlflowRun 
             f"Set it aside as {aside}; training restarts from iteration 0 in a new run."
         )
         stopped.lease.release()
+        stopped.writer.close()
         return False
     print(f"resume {name}: MLflow run {stored.run_id} from its last checkpoint (iteration {state['iteration']})")
     stopped.reopen()
@@ -196,6 +202,7 @@ def open_run(
     Two launches that decide at the same moment both claim what they saw (harness.lease.claim):
     one wins; the other looks again and finds the winner's live run."""
     name, fingerprint, folder = record.net_name(cfg), identity.fingerprint(cfg), checkpoint_dir(cfg)
+    writer_limits = {"outage_limit": cfg.tracking.outage_limit, "buffer_points": cfg.tracking.buffer_points}
     decision = first
     for attempt in range(CLAIM_ATTEMPTS):
         if attempt:
@@ -206,19 +213,28 @@ def open_run(
             say(decision, name)
             return None, False
         if decision.action == RESUME:
-            resumed = resume(client, decision.run, name, folder)
+            resumed = resume(client, decision.run, name, folder, **writer_limits)
             if resumed is None:
                 continue
             if resumed:
                 return resumed, True
         # The same net may be trained in another experiment of the same store: claims are per experiment.
-        if not claim(client, f"{fingerprint} in {experiment_id} after {stored.run_id if stored else 'none'}"):
-            continue
-        heartbeat = Heartbeat.now(1)
-        tags = {**record.job_tags(cfg, machine, record.source_commit()), record.HEARTBEAT: heartbeat.encode()}
-        run = MlflowRun.start(
-            client, experiment_id, name, tags, parent_run_id=cfg.tracking.parent_run_id, checkpoint_dir=folder
-        )
+        prior = stored.run_id if stored else None
+        key = f"{fingerprint} in {experiment_id} after {prior or 'none'}"
+        with claimed(client, key, lambda: latest_run_id(client, experiment_id, fingerprint) == prior) as won:
+            if not won:
+                continue
+            heartbeat = Heartbeat.now(1)
+            tags = {**record.job_tags(cfg, machine, record.source_commit()), record.HEARTBEAT: heartbeat.encode()}
+            run = MlflowRun.start(
+                client,
+                experiment_id,
+                name,
+                tags,
+                parent_run_id=cfg.tracking.parent_run_id,
+                checkpoint_dir=folder,
+                **writer_limits,
+            )
         run.lease = Lease(client, run.run_id, heartbeat).start()
         if decision.run is not None:
             supersede(client, decision.run.run, run.run_id)
@@ -267,7 +283,7 @@ def execute(
 
 # Failures of the machine, not of the run: disk, tracking store, data. A run stopped by one
 # resumes from its checkpoint when launched again; any other failure trains it anew.
-ENVIRONMENT_ERRORS = (OSError, CheckpointError, StoreError, DataError, MlflowException)
+ENVIRONMENT_ERRORS = (OSError, CheckpointError, StoreError, StoreOutage, DataError, MlflowException)
 
 
 @dataclass(frozen=True)
@@ -280,8 +296,8 @@ class Outcome:
 OUTCOMES = {
     "finished": Outcome("FINISHED", None, 0),
     "Ctrl-C": Outcome("KILLED", None, 130),  # resumes from its last checkpoint
-    "scheduler stop": Outcome("KILLED", None, 0),  # SLURM's time limit is near: stopped like Ctrl-C, not failed
-    "lease lost": Outcome(None, None, 0),
+    "scheduler stop": Outcome("KILLED", None, 1),  # SLURM's time limit is near: stopped like Ctrl-C, not failed
+    "lease lost": Outcome(None, None, 1),  # another launch trains the run
     "diverged": Outcome("FAILED", record.RUN, 1),
     "environment failure": Outcome("FAILED", record.ENVIRONMENT, 1),  # resumes from its last checkpoint
     "bug": Outcome("FAILED", record.RUN, 1),  # alone: with its traceback
@@ -330,7 +346,11 @@ def record_failure(run: MlflowRun, error: BaseException, outcome: Outcome) -> st
     except LeaseLost as lost:
         message = f"{run.name}: {lost}"
     except Exception as store_error:  # the store itself is what failed
-        message += f" (and the store could not record it: {type(store_error).__name__}: {str(store_error)[:200]})"
+        message += (
+            "; the store, which cannot be reached, still shows it RUNNING"
+            if store_error is error
+            else f" (and the store could not record it: {type(store_error).__name__}: {str(store_error)[:200]})"
+        )
     return message
 
 
@@ -342,7 +362,10 @@ def close(run: MlflowRun, result: Result | None, error: BaseException | None, in
     if kind == "scheduler stop":
         error = scheduler_stop(error)
     if kind == "finished":
-        run.finish("FINISHED")
+        try:
+            run.finish("FINISHED")
+        except (LeaseLost, *ENVIRONMENT_ERRORS) as error:  # trained, but its last writes did not reach the store
+            return unfinished(run, error, in_sweep)
         log.info(
             "%s: final training error %.2f%%, %s error %.2f%% in %.0f s",
             run.name,
@@ -353,8 +376,11 @@ def close(run: MlflowRun, result: Result | None, error: BaseException | None, in
         )
         return result.eval_error
     if kind == "lease lost":
+        run.abandon()
         print(f"{run.name}: {error}", file=sys.stderr)
-        return None
+        if in_sweep:
+            return None
+        raise SystemExit(outcome.exit_code)
     if outcome.status == "KILLED":
         with contextlib.suppress(LeaseLost):
             run.finish("KILLED", error)
@@ -367,7 +393,9 @@ def close(run: MlflowRun, result: Result | None, error: BaseException | None, in
                 error,
                 then,
             )
-            return None
+            if in_sweep:
+                return None
+            raise SystemExit(outcome.exit_code)
         if orphaned():  # the sweep that started this job is gone: so is the job
             os._exit(1)
         if in_sweep:  # the sweep says what it stopped
@@ -389,6 +417,21 @@ def close(run: MlflowRun, result: Result | None, error: BaseException | None, in
     if kind == "bug":
         raise error
     config.fail(message, code=outcome.exit_code)
+
+
+def unfinished(run: MlflowRun, error: BaseException, in_sweep: bool) -> None:
+    """A run that trained to its end but could not be closed: the store stayed unreachable past
+    the outage limit, or another launch took the run meanwhile."""
+    then = (
+        "the same command resumes it from its last checkpoint"
+        if run.has_checkpoint()
+        else "the same command trains it again"
+    )
+    message = f"{run.name} (MLflow run {run.run_id}) trained to its end but was not closed as FINISHED: {error}; {then}"
+    if in_sweep:
+        log.error("%s", message)
+        return None
+    config.fail(message, code=1)
 
 
 # The whole life.

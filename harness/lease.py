@@ -7,20 +7,24 @@ Another launch treats a RUNNING run as taken while the heartbeat is younger than
 intervals and, on the same machine, while the owner process still lives (a process killed on
 this machine frees its runs at once, not after the threshold).
 
-Taking a run is a compare-and-swap on the store. MLflow has none for tags, but experiment
-names are unique in every MLflow store (a UNIQUE constraint in the SQL stores, and the server
-forwards it): `claim(key)` creates an experiment named after the state the claimer saw (the
-run and the lease generation it wants to replace, or the run a new one follows), and of all
-launches that saw that state exactly one creates it. The claim experiment is deleted at once
-(deleted experiments keep their name, so the claim stays spent and out of the UI).
+Taking a run is a compare-and-swap on the store. MLflow has none for tags, but registered
+model names are unique in every MLflow store with a registry (a UNIQUE constraint in the SQL
+stores, and the server forwards it): `claimed(key, unchanged)` creates a registered model named
+after the state the claimer saw (the run and the lease generation it wants to replace, or the
+run a new one follows), and of all launches that saw that state at once exactly one creates it.
+The winner makes its change (its heartbeat, its new run) inside the block, and the claim is
+deleted when the block ends, so that nothing stays in the store. A launch that claims the same
+key later, after the deletion, finds that the state has moved on (`unchanged` reads it again)
+and stands back.
 
-The holder stops itself before anyone may take over: it renews (and writes metrics) only while
-its last heartbeat in the store is younger than MISSED - 1 intervals, and others take over only
-once it is older than MISSED intervals; between the two lies one interval of margin for clock
-differences between nodes. A holder stalled past that (suspended, store unreachable for a
-minute) finds its lease expired and stops without writing; its run resumes from the checkpoint.
-Writes of metrics check the lease without a store call; the renewing thread reads the store
-each beat and also catches a takeover that clocks out of step would allow.
+The holder writes (metrics, tags, its heartbeat) only while its last heartbeat in the store is
+younger than MISSED - 1 intervals, and others take over only once it is older than MISSED
+intervals; between the two lies one interval of margin for clock differences between nodes.
+A holder whose heartbeat lapsed (the store unreachable, the process suspended) trains on, but
+before its next write takes the run again as a relaunch would, through the same claim
+(`Lease.ensure`): it goes on if no one took the run meanwhile, and stops without writing
+(LeaseLost) if someone did. A store outage is not someone else's claim. A requeued SLURM job
+knows the heartbeat of its own earlier incarnation as dead at once.
 
 Interval 30 s, threshold 3 intervals (90 s): a beat costs one read and one write (about 25 ms
 on SQLite, one HTTP round trip each on a server), under 0.1% of a run's time; 90 s tolerates a
@@ -30,6 +34,7 @@ between nodes of a few seconds, and only delays a relaunch on another machine af
 (tests use 1 s); readers go by the interval the writer recorded.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +42,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +88,24 @@ BOOT = boot_id()
 TOKEN = secrets.token_hex(4)
 
 
+def slurm_incarnation() -> str:
+    """JOB_ID.RESTARTS: SLURM keeps a job's id (one per job and per array element) across a requeue
+    and counts the restarts; two launches inside one allocation share both."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"{job}.{os.environ.get('SLURM_RESTART_COUNT', '0')}" if job else ""
+
+
+def earlier_incarnation(recorded: str, current: str) -> bool:
+    """`recorded` was this SLURM job before one of its requeues."""
+    if not recorded or not current:
+        return False
+    (job, _, restarts), (this_job, _, this_restarts) = recorded.partition("."), current.partition(".")
+    return job == this_job and int(restarts or 0) < int(this_restarts or 0)
+
+
+SLURM_JOB = slurm_incarnation()
+
+
 def owner_id() -> str:
     return f"{HOST}:{os.getpid()}:{TOKEN}"
 
@@ -94,10 +118,11 @@ class Heartbeat:
     interval: float
     boot: str = ""
     start: int | None = None  # the owner process's start time (process_start)
+    slurm_job: str = ""  # SLURM_JOB_ID.SLURM_RESTART_COUNT (slurm_incarnation)
 
     @classmethod
     def now(cls, generation: int, interval: float = INTERVAL) -> "Heartbeat":
-        return cls(time.time(), owner_id(), generation, interval, BOOT, process_start(os.getpid()))
+        return cls(time.time(), owner_id(), generation, interval, BOOT, process_start(os.getpid()), SLURM_JOB)
 
     @classmethod
     def parse(cls, value: str | None) -> "Heartbeat | None":
@@ -115,7 +140,10 @@ class Heartbeat:
         return max(0.0, time.time() - self.time)
 
     def owner_gone(self) -> bool:
-        """The owner ran on this machine and no longer does (killed, crashed, pid reused)."""
+        """The owner ran on this machine and no longer does (killed, crashed, pid reused), or it was
+        this very SLURM job before a requeue (SLURM runs one incarnation of a job at a time)."""
+        if earlier_incarnation(self.slurm_job, SLURM_JOB):
+            return True
         host, _, rest = self.owner.partition(":")
         if host != HOST or self.boot != BOOT or not rest:
             return False
@@ -134,29 +162,48 @@ def heartbeat_of(run) -> Heartbeat | None:
     return Heartbeat.parse(run.data.tags.get(record.HEARTBEAT))
 
 
-def claim(client, key: str) -> bool:
-    """True for exactly one of the launches that claim `key` (an atomic create of a uniquely
-    named experiment). A claim older than the threshold whose effect never came (its claimer
-    died in between) is passed over: the next name `key #2` is claimed instead."""
+def _create_claim(client, key: str) -> str | None:
+    """The name of the claim this launch created, or None where another launch holds it. A claim
+    older than the threshold belongs to a claimer that died inside its block: passed over, the
+    next name `key #2` is claimed instead."""
     from mlflow.exceptions import MlflowException
 
     for attempt in range(1, 20):
         name = f"{record.CLAIM_PREFIX} {key}" + (f" #{attempt}" if attempt > 1 else "")
         try:
-            experiment_id = client.create_experiment(name, tags={record.CLAIMED_BY: owner_id()})
+            client.create_registered_model(name, tags={record.CLAIMED_BY: owner_id()})
+            return name
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            earlier = client.get_experiment_by_name(name)
-            if earlier is None or time.time() - earlier.creation_time / 1000 < MISSED * INTERVAL:
-                return False
-            continue
         try:
-            client.delete_experiment(experiment_id)
-        except Exception as error:  # the claim holds either way; it only stays visible
-            log.warning("could not delete the claim experiment %r: %s", name, error)
-        return True
-    return False
+            held = client.get_registered_model(name)
+        except MlflowException:  # its holder deleted it meanwhile: the state it guarded has moved on
+            return None
+        if time.time() - held.creation_timestamp / 1000 < MISSED * INTERVAL:
+            return None
+    return None
+
+
+@contextlib.contextmanager
+def claimed(client, key: str, unchanged: Callable[[], bool] = lambda: True):
+    """True (for the block) in exactly one of the launches that claim `key` at once, and in none
+    that claims it after the state it names has changed (`unchanged`, read after the claim)."""
+    name = _create_claim(client, key)
+    try:
+        yield name is not None and unchanged()
+    finally:
+        if name is not None:
+            try:
+                client.delete_registered_model(name)
+            except Exception as error:  # a stale claim is passed over after the threshold
+                log.warning("could not delete the claim %r: %s", name, error)
+
+
+def generation_of(run) -> int:
+    """The lease generation a run's heartbeat records; 0 for a run without one."""
+    heartbeat = heartbeat_of(run)
+    return heartbeat.generation if heartbeat else 0
 
 
 class Lease:
@@ -168,6 +215,7 @@ class Lease:
         self.heartbeat = heartbeat
         self.lost = threading.Event()
         self.stopped = threading.Event()
+        self.renewing = threading.Lock()  # the renewing thread and the store writer both renew
         # When the heartbeat in the store was written, on this process's monotonic clock.
         self.written = time.monotonic() - max(0.0, time.time() - heartbeat.time)
         self.beats = 0
@@ -197,43 +245,66 @@ class Lease:
 
     def expired(self) -> bool:
         """No heartbeat of ours reached the store for MISSED - 1 intervals: another launch may
-        soon count this one as dead (after MISSED), so this one must stop writing first."""
+        soon count this one as dead (after MISSED), so this one must take the run again before
+        it writes."""
         return time.monotonic() - self.written > (MISSED - 1) * self.heartbeat.interval
 
     def check(self) -> None:
-        """Raise LeaseLost unless this process still owns the run: before every write of metrics.
-        No store call: the renewing thread reads the store, and a lease whose renewal stalled
-        counts as lost before any other launch may take it (expired)."""
-        if self.expired():
-            self.lost.set()
-            raise LeaseLost(
-                f"the lease on MLflow run {self.run_id} expired (no heartbeat reached the store for "
-                f"{time.monotonic() - self.written:.0f} s): this launch stops without writing more; the same command "
-                "resumes the run from its last checkpoint"
-            )
+        """Raise LeaseLost if another launch took the run over: in the loop, without a store call
+        (the renewing thread and the store writer read the store)."""
         if self.lost.is_set():
             raise LeaseLost(
-                f"MLflow run {self.run_id} was taken over by another launch; this one stops without writing"
+                f"MLflow run {self.run_id} was taken over by another launch; this one stops without writing more; "
+                "the other launch trains it"
             )
+
+    def ensure(self) -> None:
+        """Before a write: LeaseLost if another launch holds the run; the run taken again first
+        where this lease lapsed."""
+        with self.renewing:
+            self.check()
+            if self.expired():
+                self._take_again()
+
+    def _take_again(self) -> None:
+        """Claim the next generation as a relaunch would; of the two, one wins."""
+        lapsed = time.monotonic() - self.written
+        generation = self.heartbeat.generation + 1
+        with claimed(self.client, f"{self.run_id} generation {generation}", self.holds) as won:
+            if not won:
+                self.lost.set()
+                self.check()
+            stamp = time.monotonic()
+            self.heartbeat = Heartbeat.now(generation)
+            self.client.set_tag(self.run_id, record.HEARTBEAT, self.heartbeat.encode())
+            self.written = stamp
+        log.warning("MLflow run %s: lease taken again after %.0f s without a heartbeat", self.run_id, lapsed)
 
     def beat(self) -> None:
         started = time.perf_counter()
-        if self.expired():  # too late to renew: another launch may be taking the run over
-            self.lost.set()
-        elif self.holds():
-            stamp = time.monotonic()
-            self.heartbeat.time = time.time()
-            self.client.set_tag(self.run_id, record.HEARTBEAT, self.heartbeat.encode())
-            self.written = stamp
+        with self.renewing:
+            if self.expired():
+                self._take_again()
+            elif self.holds():
+                stamp = time.monotonic()
+                self.heartbeat.time = time.time()
+                self.client.set_tag(self.run_id, record.HEARTBEAT, self.heartbeat.encode())
+                self.written = stamp
         self.beats += 1
         self.beat_seconds += time.perf_counter() - started
 
     def _renew(self) -> None:
+        failing = False
         while not self.stopped.wait(self.heartbeat.interval):
             try:
                 self.beat()
-            except Exception as error:  # a store that stalls: keep trying, the threshold allows it
-                log.warning("heartbeat of MLflow run %s failed: %s", self.run_id, error)
+                failing = False
+            except LeaseLost:
+                pass
+            except Exception as error:  # the store writer says once that the store is unreachable
+                if not failing:
+                    log.debug("heartbeat of MLflow run %s failed: %s", self.run_id, error)
+                failing = True
             if self.lost.is_set():
                 log.error("MLflow run %s was taken over by another launch", self.run_id)
                 return

@@ -101,14 +101,32 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in sockets]
 
 
-@pytest.fixture(scope="session")
-def tracking_server_state() -> Path:
-    """The state folder of the session's tracking server. Not under pytest's tmp_path: when the tests run
-    as root, PostgreSQL runs as `postgres`, who cannot enter /tmp/pytest-of-root (mode 700)."""
+def skip_without_postgres() -> None:
+    from harness import server
+
+    try:
+        server.postgres_programs()
+    except server.ServerError as error:
+        pytest.skip(str(error))
+
+
+@contextlib.contextmanager
+def server_state_folder():
+    """A state folder for a tracking server, removed afterwards. Not under pytest's tmp_path: when the tests
+    run as root, PostgreSQL runs as `postgres`, who cannot enter /tmp/pytest-of-root (mode 700)."""
     state = Path(tempfile.mkdtemp(prefix="harness-server-"))
     state.chmod(0o755)
-    yield state
-    shutil.rmtree(state, ignore_errors=True)
+    try:
+        yield state
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tracking_server_state() -> Path:
+    """The state folder of the session's tracking server."""
+    with server_state_folder() as state:
+        yield state
 
 
 @pytest.fixture(scope="session")
@@ -117,10 +135,7 @@ def tracking_server(tracking_server_state) -> str:
     ports, for the whole session; skipped where PostgreSQL is not installed."""
     from harness import server
 
-    try:
-        server.postgres_programs()
-    except server.ServerError as error:
-        pytest.skip(str(error))
+    skip_without_postgres()
     port, pg_port = free_ports(2)
     try:
         yield server.start(tracking_server_state, port=port, pg_port=pg_port, workers=2)

@@ -9,6 +9,7 @@ from harness.job import ELSEWHERE, NEW, OUTCOMES, RESUME, SKIP, Stored, decide, 
 from harness.launchers import SchedulerStop
 from harness.lease import LeaseLost
 from harness.tracking.mlflow_store import CheckpointError, StoreError
+from harness.tracking.writer import StoreOutage
 from harness.train import DivergedError
 
 
@@ -44,12 +45,13 @@ def test_what_the_store_holds_decides_the_launch(latest, rerun, action, replaces
     [
         (None, "finished", "FINISHED", None, 0),
         (KeyboardInterrupt(), "Ctrl-C", "KILLED", None, 130),
-        (SchedulerStop("timed-out"), "scheduler stop", "KILLED", None, 0),
-        (LeaseLost("taken over"), "lease lost", None, None, 0),
+        (SchedulerStop("timed-out"), "scheduler stop", "KILLED", None, 1),
+        (LeaseLost("taken over"), "lease lost", None, None, 1),
         (DivergedError(7, float("nan")), "diverged", "FAILED", record.RUN, 1),
         (OSError("disk full"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
         (StoreError("down"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
         (CheckpointError("no space"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
+        (StoreOutage("unreachable for 601 s"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
         (ValueError("a bug"), "bug", "FAILED", record.RUN, 1),
     ],
 )
@@ -57,6 +59,10 @@ def test_each_way_a_run_ends_has_one_status_failure_and_exit_code(error, kind, s
     assert outcome_of(error) == kind
     outcome = OUTCOMES[kind]
     assert (outcome.status, outcome.failure, outcome.exit_code) == (status, failure, exit_code)
+
+
+def test_every_stop_but_a_finished_run_exits_non_zero():
+    assert [kind for kind, outcome in OUTCOMES.items() if outcome.exit_code == 0] == ["finished"]
 
 
 def test_slurms_stop_inside_a_store_call_is_a_scheduler_stop():

@@ -28,7 +28,7 @@ def finished_run(client, experiment_id: str, *overrides: str, seconds_per_iterat
     run = MlflowRun.start(client, experiment_id, record.net_name(cfg), record.job_tags(cfg, machine, "unknown"), None)
     run.log_params(record.job_params(cfg, machine))
     run.log_metrics({record.SECONDS_PER_ITERATION: seconds_per_iteration}, cfg.schedule.iterations)
-    run.flush()
+    run.sync()
     client.set_terminated(run.run_id, "FINISHED")
     return run.run_id
 

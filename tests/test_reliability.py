@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from harness import lease, record
+from harness import lease, record, server
 from harness.config import ConfigError, check_overrides, check_values, compose_config
 from harness.data.memory import data_lock, load_data
-from harness.lease import Heartbeat, Lease, LeaseLost, claim
+from harness.lease import Heartbeat, Lease, LeaseLost, claimed
 from harness.record import HEARTBEAT
 from harness.tracking.mlflow_store import CheckpointError, CorruptCheckpoint, MlflowRun, interrupts_deferred
 
@@ -61,15 +62,17 @@ def test_a_heartbeat_is_alive_while_fresh_and_its_local_owner_lives():
     assert Heartbeat.parse(mine.encode()) == mine and Heartbeat.parse("garbage") is None
 
 
-def test_a_claim_is_won_by_exactly_one_of_simultaneous_claimers(tmp_path, monkeypatch):
+def test_a_claim_is_won_by_exactly_one_of_simultaneous_claimers_and_leaves_nothing(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).search_experiments()  # the store's tables, created once
-    barrier, results = threading.Barrier(6), []
+    before, inside, results = threading.Barrier(6), threading.Barrier(6), []
 
     def contender():
         client = MlflowClient(uri)
-        barrier.wait()
-        results.append(claim(client, "abc after none"))
+        before.wait()
+        with claimed(client, "abc after none") as won:
+            results.append(won)
+            inside.wait()  # the winner keeps its claim until every other launch has tried
 
     threads = [threading.Thread(target=contender) for _ in range(6)]
     for thread in threads:
@@ -77,11 +80,20 @@ def test_a_claim_is_won_by_exactly_one_of_simultaneous_claimers(tmp_path, monkey
     for thread in threads:
         thread.join()
     assert sorted(results) == [False] * 5 + [True]
-    assert not claim(MlflowClient(uri), "abc after none")  # spent
-    assert claim(MlflowClient(uri), "abc after run1")  # another state, another claim
-    # A claim whose claimer died before its effect is passed over once it is older than the threshold.
+    client = MlflowClient(uri)
+    assert client.search_registered_models() == []
+    assert [e.name for e in client.search_experiments(ViewType.ALL)] == ["Default"]
+    # A launch that claims later, once the state it saw has moved on, stands back.
+    with claimed(client, "abc after none", unchanged=lambda: False) as won:
+        assert not won
+    # A claim whose claimer died inside its block is passed over once it is older than the threshold.
+    client.create_registered_model(f"{record.CLAIM_PREFIX} abc after run1")
+    with claimed(client, "abc after run1") as won:
+        assert not won
     monkeypatch.setattr(lease, "INTERVAL", 0.0)
-    assert claim(MlflowClient(uri), "abc after none")
+    with claimed(client, "abc after run1") as won:
+        assert won
+    assert [m.name for m in client.search_registered_models()] == [f"{record.CLAIM_PREFIX} abc after run1"]
 
 
 def test_a_lost_lease_stops_every_write(tmp_path):
@@ -90,7 +102,7 @@ def test_a_lost_lease_stops_every_write(tmp_path):
     run = MlflowRun.start(client, experiment, "resnet-8", {}, checkpoint_dir=tmp_path / "ckpt")
     run.lease = Lease.take(client, run.run_id, 1)
     run.log_metrics({"train_error": 0.5}, step=5)
-    run.flush()
+    run.sync()
     other = Heartbeat(time.time(), "other-node:1:xyz", 2, 30.0)
     client.set_tag(run.run_id, HEARTBEAT, other.encode())  # another launch took the run over
     run.lease.beat()  # the renewing thread's next beat reads the store
@@ -105,19 +117,32 @@ def test_a_lost_lease_stops_every_write(tmp_path):
     assert not (tmp_path / "ckpt" / run.run_id / "last.pt").exists()
 
 
-def test_a_lease_whose_renewal_stalled_expires_before_anyone_may_take_it(tmp_path):
+def test_a_lapsed_lease_is_taken_again_before_the_next_write_if_nobody_took_the_run(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = client.create_run(client.create_experiment("x")).info.run_id
     held = Lease.take(client, run_id, 1)
-    held.check()
-    held.written -= 2 * held.heartbeat.interval + 1  # as if the process had been suspended for 2 intervals
-    assert held.heartbeat.alive()  # others still count it as live: nobody takes it yet...
-    with pytest.raises(LeaseLost, match="expired"):
-        held.check()  # ...but it no longer writes
-    held.beat()
-    assert (
-        held.lost.is_set() and Heartbeat.parse(client.get_run(run_id).data.tags[HEARTBEAT]).time == held.heartbeat.time
-    )
+    held.written -= 2 * held.heartbeat.interval + 1  # as if the store had been unreachable for 2 intervals
+    assert held.expired() and held.heartbeat.alive()
+    held.check()  # the loop trains on: an outage is not someone else's claim
+    held.ensure()  # the writer's next write takes the run again first, through a claim
+    stored = Heartbeat.parse(client.get_run(run_id).data.tags[HEARTBEAT])
+    assert not held.expired() and stored.generation == 2 and stored.owner == held.heartbeat.owner
+
+
+def test_a_lapsed_lease_whose_run_was_taken_meanwhile_stops_without_writing(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    held = Lease.take(client, run_id, 1)
+    held.written -= 3 * held.heartbeat.interval + 1
+    with claimed(client, f"{run_id} generation 2") as won:  # a relaunch elsewhere resumed the run
+        assert won
+        taker = Heartbeat(time.time(), "other-node:1:xyz", 2, 30.0)
+        client.set_tag(run_id, HEARTBEAT, taker.encode())
+    with pytest.raises(LeaseLost, match="taken over"):
+        held.ensure()
+    with pytest.raises(LeaseLost):
+        held.check()
+    assert Heartbeat.parse(client.get_run(run_id).data.tags[HEARTBEAT]) == taker
 
 
 class NoStore:
@@ -573,3 +598,75 @@ def test_a_read_only_data_root_that_holds_the_data_works(tmp_path, store, read_o
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = job_runs(MlflowClient(store))
     assert run.info.status == "FINISHED"
+
+
+def stop_mlflow_server(paths: server.Paths) -> None:
+    server.stop_group(server.server_pid(paths))
+
+
+def kill_postmaster(paths: server.Paths) -> None:
+    os.kill(int(paths.pg_pid.read_text().splitlines()[0]), signal.SIGKILL)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("outage", [stop_mlflow_server, kill_postmaster])
+def test_a_run_trains_on_while_the_store_is_down_and_sends_every_step_once(
+    outage, tracking_server, tracking_server_state, tmp_path, filled_data_root
+):
+    """The MLflow server stopped, or PostgreSQL killed, mid-run for longer than the lease allows;
+    then `harness.server start` heals it. The run's checkpoints go on meanwhile, the console says
+    once that the store is gone and once that it is back, the lease is taken again, and the run
+    finishes in the store with every step once."""
+    experiment = f"store-outage-{outage.__name__}"
+    args = [*RUN, "schedule.iterations=1500", "tracking=server", f"tracking.uri={tracking_server}",
+            f"tracking.experiment={experiment}", f"dataset.root={filled_data_root}"]  # fmt: skip
+    job = launch(args, tmp_path, "outage", FAST_LEASE)
+    folder = tmp_path / "checkpoints"
+    wait_for(lambda: checkpoints(folder), job, what="the first checkpoint")
+    paths = server.Paths(tracking_server_state)
+    outage(paths)
+    down = time.monotonic()
+    [checkpoint] = checkpoints(folder)
+    before = checkpoint.stat().st_mtime_ns
+    time.sleep(6)  # 3 lease intervals of FAST_LEASE: the lease lapses
+    trained_on = checkpoint.exists() and checkpoint.stat().st_mtime_ns != before
+    server.start(tracking_server_state, port=int(tracking_server.rsplit(":", 1)[1]), workers=2)
+    outage = time.monotonic() - down
+    assert job.wait(timeout=1800) == 0, output(job, tmp_path)[1][-3000:]
+    said = "".join(output(job, tmp_path))
+    assert trained_on or "trained to its end" in said, "no checkpoint was written while the store was down"
+    assert said.count("the tracking store cannot be reached") == 1, said[-3000:]
+    assert said.count("the tracking store answers again") == 1, said[-3000:]
+    assert "lease taken again" in said
+    client = MlflowClient(tracking_server)
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], record.JOBS_FILTER)
+    assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == list(range(5, 1501, 5))
+    assert Heartbeat.parse(run.data.tags[HEARTBEAT]).generation >= 2
+    print(f"store down for {outage:.0f} s; the run finished with every step once")
+
+
+@pytest.mark.integration
+def test_a_store_down_past_the_outage_limit_stops_the_run_non_zero_and_it_resumes(
+    tracking_server, tracking_server_state, tmp_path, filled_data_root
+):
+    experiment = "store-outage-past-limit"
+    args = [*RUN, "schedule.iterations=1500", "tracking=server", f"tracking.uri={tracking_server}",
+            f"tracking.experiment={experiment}", f"dataset.root={filled_data_root}"]  # fmt: skip
+    job = launch([*args, "tracking.outage_limit=3"], tmp_path, "first", FAST_LEASE)
+    wait_for(lambda: checkpoints(tmp_path / "checkpoints"), job, what="the first checkpoint")
+    paths = server.Paths(tracking_server_state)
+    stop_mlflow_server(paths)
+    try:
+        assert job.wait(timeout=600) == 1
+    finally:
+        server.start(tracking_server_state, port=int(tracking_server.rsplit(":", 1)[1]), workers=2)
+    out, err = output(job, tmp_path)
+    assert "past tracking.outage_limit=3 s" in out + err and "resumes it from its last checkpoint" in out + err
+    assert "Traceback" not in err
+    client = MlflowClient(tracking_server)
+    [stopped] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], record.JOBS_FILTER)
+    again = launch(args, tmp_path, "again")
+    assert again.wait(timeout=1800) == 0, output(again, tmp_path)[1][-3000:]
+    assert f"resume resnet-8: MLflow run {stopped.info.run_id}" in output(again, tmp_path)[0]
+    assert client.get_run(stopped.info.run_id).info.status == "FINISHED"
+    assert steps(client, stopped.info.run_id) == list(range(5, 1501, 5))

@@ -85,7 +85,7 @@ def log_run(
     run.log_metrics(
         {record.FINAL_TRAIN_ERROR: final_train / 100, record.RESPONSE_STD_MEAN: responses.mean()}, iterations
     )
-    run.flush()
+    run.sync()
     for step in (iterations // 2, iterations):
         run.log_table(probe_rows(residual, seed, step, signal_ratio), record.probe_table(step))
     client.set_terminated(run.run_id, status)

@@ -6,10 +6,13 @@ run, because jobs of one sweep may live in other processes or on other machines.
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import os
+import shlex
 import signal
+import sqlite3
 import tempfile
 import threading
 import time
@@ -23,9 +26,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness import record
+from harness.lease import LeaseLost
 from harness.tracking.ui import experiment_tags, mark_experiment
+from harness.tracking.writer import StoreWriter, Write
 
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
+STOPPED_WAIT = 10.0  # seconds a stopped run waits for the store: its checkpoint holds the rest
+# MLflow's client retries a failed request 7 times over about four minutes inside one call, each
+# try waiting up to 120 s. A run's writer tries again itself across an outage (and says so), and
+# every other call should fail within seconds with its own error: a few quick retries instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 class StoreError(RuntimeError):
@@ -97,7 +109,36 @@ class CompleteCalls:
         return call
 
 
+DAMAGED_FILE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)  # "malformed", "not a database"
+
+
+def damaged_sqlite_file(error: BaseException) -> sqlite3.DatabaseError | None:
+    """The error, among `error` and its causes, in which SQLite says the database file itself is
+    damaged: told by SQLite's result code, not the exception's type, because a busy or locked
+    database raises a DatabaseError too (sqlite3.OperationalError), and it is not damaged."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        code = getattr(error, "sqlite_errorcode", None)
+        # The low byte is the primary code; extended codes such as SQLITE_CORRUPT_INDEX share it.
+        if isinstance(error, sqlite3.DatabaseError) and code is not None and code & 0xFF in DAMAGED_FILE_CODES:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def store_error(uri: str, error: Exception, what: str) -> StoreError:
+    damage = damaged_sqlite_file(error) if uri.startswith("sqlite:///") else None
+    if damage is not None:  # no server or URI to fix: the file has to be replaced
+        path = uri.removeprefix("sqlite:///")
+        aside = shlex.quote(f"{path}.corrupt")
+        return StoreError(
+            f"The SQLite file {path} of the MLflow tracking store is damaged and cannot be {what} "
+            f"(sqlite3.DatabaseError: {damage}). Move it aside (mv {shlex.quote(path)} {aside}), then "
+            "put back a copy of it from a backup, or launch again to start a fresh, empty store; the "
+            "checkpoints and artifacts folders beside it stay as they are. To try to save some of its "
+            f"runs: sqlite3 {aside} .recover | sqlite3 {shlex.quote(path)}"
+        )
     return StoreError(
         f"The MLflow tracking store at tracking.uri={uri} cannot be {what} ({type(error).__name__}: "
         f"{str(error)[:300]}). Start the tracking server, fix the URI, or leave tracking.uri unset for the "
@@ -150,6 +191,15 @@ def look_in(uri: str, experiment: str) -> tuple[MlflowClient | None, str | None]
     return client, found.experiment_id if found else None
 
 
+def checkpoint_file(checkpoint_dir: Path, run_id: str) -> Path:
+    return checkpoint_dir / run_id / "last.pt"
+
+
+def latest_run_id(client: MlflowClient, experiment_id: str, config_fingerprint: str) -> str | None:
+    run = find_run(client, experiment_id, config_fingerprint)
+    return run.info.run_id if run else None
+
+
 def find_run(client: MlflowClient, experiment_id: str, config_fingerprint: str):
     """The latest run that trained this config in this experiment and is still part of its sweep."""
     runs = client.search_runs(
@@ -173,23 +223,36 @@ def supersede(client: MlflowClient, old, new_run_id: str) -> None:
 
 class MlflowRun:
     """One MLflow run. Metrics are buffered and written in batches, so that tracking costs
-    a small, fixed share of a run's time whatever the logging interval.
+    a small, fixed share of a run's time whatever the logging interval, and sent by a writer
+    beside the loop (`harness.tracking.writer`), so that the loop never waits on the store.
 
-    With a checkpoint folder, metrics reach the store only together with a checkpoint: what a
-    killed run logged after its last checkpoint is never in the store, and the resumed run
-    logs it again, identically, so its curves join without a repeated or missing step."""
+    With a checkpoint folder, metrics reach the store only after a checkpoint that holds them
+    (with every point not yet sent): what a killed run logged after its last checkpoint is never
+    in the store, and the resumed run sends the checkpoint's unsent points again (MLflow keeps
+    one copy of an identical point) and logs the rest again, identically, so its curves join
+    without a repeated or missing step. The params are written at once, before training."""
 
-    def __init__(self, client: MlflowClient, run_id: str, name: str, checkpoint_dir: Path | None = None):
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        name: str,
+        checkpoint_dir: Path | None = None,
+        outage_limit: float = 600.0,
+        buffer_points: int = 100_000,
+    ):
         self.client = client
         self.run_id = run_id
         self.name = name
-        self.checkpoint_path = checkpoint_dir / run_id / "last.pt" if checkpoint_dir else None
+        self.checkpoint_path = checkpoint_file(checkpoint_dir, run_id) if checkpoint_dir else None
         self.flush_seconds = None if checkpoint_dir else 10.0
         self.pending: list[Metric] = []
         self.last_flush = time.monotonic()
-        self.lease = None  # harness.lease.Lease: checked before every write of metrics
+        self.lease = None  # harness.lease.Lease: checked before every write
+        self.writer = StoreWriter(name, self.ensure_lease, outage_limit, buffer_points)
         self.saved_state: dict | None = None  # the checkpoint as read_checkpoint found it
         self.saved_iteration: int | None = None  # of the last checkpoint written or read
+        self.checkpoint_inode: int | None = None  # of the checkpoint file this launch wrote or read
 
     @classmethod
     def start(
@@ -200,12 +263,13 @@ class MlflowRun:
         tags: dict[str, Any],
         parent_run_id: str | None = None,
         checkpoint_dir: Path | None = None,
+        **writer_limits,
     ) -> "MlflowRun":
         tags = {key: str(value) for key, value in tags.items()}
         if parent_run_id:
             tags[record.PARENT] = parent_run_id
         run = client.create_run(experiment_id, run_name=name, tags=tags)
-        started = cls(client, run.info.run_id, name, checkpoint_dir)
+        started = cls(client, run.info.run_id, name, checkpoint_dir, **writer_limits)
         if started.checkpoint_path:
             started.set_tags({record.CHECKPOINT: started.checkpoint_path})
         return started
@@ -219,10 +283,17 @@ class MlflowRun:
                 self.client.delete_tag(self.run_id, tag)
 
     def check_lease(self) -> None:
+        """In the loop: raise what stopped the writer, or LeaseLost."""
+        self.writer.check()
         if self.lease is not None:
             self.lease.check()
 
+    def ensure_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.ensure()
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.writer.check()
         timestamp = int(time.time() * 1000)
         self.pending += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
         if self.flush_seconds is not None and time.monotonic() - self.last_flush > self.flush_seconds:
@@ -234,10 +305,12 @@ class MlflowRun:
         import torch
 
         self.check_lease()
+        self.check_checkpoint_is_ours()
+        unsent = self.writer.unsent_metrics() + self.pending
         # Serialised in memory first: torch.save on a full disk fails deep in its zip writer
         # ("unexpected pos") without saying why; a plain write says ENOSPC.
         buffer = io.BytesIO()
-        torch.save({**state, "pending_metrics": [(m.key, m.value, m.timestamp, m.step) for m in self.pending]}, buffer)
+        torch.save({**state, "pending_metrics": [(m.key, m.value, m.timestamp, m.step) for m in unsent]}, buffer)
         partial = self.checkpoint_path.with_suffix(".partial")
         try:
             self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +319,7 @@ class MlflowRun:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, self.checkpoint_path)
+            self.checkpoint_inode = self.checkpoint_path.stat().st_ino
             self.saved_iteration = state.get("iteration")
         except OSError as error:
             with contextlib.suppress(OSError):
@@ -275,7 +349,26 @@ class MlflowRun:
                 raise CorruptCheckpoint(self.checkpoint_path, error) from error
             self.saved_state = state
             self.saved_iteration = state["iteration"]
+            self.checkpoint_inode = self.checkpoint_path.stat().st_ino
         return self.saved_state
+
+    def check_checkpoint_is_ours(self) -> None:
+        """A launch whose lease lapsed trains on while it cannot reach the store; if another
+        launch took the run over meanwhile (it reached the store), that launch's checkpoint has
+        replaced ours, and this one must stop before it overwrites it."""
+        if self.checkpoint_inode is None or self.lease is None or not self.lease.expired():
+            return
+        try:
+            ours = self.checkpoint_path.stat().st_ino == self.checkpoint_inode
+        except FileNotFoundError:
+            ours = False
+        if not ours:
+            if self.lease is not None:
+                self.lease.lost.set()
+            raise LeaseLost(
+                f"the checkpoint {self.checkpoint_path} was replaced by another launch, which took MLflow run "
+                f"{self.run_id} over; this one stops without writing more"
+            )
 
     def set_checkpoint_aside(self) -> Path:
         """Move an unreadable checkpoint out of the way (kept for inspection): last.pt.corrupt."""
@@ -298,12 +391,19 @@ class MlflowRun:
         return self.checkpoint_path is not None and self.checkpoint_path.exists()
 
     def flush(self) -> None:
+        """Hand the pending metrics to the writer."""
         if self.pending:
             self.check_lease()
         for start in range(0, len(self.pending), 1000):  # MLflow takes at most 1000 metrics a batch
-            self.client.log_batch(self.run_id, metrics=self.pending[start : start + 1000])
+            batch = self.pending[start : start + 1000]
+            self.writer.put(Write(functools.partial(self.client.log_batch, self.run_id, metrics=batch), batch))
         self.pending = []
         self.last_flush = time.monotonic()
+
+    def sync(self) -> None:
+        """Everything logged so far in the store: waits for the writer (up to its outage limit)."""
+        self.flush()
+        self.writer.drain()
 
     def log_params(self, params: dict[str, Any]) -> None:
         entries = [Param(key, str(value)[:PARAM_VALUE_LIMIT]) for key, value in params.items()]
@@ -311,11 +411,15 @@ class MlflowRun:
             self.client.log_batch(self.run_id, params=entries[start : start + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        tags = {key: str(value)[:PARAM_VALUE_LIMIT] for key, value in tags.items()}
+        self.writer.put(Write(functools.partial(self._set_tags, tags)))
+
+    def _set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value)[:PARAM_VALUE_LIMIT])
+            self.client.set_tag(self.run_id, key, value)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.writer.put(Write(functools.partial(self.client.log_text, self.run_id, text, artifact_file)))
 
     def log_table(self, table, artifact_file: str) -> None:
         self.log_text(table.to_csv(index=False), artifact_file)
@@ -323,39 +427,45 @@ class MlflowRun:
     def log_json(self, data: dict, artifact_file: str) -> None:
         self.log_text(json.dumps(data, indent=2, default=str), artifact_file)
 
-    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
-
     def log_torch_state(self, state: dict, artifact_file: str) -> None:
         import torch
 
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.writer.put(Write(functools.partial(self._log_bytes, buffer.getvalue(), artifact_file)))
+
+    def _log_bytes(self, data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / artifact_file
-            torch.save(state, path)
-            self.log_file(path)
+            path.write_bytes(data)
+            self.client.log_artifact(self.run_id, str(path))
+
+    def abandon(self) -> None:
+        """Stop writing, and leave the run as it is: another launch holds it now."""
+        self.writer.close()
+        if self.lease is not None:
+            self.lease.release()
 
     def finish(self, status: str = "FINISHED", error: BaseException | None = None, resumable: bool = False) -> None:
-        """Flush what is pending and close the run; a failed run keeps its error as a tag. A
-        KILLED run keeps its checkpoint and sends nothing past it: it resumes from there. A run
-        whose lease another launch took is left to that launch (LeaseLost). A `resumable` failure
-        (disk, store, data) is kept like a KILLED run: it resumes from its checkpoint."""
+        """Send what is logged and close the run; a failed run keeps its error as a tag. A KILLED
+        run keeps its checkpoint and sends nothing past it: it resumes from there. A run whose
+        lease another launch took is left to that launch (LeaseLost). A `resumable` failure
+        (disk, store, data) is kept like a KILLED run: it resumes from its checkpoint.
+
+        A finished run waits for the store up to the writer's outage limit (past it, StoreOutage:
+        the run keeps its checkpoint and resumes from it); a stopped one waits STOPPED_WAIT
+        seconds at most, as its checkpoint holds whatever is not sent."""
         try:
             self.check_lease()
-        except BaseException:
-            if self.lease is not None:
-                self.lease.release()
-            raise
-        try:
-            if (status == "KILLED" or resumable) and self.has_checkpoint():
+            kept = (status == "KILLED" or resumable) and self.has_checkpoint()
+            if kept:
                 self.pending = []
             self.flush()
-            if status == "FINISHED" and self.has_checkpoint():
-                self.checkpoint_path.unlink()
-        finally:
             if error is not None:
                 self.set_tags({record.ERROR: f"{type(error).__name__}: {error}"})
-            try:
-                self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.from_string(status)))
-            finally:
-                if self.lease is not None:
-                    self.lease.release()
+            self.writer.drain(STOPPED_WAIT if kept else None)
+            if status == "FINISHED" and self.has_checkpoint():
+                self.checkpoint_path.unlink()
+            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.from_string(status)))
+        finally:
+            self.abandon()
