@@ -199,7 +199,7 @@ def open_run(
 ) -> tuple[MlflowRun | None, bool]:
     """(run, resumed): the run that trains this config, with this process's lease on it, or None.
 
-    Two launches that decide at the same moment both claim what they saw (harness.lease.claim):
+    Two launches that decide at the same moment both claim what they saw (harness.lease.claimed):
     one wins; the other looks again and finds the winner's live run."""
     name, fingerprint, folder = record.net_name(cfg), identity.fingerprint(cfg), checkpoint_dir(cfg)
     writer_limits = {"outage_limit": cfg.tracking.outage_limit, "buffer_points": cfg.tracking.buffer_points}

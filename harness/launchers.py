@@ -1,17 +1,21 @@
 """What the harness knows about Hydra's launcher plugins: how many cores each job of a
-launcher may use, where a job ran, how SLURM stops a job, and the one adapter that
-hydra-ray-launcher needs with Ray 2."""
+launcher may use, where a job ran, how SLURM stops a job, which SLURM jobs of a sweep vanished,
+and the one adapter that hydra-ray-launcher needs with Ray 2."""
 
 import _thread
+import glob
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
+from submitit.core import utils as submitit_utils
 from submitit.core.utils import UncompletedJobError
 
 from harness.lease import BOOT, HOST, process_start
@@ -111,6 +115,83 @@ def placement_tags() -> dict[str, str]:
     if ray is not None and ray.is_initialized():
         tags["ray_node_id"] = ray.get_runtime_context().get_node_id()
     return tags
+
+
+# SLURM without accounting: submitit learns that a job ended from its result file alone.
+
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+SQUEUE_TIMEOUT = 60  # seconds; a controller that answers slower says nothing this time
+
+
+def squeue_lists(job_ids: list[str]) -> set[str] | None:
+    """Which of these SLURM jobs (as submitit names them: 17, or 17_3 for an array element)
+    the scheduler still holds: pending, running, completing, requeued. None where squeue
+    cannot say (no controller, no squeue). An ended job drops out of squeue's list; one the
+    controller has forgotten (MinJobAge, 300 s by default) is refused as "Invalid job id",
+    which squeue makes an error only when every id given is such."""
+    if not job_ids:
+        return set()
+    try:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--array", "--format=%i", f"--jobs={','.join(job_ids)}"],
+            capture_output=True,
+            text=True,
+            timeout=SQUEUE_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode != 0:
+        return set() if "Invalid job id" in listed.stderr else None
+    return set(listed.stdout.split()) & set(job_ids)
+
+
+class SubmititJobs:
+    """The SLURM jobs that Hydra's submitit launcher submitted for one sweep, as their folders
+    (`hydra.launcher.submitit_folder`, `%j` the job id) show them: each holds the pickled job
+    (JOB_submitted.pkl) and, once it ended, its result (JOB_0_result.pkl), which the sweep's
+    process waits for."""
+
+    def __init__(self, folder: str):
+        self.folder = str(Path(folder).absolute())
+        # A sweep folder given again (hydra.sweep.dir) holds the jobs of earlier launches: not ours.
+        self.earlier = set(self.submitted())
+
+    def paths(self, job_id: str) -> submitit_utils.JobPaths:
+        return submitit_utils.JobPaths(self.folder, job_id=job_id, task_id=0)
+
+    def submitted(self) -> list[str]:
+        found = [Path(path) for path in glob.glob(str(self.paths("*").submitted_pickle))]
+        jobs = [path.name.removesuffix("_submitted.pkl") for path in found]
+        return [job for job, path in zip(jobs, found) if self.paths(job).submitted_pickle == path]
+
+    def unfinished(self) -> list[str]:
+        """This launch's jobs without a result yet."""
+        return sorted(job for job in set(self.submitted()) - self.earlier if not self.has_result(job))
+
+    def has_result(self, job_id: str) -> bool:
+        folder = self.paths(job_id).folder
+        try:  # as submitit does: a change to the folder makes NFS look at it again, not at its cache
+            folder.chmod(folder.stat().st_mode)
+        except OSError:
+            pass
+        return self.paths(job_id).result_pickle.exists()
+
+    def job_number(self, job_id: str) -> int | None:
+        """The job's number in the sweep (hydra.job.num), from its pickled call; None if unreadable."""
+        try:
+            return int(submitit_utils.DelayedSubmission.load(self.paths(job_id).submitted_pickle).args[2])
+        except Exception:  # a pickle half written or from another version: the job goes unnamed
+            return None
+
+    def end_vanished(self, job_id: str) -> None:
+        """Write the result that the job could not: what a job whose run failed returns in a sweep
+        (harness.job.run_job: None, the failure recorded in the store), so that the launcher stops
+        waiting for it and the sweep goes on to its summary. An error result would instead make
+        Hydra abandon the whole sweep, summary and report included."""
+        from hydra.core.utils import JobReturn, JobStatus
+
+        with submitit_utils.temporary_save_path(self.paths(job_id).result_pickle) as temporary:
+            submitit_utils.cloudpickle_dump(("success", JobReturn(status=JobStatus.COMPLETED)), temporary)
 
 
 class RayObjectStore(Callback):

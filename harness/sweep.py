@@ -1,7 +1,9 @@
 """The Hydra callback around a sweep (`-m`): check every job's config before the first one
 trains, open the sweep's parent run and hand its id to every job, whichever launcher runs it
 and wherever, and at the end record the study's members (the runs it trained and those it
-reused from earlier sweeps), report on all of them and say which configurations failed."""
+reused from earlier sweeps), report on all of them and say which configurations failed. On
+SLURM it also watches for jobs that vanished without a result, which the launcher would wait
+for forever."""
 
 import functools
 import logging
@@ -19,10 +21,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 from tqdm import tqdm
 
-from harness import identity, plan, record
+from harness import identity, lease, plan, record
 from harness.config import ConfigError, check, fail
 from harness.device import pick_device
-from harness.launchers import INTERRUPT_HOOKS, jobs_at_once, mark_sweep_process
+from harness.launchers import (
+    INTERRUPT_HOOKS,
+    SLURM_LAUNCHER,
+    SubmititJobs,
+    jobs_at_once,
+    mark_sweep_process,
+    squeue_lists,
+)
 from harness.lease import heartbeat_of
 from harness.report import report_sweep
 from harness.stats import claims
@@ -67,11 +76,14 @@ class SweepTracking(Callback):
         self.progress: plan.Progress | None = None  # None where a cluster runs the jobs: no estimate
         self.watching = threading.Event()  # set: the progress watcher stops
         self.estimate: float | None = None  # seconds, from the process's start
+        self.slurm_jobs: SubmititJobs | None = None  # with the SLURM launcher only
+        self.unlisted: set[str] = set()  # SLURM jobs without a result that squeue did not list at the last look
+        self.vanished: dict[int, str] = {}  # job number -> SLURM job, of jobs that vanished before opening a run
 
     def __getstate__(self) -> dict:
-        """The joblib launcher sends the callbacks to its workers with every job; the progress
-        watcher stays in the sweep's process."""
-        return {key: value for key, value in self.__dict__.items() if key not in ("watching", "watcher")}
+        """The joblib and submitit launchers send the callbacks with every job; the watchers stay
+        in the sweep's process."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("watching", "watcher", "job_watcher")}
 
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -105,6 +117,8 @@ class SweepTracking(Callback):
         self.note_other_precision(configs)
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         mark_sweep_process()  # the jobs that a local launcher starts end when this process ends
+        if config.hydra.launcher.get("_target_") == SLURM_LAUNCHER:
+            self.slurm_jobs = SubmititJobs(config.hydra.launcher.submitit_folder)
         INTERRUPT_HOOKS.append(self.on_interrupt)
         # What jobs need from here travels in their overrides, to whatever process or node runs
         # them: the parent run's id, and the sweep folder as an absolute path.
@@ -131,6 +145,9 @@ class SweepTracking(Callback):
         self.progress = plan.Progress(made)
         self.watcher = threading.Thread(target=self.watch_progress, name="sweep-progress", daemon=True)
         self.watcher.start()
+        if self.slurm_jobs is not None:
+            self.job_watcher = threading.Thread(target=self.watch_slurm_jobs, name="sweep-slurm-jobs", daemon=True)
+            self.job_watcher.start()
 
     def watch_progress(self) -> None:
         while not self.watching.wait(PROGRESS_SECONDS):
@@ -148,6 +165,89 @@ class SweepTracking(Callback):
             fingerprint = run.data.tags.get(record.FINGERPRINT)
             if ended and self.progress.finish(fingerprint, (info.end_time - info.start_time) / 1000):
                 tqdm.write(self.progress.line(info.run_name, info.status))
+
+    def watch_slurm_jobs(self) -> None:
+        failing = False
+        while not self.watching.wait(lease.INTERVAL):  # a heartbeat's interval: no faster than jobs can tell
+            try:
+                self.end_vanished_jobs()
+                failing = False
+            except Exception as error:  # the store or squeue: the next look tries again
+                if not failing:
+                    log.warning("The sweep could not look for vanished SLURM jobs: %s: %s", type(error).__name__, error)
+                failing = True
+
+    def end_vanished_jobs(self) -> None:
+        """A SLURM job killed outright (scancel --signal=KILL, the kernel's OOM killer, a node lost)
+        writes no result, and without SLURM accounting submitit never learns that it ended. A job
+        that squeue did not list at two looks in a row, without a result, is ended for it: its
+        run, if its heartbeat stopped too, is marked FAILED (environment: resumable), and the
+        job's result written, so that the sweep goes on to its summary."""
+        waiting = self.slurm_jobs.unfinished()
+        listed = squeue_lists(waiting)
+        if listed is None:  # squeue cannot say: no conclusion from silence
+            return
+        unlisted = set(waiting) - listed
+        confirmed, self.unlisted = unlisted & self.unlisted, unlisted
+        if not confirmed:
+            return
+        children = self.client.search_runs([self.experiment_id], record.children_filter(self.parent_run_id))
+        runs = {run.data.tags.get("slurm_job_id"): run for run in children}  # the job that trains each now
+        for job in sorted(confirmed):
+            if self.slurm_jobs.has_result(job):
+                continue  # it ended meanwhile
+            run = runs.get(job)
+            if run is None:
+                self.note_vanished_before_its_run(job)
+            else:
+                run = self.client.get_run(run.info.run_id)  # as fresh as can be: another launch may resume it
+                beat = heartbeat_of(run)
+                if run.info.status != "RUNNING":
+                    log.error(
+                        "The SLURM job %s vanished after it closed %s (MLflow run %s, %s): no result; the sweep stops "
+                        "waiting for it.",
+                        job,
+                        run.info.run_name,
+                        run.info.run_id,
+                        run.info.status,
+                    )
+                elif beat is not None and beat.alive():
+                    continue  # on another node a stopped heartbeat counts as such after lease.MISSED intervals
+                else:
+                    self.mark_vanished(run, job, beat)
+            self.slurm_jobs.end_vanished(job)
+
+    def mark_vanished(self, run, job: str, beat) -> None:
+        then = (
+            "the same command resumes it from its last checkpoint"
+            if record.CHECKPOINT in run.data.tags
+            else "the same command trains it again"
+        )
+        stopped = f"its heartbeat stopped {beat.age():.0f} s ago" if beat else "it has no heartbeat"
+        reason = (
+            f"the SLURM job {job} vanished: squeue no longer lists it, it wrote no result and {stopped} (killed "
+            "outright: scancel --signal=KILL, out of memory, a node lost; its log may say which)"
+        )
+        self.client.set_tag(run.info.run_id, record.FAILURE, record.ENVIRONMENT)
+        self.client.set_tag(run.info.run_id, record.ERROR, f"JobVanished: {reason}")
+        self.client.set_terminated(run.info.run_id, "FAILED")
+        log.error(
+            "%s (MLflow run %s): %s; marked FAILED (environment); %s.", run.info.run_name, run.info.run_id, reason, then
+        )
+
+    def note_vanished_before_its_run(self, job: str) -> None:
+        number = self.slurm_jobs.job_number(job)
+        known = number is not None and number < len(self.names)
+        if known:
+            self.vanished[number] = job
+        net = f" ({self.names[number]}, {' '.join(self.job_overrides[number])})" if known else ""
+        log.error(
+            "The SLURM job %s%s vanished before it opened its run: squeue no longer lists it and it wrote no result; "
+            "the sweep stops waiting for it. Its log: %s",
+            job,
+            net,
+            self.slurm_jobs.paths(job).stdout,
+        )
 
     def note_other_precision(self, configs: list[DictConfig]) -> None:
         """Where `precision=auto` resolves otherwise than on the machine that trained the store's
@@ -199,6 +299,8 @@ class SweepTracking(Callback):
         if self.progress is not None:
             self.watching.set()
             self.watcher.join()
+            if self.slurm_jobs is not None:
+                self.job_watcher.join()
             self.say_progress()  # the jobs that ended since the watcher last looked
         members = self.members()
         folder = Path(config.hydra.sweep.dir)
@@ -239,7 +341,9 @@ class SweepTracking(Callback):
         for line in closing_lines(config.tracking.uri, self.experiment_id, self.parent_run_id, report_file):
             print(line)
         if len(failed):
-            names = ", ".join(f"{row.name} (run {row.run_id}, {row.overrides})" for row in failed.itertuples())
+            names = ", ".join(
+                f"{row.name} (run {row.run_id}, {row.overrides}): {self.stopped_as(row)}" for row in failed.itertuples()
+            )
             fail(
                 f"{len(failed)} run(s) did not finish: {names}; their errors are in the MLflow tag harness.error.",
                 code=1,
@@ -272,17 +376,23 @@ class SweepTracking(Callback):
 
         return list(dict.fromkeys(plan.next_steps(found, more_seeds, config.report.confidence)))
 
+    def stopped_as(self, row) -> str:
+        """How a run of the sweep that did not finish stands: its status and the kind of failure."""
+        failure = None if row.run_id == "none" else self.client.get_run(row.run_id).data.tags.get(record.FAILURE)
+        return f"{row.status} ({failure})" if failure else row.status
+
     def missing(self) -> list[dict]:
         """The jobs of this sweep whose net has no run at all: they failed before opening one."""
         rows, seen = [], set()
-        for fp, overrides, name in zip(self.fingerprints, self.job_overrides, self.names):
+        for number, (fp, overrides, name) in enumerate(zip(self.fingerprints, self.job_overrides, self.names)):
             if fp not in seen and find_run(self.client, self.experiment_id, fp) is None:
+                vanished = self.vanished.get(number)
                 rows.append(
                     {
                         "run_id": "none",
                         "name": name,
                         "seed": None,
-                        "status": "NOT STARTED",
+                        "status": f"NOT STARTED (its SLURM job {vanished} vanished)" if vanished else "NOT STARTED",
                         "role": "trained",
                         "overrides": " ".join(overrides),
                     }

@@ -28,8 +28,14 @@ class FlakyStore:
             raise MlflowException("API request to /api/2.0/mlflow/runs/log-batch failed", TEMPORARILY_UNAVAILABLE)
         self.received.append(item)
 
+    def send_batch(self, points):
+        self.send(tuple(points))
+
     def write(self, item, points: int = 0) -> Write:
         return Write(lambda: self.send(item), metrics=[f"{item}.{i}" for i in range(points)])
+
+    def points(self, item, points: int) -> Write:
+        return Write(metrics=[f"{item}.{i}" for i in range(points)])
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +51,7 @@ def messages(caplog) -> list[str]:
 def test_writes_made_during_an_outage_wait_in_order_and_are_said_once(caplog):
     caplog.set_level(logging.WARNING, logger=writer.__name__)
     store = FlakyStore()
-    sending = StoreWriter("resnet-8", outage_limit=60)
+    sending = StoreWriter("resnet-8", store.send_batch, outage_limit=60)
     store.up.clear()
     for item in range(5):
         sending.put(store.write(item, points=2))  # the loop goes on: nothing here waits for the store
@@ -64,7 +70,7 @@ def test_writes_made_during_an_outage_wait_in_order_and_are_said_once(caplog):
 def test_an_outage_past_its_limit_stops_the_run_in_the_loop():
     store = FlakyStore()
     store.up.clear()
-    sending = StoreWriter("resnet-8", outage_limit=0.2)
+    sending = StoreWriter("resnet-8", store.send_batch, outage_limit=0.2)
     sending.put(store.write("a", points=1))
     with pytest.raises(StoreOutage, match=r"unreachable for \d+ s, past tracking.outage_limit=0 s"):
         sending.drain(timeout=10)
@@ -77,7 +83,7 @@ def test_an_outage_past_its_limit_stops_the_run_in_the_loop():
 def test_a_full_buffer_stops_the_run():
     store = FlakyStore()
     store.up.clear()
-    sending = StoreWriter("resnet-8", capacity=3)
+    sending = StoreWriter("resnet-8", store.send_batch, capacity=3)
     sending.put(store.write("a", points=2))
     with pytest.raises(StoreOutage, match=r"2 metric points of resnet-8 are waiting.*tracking.buffer_points=3"):
         sending.put(store.write("b", points=2))
@@ -91,7 +97,7 @@ def test_a_refused_write_is_not_tried_again():
         refusals.append(1)
         raise MlflowException("Changing param values is not allowed", INVALID_PARAMETER_VALUE)
 
-    sending = StoreWriter("resnet-8")
+    sending = StoreWriter("resnet-8", FlakyStore().send_batch)
     sending.put(Write(refuse))
     with pytest.raises(MlflowException, match="not allowed"):
         sending.drain(timeout=10)
@@ -105,9 +111,23 @@ def test_nothing_is_sent_once_another_launch_holds_the_run():
     def taken():
         raise LeaseLost("MLflow run abc was taken over by another launch")
 
-    sending = StoreWriter("resnet-8", before_send=taken)
+    sending = StoreWriter("resnet-8", store.send_batch, before_send=taken)
     sending.put(store.write("a"))
     with pytest.raises(LeaseLost):
         sending.drain(timeout=10)
     assert store.received == [] and store.tries == 0
+    sending.close()
+
+
+def test_a_backlog_of_points_goes_out_in_few_requests_and_calls_keep_their_place(monkeypatch):
+    monkeypatch.setattr(writer, "BATCH_POINTS", 5)
+    store = FlakyStore()
+    store.up.clear()
+    sending = StoreWriter("resnet-8", store.send_batch)
+    for write in (store.points("a", 2), store.points("b", 2), store.points("c", 2), store.write("tag"),
+                  store.points("d", 1)):  # fmt: skip
+        sending.put(write)
+    store.up.set()
+    assert sending.drain(timeout=10)
+    assert store.received == [("a.0", "a.1", "b.0", "b.1"), ("c.0", "c.1"), "tag", ("d.0",)]
     sending.close()

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from harness import record
 from harness.lease import LeaseLost
 from harness.tracking.ui import experiment_tags, mark_experiment
-from harness.tracking.writer import StoreWriter, Write
+from harness.tracking.writer import BATCH_POINTS, StoreWriter, Write
 
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
 STOPPED_WAIT = 10.0  # seconds a stopped run waits for the store: its checkpoint holds the rest
@@ -249,7 +249,7 @@ class MlflowRun:
         self.pending: list[Metric] = []
         self.last_flush = time.monotonic()
         self.lease = None  # harness.lease.Lease: checked before every write
-        self.writer = StoreWriter(name, self.ensure_lease, outage_limit, buffer_points)
+        self.writer = StoreWriter(name, self._log_metrics_now, self.ensure_lease, outage_limit, buffer_points)
         self.saved_state: dict | None = None  # the checkpoint as read_checkpoint found it
         self.saved_iteration: int | None = None  # of the last checkpoint written or read
         self.checkpoint_inode: int | None = None  # of the checkpoint file this launch wrote or read
@@ -394,11 +394,13 @@ class MlflowRun:
         """Hand the pending metrics to the writer."""
         if self.pending:
             self.check_lease()
-        for start in range(0, len(self.pending), 1000):  # MLflow takes at most 1000 metrics a batch
-            batch = self.pending[start : start + 1000]
-            self.writer.put(Write(functools.partial(self.client.log_batch, self.run_id, metrics=batch), batch))
+        for start in range(0, len(self.pending), BATCH_POINTS):
+            self.writer.put(Write(metrics=self.pending[start : start + BATCH_POINTS]))
         self.pending = []
         self.last_flush = time.monotonic()
+
+    def _log_metrics_now(self, metrics: list[Metric]) -> None:
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def sync(self) -> None:
         """Everything logged so far in the store: waits for the writer (up to its outage limit)."""

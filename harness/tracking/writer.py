@@ -27,6 +27,7 @@ from harness.lease import LeaseLost
 log = logging.getLogger(__name__)
 
 FIRST_PAUSE, LONGEST_PAUSE = 1.0, 30.0  # seconds between tries while the store is unreachable
+BATCH_POINTS = 1000  # the most metric points MLflow takes in one request
 # Answers that trying again cannot change: the write itself is wrong, or the credentials are.
 REFUSALS = {
     "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
@@ -45,7 +46,10 @@ def refused(error: BaseException) -> bool:
 
 @dataclass
 class Write:
-    send: Callable[[], None]
+    """A call to make, or (without `send`) metric points, which go out with the points written
+    next to them, up to BATCH_POINTS a request: a backlog is sent in few requests."""
+
+    send: Callable[[], None] | None = None
     metrics: list = field(default_factory=list)  # the points it carries, kept in checkpoints until sent
 
 
@@ -53,11 +57,13 @@ class StoreWriter:
     def __init__(
         self,
         name: str,
+        send_metrics: Callable[[list], None],
         before_send: Callable[[], None] = lambda: None,
         outage_limit: float = 600.0,
         capacity: int = 100_000,
     ):
         self.name = name
+        self.send_metrics = send_metrics
         self.before_send = before_send
         self.outage_limit = outage_limit
         self.capacity = capacity
@@ -115,10 +121,13 @@ class StoreWriter:
                 self.changed.wait_for(lambda: self.waiting or self.closing)
                 if self.closing:
                     return
-                write = self.waiting[0]
+                writes = self._next_request()
             try:
                 self.before_send()
-                write.send()
+                if writes[0].send is None:
+                    self.send_metrics([metric for write in writes for metric in write.metrics])
+                else:
+                    writes[0].send()
             except LeaseLost as error:
                 self._fail(error)
                 return
@@ -131,18 +140,33 @@ class StoreWriter:
                 pause = min(2 * pause, LONGEST_PAUSE)
                 continue
             with self.changed:
-                self.waiting.popleft()
-                self.waiting_points -= len(write.metrics)
+                for write in writes:
+                    self.waiting.popleft()
+                    self.waiting_points -= len(write.metrics)
                 self.changed.notify_all()
+                kept = len(self.waiting) + len(writes)
             if self.down_since is not None:
                 log.warning(
                     "%s: the tracking store answers again after %.0f s; sending the %d writes kept meanwhile",
                     self.name,
                     time.monotonic() - self.down_since,
-                    len(self.waiting) + 1,
+                    kept,
                 )
                 self.down_since = None
                 pause = FIRST_PAUSE
+
+    def _next_request(self) -> list[Write]:
+        """The writes at the head of the queue that go out in one request (the lock held)."""
+        head = self.waiting[0]
+        if head.send is not None:
+            return [head]
+        writes, points = [], 0
+        for write in self.waiting:
+            if write.send is not None or (writes and points + len(write.metrics) > BATCH_POINTS):
+                break
+            writes.append(write)
+            points += len(write.metrics)
+        return writes
 
     def _wait_out(self, error: Exception, pause: float) -> bool:
         """A failed try: say so once, then pause, unless the outage is past its limit (False)."""
