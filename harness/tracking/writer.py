@@ -26,7 +26,7 @@ from harness.lease import LeaseLost
 
 log = logging.getLogger(__name__)
 
-FIRST_PAUSE, LONGEST_PAUSE = 1.0, 30.0  # seconds between tries while the store is unreachable
+FIRST_PAUSE, LONGEST_PAUSE = 1.0, 10.0  # seconds between tries while the store is unreachable: back within 10 s
 BATCH_POINTS = 1000  # the most metric points MLflow takes in one request
 # Answers that trying again cannot change: the write itself is wrong, or the credentials are.
 REFUSALS = {
