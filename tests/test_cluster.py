@@ -305,6 +305,13 @@ def test_a_run_that_slurm_stops_at_its_time_limit_resumes_when_launched_again(
     assert parent.info.status == "FINISHED" and finished.data.tags[record.PARENT] == parent.info.run_id
 
 
+def mid_run_sweep(residual: str, iterations: int) -> list[str]:
+    """Overrides of a sweep of ResNet-8s that checkpoint every 100 of `iterations`: a stop after
+    the first checkpoint comes mid-run."""
+    training = [f"schedule.iterations={iterations}", "schedule.checkpoint_every=100", "schedule.eval_every=500"]
+    return ["depth=8", f"residual={residual}", *TINY, *training, "analysis=false"]
+
+
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_a_requeued_job_takes_over_its_own_run(slurm_cluster, tracking_server, data_root, tmp_path, monkeypatch):
@@ -318,15 +325,7 @@ def test_a_requeued_job_takes_over_its_own_run(slurm_cluster, tracking_server, d
     incarnation tells that it is its own (before harness.lease knew it: "running elsewhere")."""
     monkeypatch.setenv("SLURM_CONF", slurm_cluster)
     iterations = 300  # 3 times the first checkpoint's 100: the requeue comes mid-run
-    command = [
-        "depth=8",
-        "residual=true",
-        *TINY,
-        f"schedule.iterations={iterations}",
-        "schedule.checkpoint_every=100",
-        "schedule.eval_every=500",
-        "analysis=false",
-    ]
+    command = mid_run_sweep("true", iterations)
     where = {"data_root": data_root, "tracking_uri": tracking_server, "experiment": "slurm-requeue", "cwd": tmp_path}
     sweep = start_slurm_sweep(*command, **where)
     client = MlflowClient(tracking_server)
@@ -370,15 +369,7 @@ def test_a_job_killed_outright_is_noticed_and_resumes_when_launched_again(
     monkeypatch.setenv("SLURM_CONF", slurm_cluster)
     monkeypatch.setenv("HARNESS_HEARTBEAT_SECONDS", "2")  # the sweep looks for vanished jobs every interval
     iterations = 300  # 3 times the first checkpoint's 100: the kill comes mid-run
-    command = [
-        "depth=8",
-        "residual=true,false",
-        *TINY,
-        f"schedule.iterations={iterations}",
-        "schedule.checkpoint_every=100",
-        "schedule.eval_every=500",
-        "analysis=false",
-    ]
+    command = mid_run_sweep("true,false", iterations)
     where = {"data_root": data_root, "tracking_uri": tracking_server, "experiment": "slurm-vanished", "cwd": tmp_path}
     sweep = start_slurm_sweep(*command, **where)
     client = MlflowClient(tracking_server)
