@@ -174,7 +174,9 @@ class TrackingConfig:
             self.outage_limit > 0,
             f"tracking.outage_limit={self.outage_limit} must be a positive number of seconds (600: ten minutes).",
         )
-        need(self.buffer_points > 0, f"tracking.buffer_points={self.buffer_points} must be a positive number of points.")
+        need(
+            self.buffer_points > 0, f"tracking.buffer_points={self.buffer_points} must be a positive number of points."
+        )
 
 
 @dataclass
