@@ -1,6 +1,7 @@
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,12 @@ import pytest
 import torch
 
 from harness import record
+
+# A test run started in the background of a script (`pytest &`, nohup) inherits SIGINT ignored, and
+# so would every command the tests start; the Ctrl-C tests need it as a terminal gives it. A handled
+# signal is reset to its default in the commands started (exec), an ignored one is not.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 # The in-process tests run tiny models, which intra-op threads only slow down, badly so when
