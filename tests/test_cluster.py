@@ -324,7 +324,7 @@ def test_a_requeued_job_takes_over_its_own_run(slurm_cluster, tracking_server, d
     node, fresh, as a job requeued onto another node finds it, where only the SLURM job's
     incarnation tells that it is its own (before harness.lease knew it: "running elsewhere")."""
     monkeypatch.setenv("SLURM_CONF", slurm_cluster)
-    iterations = 300  # 3 times the first checkpoint's 100: the requeue comes mid-run
+    iterations = 1000  # 10 times the first checkpoint's 100: the requeue comes mid-run, also on a quiet machine
     command = mid_run_sweep("true", iterations)
     where = {"data_root": data_root, "tracking_uri": tracking_server, "experiment": "slurm-requeue", "cwd": tmp_path}
     sweep = start_slurm_sweep(*command, **where)
@@ -368,7 +368,7 @@ def test_a_job_killed_outright_is_noticed_and_resumes_when_launched_again(
     command launched again resumes the vanished run from its checkpoint and finishes it."""
     monkeypatch.setenv("SLURM_CONF", slurm_cluster)
     monkeypatch.setenv("HARNESS_HEARTBEAT_SECONDS", "2")  # the sweep looks for vanished jobs every interval
-    iterations = 300  # 3 times the first checkpoint's 100: the kill comes mid-run
+    iterations = 1000  # 10 times the first checkpoint's 100: the kill comes mid-run, also on a quiet machine
     command = mid_run_sweep("true,false", iterations)
     where = {"data_root": data_root, "tracking_uri": tracking_server, "experiment": "slurm-vanished", "cwd": tmp_path}
     sweep = start_slurm_sweep(*command, **where)
