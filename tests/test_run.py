@@ -1,5 +1,6 @@
 """The command a user types: sweeps, tracking in MLflow, failures and bad input."""
 
+import os
 import re
 import signal
 import subprocess
@@ -237,19 +238,32 @@ def test_config_resolves_to_plain_containers():
     assert OmegaConf.to_container(cfg, resolve=True)["tracking"]["uri"].startswith("sqlite:///")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_resumed_run_continues_bit_for_bit(data_root, precision):
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize(
+    "device, settings",
+    [
+        ("cpu", ["precision=fp32"]),
+        ("cpu", ["precision=bf16"]),
+        pytest.param("cuda", ["precision=bf16", "compile=true"], marks=ON_CUDA),  # the fast settings
+    ],
+)
+def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
     """Stop after the checkpoint at iteration 10 (later steps lost, as in a kill), train again
-    with the same tracker: the curves equal those of an uninterrupted run, at either precision."""
+    with the same tracker: the curves equal those of an uninterrupted run, at either precision,
+    and on CUDA with deterministic kernels (the default) also with the step compiled."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as harness.job sets it
     torch.use_deterministic_algorithms(True)
-    data = load_data("fashion_mnist", data_root, False, 200, torch.device("cpu"))
+    device = torch.device(device)
+    data = load_data("fashion_mnist", data_root, False, 200, device)
     cfg = compose_config(
         "schedule=smoke", "schedule.checkpoint_every=10", "schedule.log_every=5", "dataset.augment=true",
-        f"precision={precision}",
+        *settings,
     )  # fmt: skip
     whole = MemoryTracker()
     torch.manual_seed(0)
-    train(cfg, build_model(20, in_channels=1), data, whole, torch.device("cpu"))
+    train(cfg, build_model(20, in_channels=1).to(device), data, whole, device)
 
     class Killed(Exception):
         pass
@@ -263,10 +277,10 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, precision):
     stopped = DiesAtStep15()
     torch.manual_seed(0)
     with pytest.raises(Killed):
-        train(cfg, build_model(20, in_channels=1), data, stopped, torch.device("cpu"))
+        train(cfg, build_model(20, in_channels=1).to(device), data, stopped, device)
     stopped.__class__ = MemoryTracker  # the relaunched process no longer dies
     torch.manual_seed(123)  # a resumed run must not depend on the fresh model's initialisation
-    train(cfg, build_model(20, in_channels=1), data, stopped, torch.device("cpu"))
+    train(cfg, build_model(20, in_channels=1).to(device), data, stopped, device)
     assert stopped.curves() == whole.curves()
 
 
