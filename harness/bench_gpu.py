@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from harness.config import compose_config
-from harness.data.memory import Data
+from harness.data.memory import random_data
+from harness.device import deterministic_kernels
 from harness.models.resnet import build_model
 from harness.train import train
 
@@ -81,19 +82,6 @@ class RateTracker:
         return lambda *args, **kwargs: None
 
 
-def cifar_shaped(device: torch.device) -> Data:
-    generator = torch.Generator(device="cpu").manual_seed(0)
-
-    def images(n: int) -> torch.Tensor:
-        return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator).to(device)
-
-    def labels(n: int) -> torch.Tensor:
-        return torch.randint(0, 10, (n,), generator=generator).to(device)
-
-    mean = torch.full((3, 32, 32), 0.5, device=device)
-    return Data(images(50000), labels(50000), images(1000), labels(1000), "test", mean, 10)
-
-
 def measure(
     depth: int, overrides: list[str], seconds: float, device: torch.device, tracker: RateTracker | None = None
 ) -> tuple[float, float]:
@@ -102,15 +90,14 @@ def measure(
         "+experiment=paper_cifar10", f"depth={depth}", "analysis=false", f"schedule.log_every={LOG_EVERY}",
         "schedule.eval_every=1000000", "schedule.checkpoint_every=0", "schedule.final_train_subset=1000", *overrides,
     )  # fmt: skip
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = not cfg.deterministic
+    deterministic_kernels(cfg.deterministic)
     torch.manual_seed(0)
     model = build_model(depth, cfg.residual, cfg.shortcut, cfg.activation, 3, 10, cfg.family)
     model = model.to(device, memory_format=torch.channels_last)
     tracker = tracker or RateTracker(seconds)
     torch.cuda.reset_peak_memory_stats(device)
     try:
-        train(cfg, model, cifar_shaped(device), tracker, device)
+        train(cfg, model, random_data("cifar10", 50000, device), tracker, device)
     except Stop:
         pass
     return tracker.rate(), torch.cuda.max_memory_allocated(device) / 2**20

@@ -11,6 +11,7 @@ Torch is imported only where CUDA must be asked about.
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 from harness.config import ConfigError
@@ -71,3 +72,14 @@ def autocast(device, precision: str):
     import torch
 
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def deterministic_kernels(on: bool) -> None:
+    """Bit-for-bit repeatable runs on one machine need deterministic kernels as well as seeds:
+    cuBLAS with a fixed workspace, torch's deterministic algorithms, and no cuDNN autotuner (it
+    picks kernels by timing them). Set before the first CUDA call for cuBLAS to see it."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on

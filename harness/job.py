@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import OPENMP_WAIT, config, identity, record
 from harness.data import DataError
 from harness.data.memory import Data, load_data
-from harness.device import pick_device
+from harness.device import deterministic_kernels, pick_device
 from harness.launchers import SchedulerStop, cpus_per_job, orphaned, placement_tags, watch_sweep
 from harness.lease import Heartbeat, Lease, LeaseLost, claimed, generation_of, heartbeat_of
 from harness.models import resolve_family
@@ -446,10 +446,7 @@ def setup(cfg: DictConfig) -> tuple[Any, str, torch.device]:
     except (config.ConfigError, StoreError) as error:
         config.fail(str(error))
     watch_sweep()  # a job that a sweep's launcher started ends when the sweep's process is gone
-    # Bit-for-bit repeatable runs on the CPU need deterministic kernels as well as seeds.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = not cfg.deterministic  # cuDNN's autotuner picks kernels by timing them
+    deterministic_kernels(cfg.deterministic)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(torch_threads(cfg))
     # What the job's start-up has loaded (the store's client, Hydra's plugins) lives to its end:

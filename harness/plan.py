@@ -176,30 +176,26 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
     difference leaves out what both pay once."""
     import torch
 
-    from harness.data.memory import Data
-    from harness.device import resolve_precision
+    from harness.data.memory import random_data
+    from harness.device import deterministic_kernels, resolve_precision
     from harness.models.resnet import build_model
     from harness.tracking import MemoryTracker
     from harness.train import eval_batch, evaluate, train
 
-    data_set, batch = DATASETS[cfg.dataset.name], cfg.schedule.batch_size
-    shape = (data_set.channels, data_set.image_size, data_set.image_size)
-    generator = torch.Generator().manual_seed(0)
-    count = max(2 * batch, eval_batch(device))
-    images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=generator).to(device)
-    labels = torch.randint(0, data_set.classes, (count,), generator=generator).to(device)
-    mean = torch.zeros(shape, device=device)
-    data = Data(images, labels, images, labels, "test", mean, data_set.classes, cfg.dataset.resize)
+    evaluated = eval_batch(device)
+    data = random_data(cfg.dataset.name, max(2 * cfg.schedule.batch_size, evaluated), device, cfg.dataset.resize)
+    images, labels = data.eval_images[:evaluated], data.eval_labels[:evaluated]
     settings = (
         torch.get_num_threads(),
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
     )
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    deterministic_kernels(cfg.deterministic)
     try:
         model = build_model(
-            cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data_set.channels, data_set.classes, cfg.family
+            cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data.in_channels, data.num_classes, cfg.family
         ).to(device, memory_format=torch.channels_last)
 
         def seconds(iterations: int) -> float:
@@ -210,14 +206,15 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
             return time.perf_counter() - start
 
         step = (seconds(2 + CALIBRATION_STEPS) - seconds(2)) / CALIBRATION_STEPS
-        evaluated, precision = eval_batch(device), resolve_precision(cfg.precision, device.type)
-        evaluate(model, data, images[:evaluated], labels[:evaluated], precision)  # warm-up
+        precision = resolve_precision(cfg.precision, device.type)
+        evaluate(model, data, images, labels, precision)  # warm-up
         start = time.perf_counter()
-        evaluate(model, data, images[:evaluated], labels[:evaluated], precision)
+        evaluate(model, data, images, labels, precision)
         return max(step, 0.0), (time.perf_counter() - start) / evaluated
     finally:
         torch.set_num_threads(settings[0])
         torch.use_deterministic_algorithms(settings[1], warn_only=settings[2])
+        torch.backends.cudnn.benchmark = settings[3]
 
 
 def no_calibration(cfg: DictConfig, device, threads: int) -> tuple[float, float]:

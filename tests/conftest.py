@@ -72,10 +72,15 @@ def restore_torch_state():
     the next test in the same worker must not inherit it."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     threads = torch.get_num_threads()
     rng = torch.get_rng_state()
     yield
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+    if workspace is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     torch.set_num_threads(threads)
     torch.set_rng_state(rng)
 
@@ -86,8 +91,22 @@ def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow store, created once: MLflow's migrations take seconds, minutes on a busy
+    machine, and are MLflow's to test. (Tests that name their own store still create one.)"""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path) -> str:
+def store(tmp_path, store_template) -> str:
+    """The default store's place in the test's folder (./mlruns/mlflow.db), empty."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(store_template, tmp_path / "mlruns" / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 

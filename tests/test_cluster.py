@@ -237,6 +237,7 @@ def test_slurm_runs_a_sweep_through_sbatch(slurm_cluster, tracking_server, data_
         assert len(job_logs(tmp_path, job_id)) == 1, job_id
 
 
+@pytest.mark.slow  # 4 minutes, most of it SLURM's 30-s ticks: a resumed run is the requeue test's too
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_a_run_that_slurm_stops_at_its_time_limit_resumes_when_launched_again(

@@ -16,7 +16,7 @@ from harness.launchers import cpus_per_job, placement_tags
 
 from conftest import TINY, check_sweep, free_ports, harness_command, most_at_once
 
-EIGHT_JOBS = ["-m", "depth=20", "residual=true,false", "seed=0,1,2,3", *TINY]
+EIGHT_JOBS = ["-m", "depth=8", "residual=true,false", "seed=0,1,2,3", *TINY]
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_submitit_local_runs_jobs_as_slurm_would(tmp_path, store, data_root):
     result = harness_command(
         "harness.run",
         "-m",
-        "depth=20",
+        "depth=8",
         "residual=true,false",
         *TINY,
         "hydra/launcher=submitit_local",
@@ -184,6 +184,7 @@ def two_node_ray_cluster(tmp_path_factory, monkeypatch):
         cluster.shutdown()
 
 
+@pytest.mark.slow  # two raylets, 2 minutes; test_ray_runs_eight_jobs_into_the_postgres_server is one cluster's
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_ray_runs_jobs_on_two_nodes_under_one_parent(tmp_path, data_root, two_node_ray_cluster, tracking_server):

@@ -4,7 +4,6 @@ a user would, on a tiny budget (depth 8, one thread)."""
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -327,22 +326,6 @@ def checkpoints(folder: Path) -> list[Path]:
     return list(folder.glob("*/last.pt"))
 
 
-@pytest.fixture(scope="session")
-def store_template(tmp_path_factory) -> Path:
-    """An empty MLflow store, created once: creating one (MLflow's migrations) takes minutes on
-    a busy machine."""
-    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(tmp_path, store_template) -> str:
-    (tmp_path / "mlruns").mkdir()
-    shutil.copy(store_template, tmp_path / "mlruns" / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-
-
 @pytest.fixture
 def filled_data_root(data_root) -> Path:
     load_data("fashion_mnist", data_root, False, 500, torch.device("cpu"))  # unzips the data once
@@ -414,7 +397,12 @@ def sweep_processes(sweep_pid: int) -> list[int]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["foreground", "started-in-the-background"])
+# The foreground case is the background one without SIG_IGN: slow, out of the default suite's time.
+@pytest.mark.parametrize(
+    "ignore_sigint",
+    [pytest.param(False, marks=pytest.mark.slow), True],
+    ids=["foreground", "started-in-the-background"],
+)
 def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(
     tmp_path, store, filled_data_root, ignore_sigint
 ):
@@ -609,7 +597,8 @@ def kill_postmaster(paths: server.Paths) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("outage", [stop_mlflow_server, kill_postmaster])
+# PostgreSQL killed is slow: `harness.server start` restarting it alone is test_server's.
+@pytest.mark.parametrize("outage", [stop_mlflow_server, pytest.param(kill_postmaster, marks=pytest.mark.slow)])
 def test_a_run_trains_on_while_the_store_is_down_and_sends_every_step_once(
     outage, tracking_server, tracking_server_state, tmp_path, filled_data_root
 ):

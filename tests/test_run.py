@@ -1,6 +1,5 @@
 """The command a user types: sweeps, tracking in MLflow, failures and bad input."""
 
-import os
 import re
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from omegaconf import OmegaConf
 from harness import record
 from harness.config import ConfigError, check_values, compose_config
 from harness.data.memory import load_data
+from harness.device import deterministic_kernels
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import learning_rate, train
@@ -253,8 +253,7 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
     """Stop after the checkpoint at iteration 10 (later steps lost, as in a kill), train again
     with the same tracker: the curves equal those of an uninterrupted run, at either precision,
     and on CUDA with deterministic kernels (the default) also with the step compiled."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as harness.job sets it
-    torch.use_deterministic_algorithms(True)
+    deterministic_kernels(True)  # as harness.job sets them
     device = torch.device(device)
     data = load_data("fashion_mnist", data_root, False, 200, device)
     cfg = compose_config(
@@ -263,7 +262,7 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
     )  # fmt: skip
     whole = MemoryTracker()
     torch.manual_seed(0)
-    train(cfg, build_model(20, in_channels=1).to(device), data, whole, device)
+    train(cfg, build_model(8, in_channels=1).to(device), data, whole, device)
 
     class Killed(Exception):
         pass
@@ -277,10 +276,10 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
     stopped = DiesAtStep15()
     torch.manual_seed(0)
     with pytest.raises(Killed):
-        train(cfg, build_model(20, in_channels=1).to(device), data, stopped, device)
+        train(cfg, build_model(8, in_channels=1).to(device), data, stopped, device)
     stopped.__class__ = MemoryTracker  # the relaunched process no longer dies
     torch.manual_seed(123)  # a resumed run must not depend on the fresh model's initialisation
-    train(cfg, build_model(20, in_channels=1).to(device), data, stopped, device)
+    train(cfg, build_model(8, in_channels=1).to(device), data, stopped, device)
     assert stopped.curves() == whole.curves()
 
 
@@ -294,10 +293,11 @@ def start_and_wait_for_checkpoint(command: list[str], cwd: Path) -> subprocess.P
     return job
 
 
+LONG_RUN_ITERATIONS = 100  # the first checkpoint at 20: a kill or Ctrl-C after it comes mid-run
 LONG_RUN = [
     "harness.run",
     "schedule=smoke",
-    "schedule.iterations=200",
+    f"schedule.iterations={LONG_RUN_ITERATIONS}",
     "schedule.checkpoint_every=20",
     "schedule.eval_every=50",
     "dataset.validation_size=500",
@@ -343,7 +343,9 @@ def test_a_killed_run_resumes_in_the_same_mlflow_run(tmp_path, data_root):
         got = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
         want = [(m.step, m.value) for m in MlflowClient(reference_store).get_metric_history(reference.info.run_id, key)]
         assert want and sorted(got) == want, key
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_error")] == list(range(5, 201, 5))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_error")] == list(
+        range(5, LONG_RUN_ITERATIONS + 1, 5)
+    )
 
 
 @pytest.mark.slow

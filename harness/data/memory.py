@@ -49,6 +49,18 @@ class Data:
         return F.interpolate(images, size=(self.resize, self.resize), mode="bilinear", antialias=True)
 
 
+def random_data(name: str, count: int, device: torch.device, resize: int | None = None) -> Data:
+    """`count` random images and labels of a catalogued data set's shape, as both splits: what a
+    timing needs (the planner's calibration, the GPU benchmark) without reading the data set."""
+    data_set = DATASETS[name]
+    generator = torch.Generator().manual_seed(0)
+    shape = (data_set.channels, data_set.image_size, data_set.image_size)
+    images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=generator).to(device)
+    labels = torch.randint(0, data_set.classes, (count,), generator=generator).to(device)
+    mean = torch.zeros(shape, device=device)
+    return Data(images, labels, images, labels, "test", mean, data_set.classes, resize)
+
+
 def data_lock(root: Path, name: str) -> FileLock:
     """A lock beside the data, or, where the root is read-only (a shared copy that already holds
     the data), one in the temporary folder keyed by the root's path."""
