@@ -65,6 +65,13 @@ def most_at_once(runs) -> int:
     return peak
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): one worker more than the cores. The long tests spend about
+    a third of their time waiting (SLURM's 30-s ticks, store outages, servers and Ray starting),
+    which the extra worker fills."""
+    return len(os.sched_getaffinity(0)) + 1
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_state():
     """Global torch state that a test (or the code it runs in process: `harness.run.run_job`

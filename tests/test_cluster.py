@@ -357,6 +357,7 @@ def test_a_requeued_job_takes_over_its_own_run(slurm_cluster, tracking_server, d
     assert f"resume resnet-8: MLflow run {run.info.run_id} from its last checkpoint" in text
 
 
+@pytest.mark.slow  # 3 minutes; the result written for the vanished job: test_a_vanished_jobs_result_lets_submitit...
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_a_job_killed_outright_is_noticed_and_resumes_when_launched_again(

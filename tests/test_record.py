@@ -22,9 +22,11 @@ LEGACY_STORE = Path(__file__).parent / "data" / "store-3f14647.db.gz"
 # The sweep that made it, with commit 3f14647 (the record before this module existed):
 #   python -m harness.run -m residual=true,false schedule=smoke dataset.validation_size=500 \
 #       tracking.log_model=false analysis=false tracking.figures=false
+# (smoke's final pass was on 1000 training images then).
 LEGACY_SWEEP = [
     "residual=true,false",
     "schedule=smoke",
+    "schedule.final_train_subset=1000",
     "dataset.validation_size=500",
     "tracking.log_model=false",
     "analysis=false",

@@ -300,6 +300,7 @@ LONG_RUN = [
     f"schedule.iterations={LONG_RUN_ITERATIONS}",
     "schedule.checkpoint_every=20",
     "schedule.eval_every=50",
+    "schedule.analysis_every=50",  # the probes resume too, at two points instead of ten
     "dataset.validation_size=500",
     "tracking.log_model=false",
 ]
