@@ -407,10 +407,13 @@ class Progress:
         self.estimates = {net.fingerprint: net.seconds for net in plan.training}
         self.at_once = plan.at_once or max(1, len(self.estimates))
         self.done: dict[str, float] = {}  # fingerprint: its real seconds
+        self.since = time.time()
 
-    def finish(self, fingerprint: str, seconds: float) -> bool:
-        """Count a job of the sweep as done; False if it was counted already, or is not one it trains."""
-        if fingerprint not in self.estimates or fingerprint in self.done:
+    def finish(self, fingerprint: str, seconds: float, ended: float = math.inf) -> bool:
+        """Count a job of the sweep as done; False if it was counted already, is not one it trains,
+        or ended (seconds since the epoch) before this launch: an earlier launch stopped it, and
+        this one resumes it."""
+        if fingerprint not in self.estimates or fingerprint in self.done or ended < self.since:
             return False
         self.done[fingerprint] = seconds
         return True

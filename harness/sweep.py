@@ -163,7 +163,8 @@ class SweepTracking(Callback):
             info = run.info
             ended = info.status in ("FINISHED", "FAILED", "KILLED") and info.end_time
             fingerprint = run.data.tags.get(record.FINGERPRINT)
-            if ended and self.progress.finish(fingerprint, (info.end_time - info.start_time) / 1000):
+            seconds = (info.end_time - info.start_time) / 1000 if ended else 0
+            if ended and self.progress.finish(fingerprint, seconds, info.end_time / 1000):
                 tqdm.write(self.progress.line(info.run_name, info.status))
 
     def watch_slurm_jobs(self) -> None:

@@ -198,3 +198,14 @@ def test_the_time_left_is_the_rest_scaled_by_how_the_finished_jobs_compared():
     for fingerprint in ("fp1", "fp2", "fp3"):
         progress.finish(fingerprint, 100.0)
     assert progress.line("net 3", "FAILED") == "sweep: 4/4 jobs done (net 3 FAILED in 1:40)"
+
+
+def test_a_run_an_earlier_launch_stopped_counts_once_it_ends_in_this_one():
+    """Relaunched, a sweep goes on in its parent run, whose children include the runs that the
+    earlier launch's Ctrl-C left KILLED: they are this launch's to resume, not done."""
+    nets = [plan.NetPlan(f"net {i}", f"fp{i}", "resume", None, 1000, 100.0, "calibrated") for i in range(2)]
+    progress = plan.Progress(plan.Plan(nets, jobs=2, at_once=1, threads=2, startup=0.0))
+    assert not progress.finish("fp0", 50.0, ended=progress.since - 60)
+    assert progress.seconds_left() == 200
+    assert progress.finish("fp0", 100.0, ended=progress.since + 60)
+    assert progress.line("net 0", "FINISHED") == "sweep: 1/2 jobs done (net 0 FINISHED in 1:40); about 1:40 left"
