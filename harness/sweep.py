@@ -161,10 +161,10 @@ class SweepTracking(Callback):
             return
         for run in sorted(runs, key=lambda run: run.info.end_time or 0):
             info = run.info
-            ended = info.status in ("FINISHED", "FAILED", "KILLED") and info.end_time
-            fingerprint = run.data.tags.get(record.FINGERPRINT)
-            seconds = (info.end_time - info.start_time) / 1000 if ended else 0
-            if ended and self.progress.finish(fingerprint, seconds, info.end_time / 1000):
+            if info.status not in ("FINISHED", "FAILED", "KILLED") or not info.end_time:
+                continue
+            seconds, ended = (info.end_time - info.start_time) / 1000, info.end_time / 1000
+            if self.progress.finish(run.data.tags.get(record.FINGERPRINT), seconds, ended):
                 tqdm.write(self.progress.line(info.run_name, info.status))
 
     def watch_slurm_jobs(self) -> None:
