@@ -28,6 +28,9 @@ from harness.lease import process_start
 from harness.stats import MIN_SEEDS
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
+# A calibration costs about ten steps, an evaluation of a few hundred images and a net built:
+# a run shorter than this is not estimated (a test's smoke run would spend half its time on it).
+CALIBRATED_FROM = 200  # iterations
 MAX_SEEDS = 100  # beyond this many seeds a claim is not worth resolving by seeds at this budget
 
 
@@ -72,6 +75,8 @@ def makespan(seconds: list[float], slots: int) -> float:
 
 
 def clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unknown"
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
@@ -271,6 +276,8 @@ def make_plan(
         if rates.get(key):
             seconds = iterations * statistics.median(rates[key])
             source = f"measured: {len(rates[key])} finished run(s) here"
+        elif iterations < CALIBRATED_FROM:
+            seconds, source = math.nan, f"not estimated: under {CALIBRATED_FROM} iterations, not worth a calibration"
         else:
             if key not in calibrated:
                 calibrated[key] = calibrate_nets(cfg, device, threads)
@@ -395,7 +402,8 @@ def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
     lines = []
     for seeds, reasons in sorted(by_seeds.items()):
         command, seconds = more_seeds(seeds)
-        lines.append(f"{'; '.join(reasons)}: `{command}`, about {clock(seconds)} here.")
+        cost = f", about {clock(seconds)} here" if math.isfinite(seconds) else ""
+        lines.append(f"{'; '.join(reasons)}: `{command}`{cost}.")
     return lines + other
 
 
@@ -441,6 +449,9 @@ def summary(plan: Plan) -> str:
     for action, word in ((SKIP, "reused"), (ELSEWHERE, "running elsewhere")):
         if n := sum(net.action == action for net in plan.nets):
             counts.append(f"{n} {word}")
+    if not math.isfinite(plan.wall_seconds):
+        short = f"runs under {CALIBRATED_FROM} iterations are not calibrated"
+        return f"Estimate: {', '.join(counts)}; no time estimate: {short}."
     return (
         f"Estimate: {', '.join(counts)}; about {clock(plan.wall_seconds)} here "
         f"({' and '.join(sources) or 'nothing to train'}; plan=true details it)."

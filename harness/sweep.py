@@ -7,6 +7,7 @@ for forever."""
 
 import functools
 import logging
+import math
 import os
 import sys
 import threading
@@ -33,7 +34,6 @@ from harness.launchers import (
     squeue_lists,
 )
 from harness.lease import heartbeat_of
-from harness.report import report_sweep
 from harness.stats import claims
 from harness.tracking.mlflow_store import StoreError, connect, find_run
 from harness.tracking.runs import finished, load_runs, write_members
@@ -141,7 +141,7 @@ class SweepTracking(Callback):
         )  # fmt: skip
         if at_once:
             print(plan.summary(made))
-            self.estimate = made.wall_seconds
+            self.estimate = made.wall_seconds if math.isfinite(made.wall_seconds) else None
         self.progress = plan.Progress(made)
         self.watcher = threading.Thread(target=self.watch_progress, name="sweep-progress", daemon=True)
         self.watcher.start()
@@ -318,6 +318,9 @@ class SweepTracking(Callback):
         steps = self.next_steps(config, members)
         written = []
         if config.tracking.figures:
+            # Here, not at the top: every job process loads this callback, none draws figures.
+            from harness.report import report_sweep
+
             report = config.report
             figures = folder / record.FIGURES_FOLDER
             written = report_sweep(

@@ -18,7 +18,16 @@ from harness.tracking.mlflow_store import MlflowRun, connect
 
 from conftest import harness_command
 
-SWEEP = ["-m", "depth=8,14", "residual=true,false", "schedule=smoke", "threads=2", "device=cpu"]
+# Long enough to be calibrated (plan.CALIBRATED_FROM): a plan trains none of it.
+SWEEP = [
+    "-m",
+    "depth=8,14",
+    "residual=true,false",
+    "schedule=smoke",
+    "schedule.iterations=200",
+    "threads=2",
+    "device=cpu",
+]
 
 
 def finished_run(client, experiment_id: str, *overrides: str, seconds_per_iteration: float) -> str:
@@ -72,7 +81,8 @@ def test_a_net_without_measured_runs_is_calibrated_once():
         calls.append(cfg.depth)
         return 0.05, 0.001  # seconds a step, seconds an evaluated image
 
-    configs = [compose_config("depth=8", "schedule=smoke", f"seed={seed}", "device=cpu") for seed in (0, 1)]
+    smoke = ["depth=8", "schedule=smoke", f"schedule.iterations={plan.CALIBRATED_FROM}", "device=cpu"]
+    configs = [compose_config(*smoke, f"seed={seed}") for seed in (0, 1)]
     made = plan.make_plan(configs, None, None, None, torch.device("cpu"), calibration)
     cfg = configs[0]
     iterations = cfg.schedule.iterations
@@ -82,6 +92,20 @@ def test_a_net_without_measured_runs_is_calibrated_once():
     assert calls == [8]
     assert [net.seconds for net in made.nets] == pytest.approx([expected, expected])
     assert made.nets[0].source.startswith("calibrated")
+
+
+def test_a_run_too_short_for_a_calibration_is_not_estimated():
+    def no_calibration(*args):
+        raise AssertionError("a 20-iteration run is not calibrated")
+
+    configs = [compose_config("depth=8", "schedule=smoke", f"seed={seed}", "device=cpu") for seed in (0, 1)]
+    made = plan.make_plan(configs, None, None, None, torch.device("cpu"), no_calibration)
+    assert all(math.isnan(net.seconds) and net.source.startswith("not estimated") for net in made.nets)
+    assert "2 net(s) to train; no time estimate" in plan.summary(made)
+    assert "estimated wall time here unknown" in plan.plan_lines(made, torch.device("cpu"))[-1]
+    progress = plan.Progress(made)
+    progress.finish(made.nets[0].fingerprint, 3.0)
+    assert progress.line("resnet-8", "FINISHED") == "sweep: 1/2 jobs done (resnet-8 FINISHED in 0:03)"
 
 
 def test_evaluated_images_follow_the_schedule():
@@ -145,8 +169,8 @@ def test_plan_mode_trains_nothing_and_writes_nothing(tmp_path, data_root):
     database = tmp_path / "mlruns" / "mlflow.db"
     client, experiment_id = connect(f"sqlite:///{database}", "degradation")
     done = finished_run(
-        client, experiment_id, "depth=8", "residual=true", "schedule=smoke", "threads=2", "device=cpu",
-        seconds_per_iteration=0.01,
+        client, experiment_id, "depth=8", "residual=true", "schedule=smoke", "schedule.iterations=200", "threads=2",
+        "device=cpu", seconds_per_iteration=0.01,
     )  # fmt: skip
     before = row_counts(database)
     result = harness_command("harness.run", *SWEEP, f"dataset.root={data_root}", "plan=true", cwd=tmp_path)
