@@ -413,6 +413,7 @@ class Progress:
 
     def __init__(self, plan: Plan):
         self.estimates = {net.fingerprint: net.seconds for net in plan.training}
+        self.iterations = {net.fingerprint: net.iterations for net in plan.training}
         self.at_once = plan.at_once or max(1, len(self.estimates))
         self.done: dict[str, float] = {}  # fingerprint: its real seconds
         self.since = time.time()
@@ -425,6 +426,17 @@ class Progress:
             return False
         self.done[fingerprint] = seconds
         return True
+
+    def run_seconds(self, fingerprint: str, run) -> float:
+        """A finished job's time: its run's, or for a run that an earlier launch began (resumed
+        here) its loop's time over the iterations this launch trained: the gap between the
+        launches is nobody's job time, and would swell the time left."""
+        info = run.info
+        if info.start_time / 1000 >= self.since:
+            return (info.end_time - info.start_time) / 1000
+        rate = run.data.metrics.get(record.SECONDS_PER_ITERATION)
+        iterations = self.iterations.get(fingerprint, 0)
+        return rate * iterations if rate and iterations else info.end_time / 1000 - self.since
 
     def seconds_left(self) -> float:
         estimated = sum(self.estimates[fingerprint] for fingerprint in self.done)

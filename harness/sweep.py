@@ -163,8 +163,9 @@ class SweepTracking(Callback):
             info = run.info
             if info.status not in ("FINISHED", "FAILED", "KILLED") or not info.end_time:
                 continue
-            seconds, ended = (info.end_time - info.start_time) / 1000, info.end_time / 1000
-            if self.progress.finish(run.data.tags.get(record.FINGERPRINT), seconds, ended):
+            fingerprint = run.data.tags.get(record.FINGERPRINT)
+            seconds = self.progress.run_seconds(fingerprint, run)
+            if self.progress.finish(fingerprint, seconds, info.end_time / 1000):
                 tqdm.write(self.progress.line(info.run_name, info.status))
 
     def watch_slurm_jobs(self) -> None:

@@ -5,6 +5,7 @@ are the t-based sample size."""
 import math
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -92,6 +93,26 @@ def test_a_net_without_measured_runs_is_calibrated_once():
     assert calls == [8]
     assert [net.seconds for net in made.nets] == pytest.approx([expected, expected])
     assert made.nets[0].source.startswith("calibrated")
+
+
+def test_a_resumed_run_counts_the_time_this_launch_trained_it_not_the_gap_before():
+    """Stopped at the end of one session and resumed in the next, a run's start is hours back:
+    its job time is its loop's rate over the iterations this launch trained."""
+    nets = [plan.NetPlan(f"net {i}", f"fp{i}", "resume", None, 100, 50.0, "measured") for i in range(2)]
+    progress = plan.Progress(plan.Plan(nets, jobs=2, at_once=1, threads=2, startup=0.0))
+
+    def run(started: float, ended: float, metrics: dict) -> SimpleNamespace:
+        info = SimpleNamespace(start_time=1000 * started, end_time=1000 * ended)
+        return SimpleNamespace(info=info, data=SimpleNamespace(metrics=metrics))
+
+    resumed = run(progress.since - 3600, progress.since + 60, {record.SECONDS_PER_ITERATION: 0.5})
+    assert progress.run_seconds("fp0", resumed) == pytest.approx(50.0)  # 100 iterations at 0.5 s
+    killed = run(progress.since - 3600, progress.since + 30, {})  # no rate: it did not reach the end
+    assert progress.run_seconds("fp1", killed) == pytest.approx(30.0)
+    new = run(progress.since + 10, progress.since + 70, {record.SECONDS_PER_ITERATION: 0.5})
+    assert progress.run_seconds("fp1", new) == pytest.approx(60.0)
+    progress.finish("fp0", progress.run_seconds("fp0", resumed))
+    assert progress.seconds_left() == pytest.approx(50.0)  # as estimated, not 73 times it
 
 
 def test_a_run_too_short_for_a_calibration_is_not_estimated():
