@@ -56,7 +56,7 @@ def test_imports_flow_one_way():
         visit(module)
 
 
-@pytest.mark.parametrize("module", ["harness.server", "harness.plot"])
+@pytest.mark.parametrize("module", ["harness.server", "harness.plot", "harness.archive"])
 def test_commands_that_train_nothing_start_without_torch(module):
     code = (
         f"import runpy, sys; sys.argv = ['{module}', '--help']\n"

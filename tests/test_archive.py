@@ -1,0 +1,99 @@
+"""A sweep moved to another store (`python -m harness.archive`): its finished runs arrive as they
+were, and the sweep's command launched against the new store skips them."""
+
+import json
+import shutil
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness import archive, record
+
+from conftest import TINY, harness_command
+
+# Where the two stores must differ: the run's own id, its sweep's, and what says where it came from.
+STORE_TAGS = {record.PARENT, archive.ARCHIVED_FROM}
+
+
+def sweep(tmp_path, uri, data_root, *overrides):
+    result = harness_command(
+        "harness.run", "-m", "depth=8", "residual=true,false", *TINY, f"tracking.uri={uri}",
+        f"dataset.root={data_root}", *overrides, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def held(client: MlflowClient) -> dict:
+    """Every job run of the store, by net and seed: what a run is, apart from its ids."""
+    experiment = client.get_experiment_by_name("degradation")
+    runs = {}
+    for run in client.search_runs([experiment.experiment_id], record.JOBS_FILTER):
+        if record.SUPERSEDED_BY in run.data.tags:
+            continue
+        metrics = {
+            key: [(m.step, m.timestamp, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+            for key in run.data.metrics
+        }
+        tags = {k: v for k, v in run.data.tags.items() if k not in STORE_TAGS | set(archive.MACHINE_TAGS)}
+        info = (run.info.status, run.info.start_time, run.info.end_time)
+        runs[run.info.run_name, run.data.tags["seed"]] = (info, tags, run.data.params, metrics)
+    return runs
+
+
+def fresh_store(tmp_path, store_template, name: str) -> str:
+    (tmp_path / name).mkdir()
+    shutil.copy(store_template, tmp_path / name / "mlflow.db")
+    return f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+
+
+@pytest.mark.integration
+def test_a_sweep_moves_to_a_fresh_store_and_its_command_skips_what_it_finished(
+    tmp_path, store, store_template, data_root
+):
+    sweep(tmp_path, store, data_root, "tracking.figures=false")
+    source = MlflowClient(store)
+    folder = tmp_path / "archive"
+    assert archive.main(["export", str(folder), "--uri", store]) == 0
+    assert sorted(path.name for path in folder.iterdir())[-1] == archive.SWEEP_FILE
+    run_files = [json.loads(path.read_text())["run"] for path in folder.glob("*_seed0_*.json")]
+    assert sorted(data["name"] for data in run_files) == ["plain-8", "resnet-8"]
+    assert all(record.MODEL_FILE not in data["artifacts"] for data in run_files)
+    assert all(record.probe_table(20) in data["artifacts"] for data in run_files)
+
+    # The new store holds a killed run of plain-8 already: the imported finished one replaces it.
+    target = fresh_store(tmp_path, store_template, "moved")
+    client = MlflowClient(target)
+    experiment_id = client.create_experiment("degradation")
+    plain = next(data for data in run_files if data["name"] == "plain-8")
+    stale = client.create_run(experiment_id, tags={record.ROLE: record.JOB, **{
+        key: plain["tags"][key] for key in (record.FINGERPRINT, "seed")}}, run_name="plain-8")  # fmt: skip
+    client.set_terminated(stale.info.run_id, "KILLED")
+    assert archive.main(["import", str(folder), "--uri", target]) == 0
+    assert held(client) == held(source)
+    assert record.SUPERSEDED_BY in client.get_run(stale.info.run_id).data.tags
+    (parent,) = client.search_runs([experiment_id], record.SWEEPS_FILTER)
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([experiment_id], record.children_filter(parent.info.run_id))
+    assert len(children) == 2
+    assert archive.import_sweep(target, folder)[1:] == (0, 2)  # again: nothing new
+
+    relaunched = sweep(tmp_path, target, data_root)
+    assert relaunched.stdout.count("skip ") == 2
+    assert (
+        "Sweep done: 2 runs: 2 trained, 0 reused from earlier sweeps, 0 not finished "
+        f"(MLflow parent run {parent.info.run_id})" in relaunched.stdout
+    )
+    assert held(client) == held(source)  # nothing trained again
+    report = (tmp_path / "multirun").rglob("report.md")
+    assert any("2 finished runs" in path.read_text() for path in report)
+
+
+def test_a_folder_that_is_no_archive_is_named_with_what_would_be_one(tmp_path, store, capsys):
+    (tmp_path / "runs").mkdir()
+    assert archive.main(["import", str(tmp_path / "runs"), "--uri", store]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'runs'} holds no sweep.json" in error and "python -m harness.archive export" in error
+    assert archive.main(["export", str(tmp_path / "out"), "--uri", store]) == 2
+    assert "there is no sweep in" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
