@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import record
 from harness.config import default_store
-from harness.tracking.mlflow_store import StoreError, connect, find_run, supersede
+from harness.tracking.mlflow_store import StoreError, connect, find_run, sqlite_folder, supersede
 from harness.tracking.runs import latest_sweep, sweep_members
 from harness.tracking.writer import BATCH_POINTS
 
@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.uri or default_store()
     try:
         if args.command == "export":
+            database = sqlite_folder(uri) and Path(uri.removeprefix("sqlite:///"))
+            if database and not database.exists():  # reading must not leave an empty store behind
+                raise ArchiveError(f"there is no store at {database}; give --uri of the store that holds the sweep")
             client = MlflowClient(tracking_uri=uri)
             parent = args.parent or latest_sweep(client)
             if parent is None:

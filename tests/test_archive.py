@@ -97,3 +97,7 @@ def test_a_folder_that_is_no_archive_is_named_with_what_would_be_one(tmp_path, s
     assert archive.main(["export", str(tmp_path / "out"), "--uri", store]) == 2
     assert "there is no sweep in" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    nowhere = tmp_path / "none" / "mlflow.db"
+    assert archive.main(["export", str(tmp_path / "out"), "--uri", f"sqlite:///{nowhere}"]) == 2
+    assert f"there is no store at {nowhere}" in capsys.readouterr().err
+    assert not nowhere.parent.exists()
