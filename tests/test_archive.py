@@ -78,15 +78,13 @@ def test_a_sweep_moves_to_a_fresh_store_and_its_command_skips_what_it_finished(
     assert len(children) == 2
     assert archive.import_sweep(target, folder)[1:] == (0, 2)  # again: nothing new
 
-    relaunched = sweep(tmp_path, target, data_root)
+    relaunched = sweep(tmp_path, target, data_root, "tracking.figures=false")
     assert relaunched.stdout.count("skip ") == 2
     assert (
         "Sweep done: 2 runs: 2 trained, 0 reused from earlier sweeps, 0 not finished "
         f"(MLflow parent run {parent.info.run_id})" in relaunched.stdout
     )
     assert held(client) == held(source)  # nothing trained again
-    report = (tmp_path / "multirun").rglob("report.md")
-    assert any("2 finished runs" in path.read_text() for path in report)
 
 
 def test_a_folder_that_is_no_archive_is_named_with_what_would_be_one(tmp_path, store, capsys):
