@@ -8,8 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import archive, record
+from harness.tracking.runs import load_runs
 
-from conftest import TINY, harness_command
+from conftest import REPO, TINY, harness_command
 
 # Where the two stores must differ: the run's own id, its sweep's, and what says where it came from.
 STORE_TAGS = {record.PARENT, archive.ARCHIVED_FROM}
@@ -99,3 +100,18 @@ def test_a_folder_that_is_no_archive_is_named_with_what_would_be_one(tmp_path, s
     assert archive.main(["export", str(tmp_path / "out"), "--uri", f"sqlite:///{nowhere}"]) == 2
     assert f"there is no store at {nowhere}" in capsys.readouterr().err
     assert not nowhere.parent.exists()
+
+
+def test_the_committed_budget_curve_archive_imports_whole(tmp_path, store):
+    """docs/results/budget_curve (the runs behind docs/results.md) stays readable by this harness."""
+    folder = REPO / "docs" / "results" / "budget_curve"
+    files = [json.loads(path.read_text())["run"] for path in folder.glob("*_seed*_*.json")]
+    parent, imported, there = archive.import_sweep(store, folder)
+    assert (imported, there) == (len(files), 0) and imported >= 12
+    client = MlflowClient(store)
+    runs = load_runs(client, [client.get_experiment_by_name("degradation").experiment_id])
+    assert set(runs["status"]) == {"FINISHED"} and len(runs) == len(files)
+    archived = {data["tags"][record.FINGERPRINT]: data["metrics"][record.FINAL_TRAIN_ERROR][0][2] for data in files}
+    for run in runs.itertuples():
+        fingerprint = client.get_run(run.run_id).data.tags[record.FINGERPRINT]
+        assert run.final_train_error == pytest.approx(100 * archived[fingerprint])
