@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import record
 from harness.config import default_store
-from harness.tracking.mlflow_store import StoreError, connect, find_run, sqlite_folder, supersede
+from harness.tracking.mlflow_store import StoreError, connect, find_run, missing_sqlite_file, supersede
 from harness.tracking.runs import latest_sweep, sweep_members
 from harness.tracking.writer import BATCH_POINTS
 
@@ -159,7 +159,10 @@ def import_sweep(uri: str, folder: Path) -> tuple[str, int, int]:
     client, experiment_id = connect(uri, sweep["experiment"])
     original = sweep["run"]
     earlier = client.search_runs(
-        [experiment_id], record.study_filter(original["tags"][record.STUDY]), order_by=["attributes.start_time DESC"]
+        [experiment_id],
+        record.study_filter(original["tags"][record.STUDY]),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     if earlier:  # the same study, launched or imported before: its runs go on there
         parent_id = earlier[0].info.run_id
@@ -199,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.uri or default_store()
     try:
         if args.command == "export":
-            database = sqlite_folder(uri) and Path(uri.removeprefix("sqlite:///"))
-            if database and not database.exists():  # reading must not leave an empty store behind
+            if database := missing_sqlite_file(uri):  # reading must not leave an empty store behind
                 raise ArchiveError(f"there is no store at {database}; give --uri of the store that holds the sweep")
             client = MlflowClient(tracking_uri=uri)
             parent = args.parent or latest_sweep(client)

@@ -177,11 +177,17 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         raise store_error(uri, error, "used") from error
 
 
+def missing_sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store that does not exist yet (None for any other store):
+    a reader must not open it, as MLflow would create it."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    return path if sqlite_folder(uri) and not path.exists() else None
+
+
 def look_in(uri: str, experiment: str) -> tuple[MlflowClient | None, str | None]:
     """A client of an existing store and the id of the named experiment, for reading only: no
     store, folder or experiment is created ((None, None) where there is no store yet)."""
-    store_folder = sqlite_folder(uri)
-    if store_folder and not Path(uri.removeprefix("sqlite:///")).exists():
+    if missing_sqlite_file(uri):
         return None, None
     try:
         client = CompleteCalls(MlflowClient(tracking_uri=uri))
