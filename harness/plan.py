@@ -32,6 +32,9 @@ CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
 # a run shorter than this is not estimated (a test's smoke run would spend half its time on it).
 CALIBRATED_FROM = 200  # iterations
 MAX_SEEDS = 100  # beyond this many seeds a claim is not worth resolving by seeds at this budget
+# The time left scales by the jobs that ended last, this many per slot: they ran under the
+# machine's load of now, and a test suite beside the sweep an hour ago says nothing of the rest.
+RECENT_JOBS = 2
 
 
 @dataclass
@@ -409,7 +412,7 @@ def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
 
 class Progress:
     """Where a sweep stands: its jobs done of those it trains, and the time left, from the plan's
-    estimates scaled by how the finished jobs' real times compared with theirs."""
+    estimates scaled by how the latest finished jobs' real times compared with theirs."""
 
     def __init__(self, plan: Plan):
         self.estimates = {net.fingerprint: net.seconds for net in plan.training}
@@ -439,8 +442,9 @@ class Progress:
         return rate * iterations if rate and iterations else info.end_time / 1000 - self.since
 
     def seconds_left(self) -> float:
-        estimated = sum(self.estimates[fingerprint] for fingerprint in self.done)
-        scale = sum(self.done.values()) / estimated if estimated else 1.0
+        recent = list(self.done)[-RECENT_JOBS * self.at_once :]
+        estimated = sum(self.estimates[fingerprint] for fingerprint in recent)
+        scale = sum(self.done[fingerprint] for fingerprint in recent) / estimated if estimated else 1.0
         left = [seconds for fingerprint, seconds in self.estimates.items() if fingerprint not in self.done]
         return scale * makespan(left, self.at_once)
 

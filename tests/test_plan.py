@@ -245,6 +245,19 @@ def test_the_time_left_is_the_rest_scaled_by_how_the_finished_jobs_compared():
     assert progress.line("net 3", "FAILED") == "sweep: 4/4 jobs done (net 3 FAILED in 1:40)"
 
 
+def test_the_time_left_forgets_a_load_that_has_passed():
+    """Jobs slowed threefold by a test suite beside the sweep, then jobs at their estimate: the
+    time left follows the latest, not the whole history (which would say 2x)."""
+    nets = [plan.NetPlan(f"net {i}", f"fp{i}", "new run", None, 1000, 100.0, "calibrated") for i in range(10)]
+    progress = plan.Progress(plan.Plan(nets, jobs=10, at_once=2, threads=1, startup=0.0))
+    for i in range(4):
+        progress.finish(f"fp{i}", 300.0)
+    assert progress.seconds_left() == pytest.approx(3 * 300)  # 6 jobs on 2 slots at 3x
+    for i in range(4, 8):
+        progress.finish(f"fp{i}", 100.0)
+    assert progress.seconds_left() == pytest.approx(100)  # the 2 last jobs side by side, as estimated
+
+
 def test_a_run_an_earlier_launch_stopped_counts_once_it_ends_in_this_one():
     """Relaunched, a sweep goes on in its parent run, whose children include the runs that the
     earlier launch's Ctrl-C left KILLED: they are this launch's to resume, not done."""
