@@ -20,14 +20,31 @@ FAST_CPU_BF16 = ("amx_bf16", "avx512_bf16")
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags, as Linux lists them; none where /proc/cpuinfo is missing."""
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (model name, flags, ...); none where it is missing."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return frozenset(line.partition(":")[2].split())
+        return {}
+    first = text.split("\n\n")[0]
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, as Linux lists them."""
+    return frozenset(cpu_info().get("flags", "").split())
+
+
+def device_name(device) -> str:
+    """What a step's speed depends on beyond the device's type: the GPU's name, or the CPU's model
+    with the vector instructions torch uses on it and its bf16 units (two hosts that Linux calls
+    "AMD EPYC", one AVX2 and one AVX512 with bf16 units, differ twofold in fp32 and more in bf16)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    units = ", bf16 units" if fast_bf16("cpu") else ""
+    return f"{cpu_info().get('model name', 'unknown CPU')} ({torch.backends.cpu.get_cpu_capability()}{units})"
 
 
 def device_type(name: str) -> str:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import OPENMP_WAIT, config, identity, record
 from harness.data import DataError
 from harness.data.memory import Data, load_data
-from harness.device import deterministic_kernels, pick_device
+from harness.device import deterministic_kernels, device_name, pick_device
 from harness.launchers import SchedulerStop, cpus_per_job, orphaned, placement_tags, watch_sweep
 from harness.lease import Heartbeat, Lease, LeaseLost, claimed, generation_of, heartbeat_of
 from harness.models import resolve_family
@@ -132,7 +132,7 @@ def machine_of(device: torch.device) -> record.Machine:
         device=device.type,
         threads=torch.get_num_threads(),
         torch_version=torch.__version__,
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        device_name=device_name(device),
         openmp_wait=OPENMP_WAIT,
         placement=placement_tags(),
     )

@@ -22,6 +22,7 @@ from scipy import stats
 from harness import identity, record
 from harness.analysis import PROBE_IMAGES
 from harness.data import DATASETS
+from harness.device import device_name
 from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
 from harness.launchers import jobs_at_once
 from harness.lease import process_start
@@ -104,12 +105,13 @@ def seconds_since_start() -> float:
 # Rates.
 
 
-def speed_key(model, family, dataset, resize, batch_size, precision, device, threads) -> tuple[str, ...]:
-    """What a step's time depends on."""
-    return tuple(str(part) for part in (model, family, dataset, resize, batch_size, precision, device, threads))
+def speed_key(model, family, dataset, resize, batch_size, precision, device, name, threads) -> tuple[str, ...]:
+    """What a step's time depends on: a run imported from another machine (harness.archive) or
+    trained there beside this one on a shared store is not this machine's measure."""
+    return tuple(str(part) for part in (model, family, dataset, resize, batch_size, precision, device, name, threads))
 
 
-def job_key(cfg: DictConfig, device: str, threads: int) -> tuple[str, ...]:
+def job_key(cfg: DictConfig, device, threads: int) -> tuple[str, ...]:
     trained, _ = identity.effective_config(cfg)
     return speed_key(
         record.net_name(cfg),
@@ -118,7 +120,8 @@ def job_key(cfg: DictConfig, device: str, threads: int) -> tuple[str, ...]:
         cfg.dataset.resize,
         cfg.schedule.batch_size,
         trained["precision"],
-        device,
+        device.type,
+        device_name(device),
         threads,
     )
 
@@ -133,6 +136,7 @@ def run_key(run) -> tuple[str, ...]:
         params.get("schedule.batch_size"),
         tags.get("precision", "fp32"),  # runs of earlier versions trained in fp32
         tags.get("device"),
+        tags.get("device_name"),  # runs of earlier versions named no CPU: calibrated instead
         tags.get("threads"),
     )
 
@@ -275,7 +279,7 @@ def make_plan(
         iterations = cfg.schedule.iterations
         if decision.action == RESUME:
             iterations = iterations_left(client, decision.run, cfg)
-        key = job_key(cfg, device.type, threads)
+        key = job_key(cfg, device, threads)
         if rates.get(key):
             seconds = iterations * statistics.median(rates[key])
             source = f"measured: {len(rates[key])} finished run(s) here"

@@ -134,7 +134,7 @@ def children_filter(parent_run_id: str) -> str:
 class Machine:
     """Where and how a run is executed: what its tags and params record beside the net."""
 
-    device: str = "cpu"  # as the param `device`; the GPU's name in `device_name`
+    device: str = "cpu"  # as the param `device`; the GPU's or CPU's name in `device_name`
     threads: int = 1
     torch_version: str = "unknown"
     device_name: str | None = None

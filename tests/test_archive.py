@@ -113,7 +113,9 @@ def test_the_committed_budget_curve_archives_import_whole_into_one_store(tmp_pat
         parent, imported, there = archive.import_sweep(store, folder)
         assert (imported, there) == (len(files), 0) and imported >= 12, folder
         parents.add(parent)
-        archived |= {data["tags"][record.FINGERPRINT]: data["metrics"][record.FINAL_TRAIN_ERROR][0][2] for data in files}
+        archived |= {
+            data["tags"][record.FINGERPRINT]: data["metrics"][record.FINAL_TRAIN_ERROR][0][2] for data in files
+        }
     assert len(parents) == 2
     runs = load_runs(client, [client.get_experiment_by_name("degradation").experiment_id])
     assert set(runs["status"]) == {"FINISHED"} and len(runs) == len(archived)

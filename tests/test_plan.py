@@ -14,6 +14,7 @@ from scipy import stats
 
 from harness import plan, record
 from harness.config import compose_config
+from harness.device import device_name
 from harness.stats import make_claim
 from harness.tracking.mlflow_store import MlflowRun, connect
 
@@ -31,10 +32,11 @@ SWEEP = [
 ]
 
 
-def finished_run(client, experiment_id: str, *overrides: str, seconds_per_iteration: float) -> str:
-    """A finished training run as harness.job logs it, through the record's writers."""
+def finished_run(client, experiment_id: str, *overrides: str, seconds_per_iteration: float, machine_name=None) -> str:
+    """A finished training run as harness.job logs it, through the record's writers (on this
+    machine, unless another's name is given)."""
     cfg = compose_config(*overrides)
-    machine = record.Machine(threads=2)
+    machine = record.Machine(threads=2, device_name=machine_name or device_name(torch.device("cpu")))
     run = MlflowRun.start(client, experiment_id, record.net_name(cfg), record.job_tags(cfg, machine, "unknown"), None)
     run.log_params(record.job_params(cfg, machine))
     run.log_metrics({record.SECONDS_PER_ITERATION: seconds_per_iteration}, cfg.schedule.iterations)
@@ -73,6 +75,24 @@ def test_the_estimate_is_the_measured_rate_times_the_iterations(tmp_path):
     assert made.wall_seconds == pytest.approx(2 * 18.0)  # the basic launcher: one after the other
     made.at_once = 2
     assert made.wall_seconds == pytest.approx(18.0)
+
+
+def test_runs_of_another_machine_are_not_this_ones_measure(tmp_path):
+    """An archive imported from an AVX2 host (or runs of a version that named no CPU) says
+    nothing of this machine's speed: the net is calibrated here."""
+    client, experiment_id = connect(f"sqlite:///{tmp_path / 'mlflow.db'}", "degradation")
+    common = ("depth=8", "residual=false", "threads=2", "device=cpu", "precision=fp32", "schedule.iterations=600")
+    finished_run(client, experiment_id, *common, "seed=5", seconds_per_iteration=9.0, machine_name="Other CPU (AVX2)")
+    calls = []
+
+    def calibration(cfg, device, threads):
+        calls.append(cfg.seed)
+        return 0.05, 0.001
+
+    made = plan.make_plan(
+        [compose_config(*common, "seed=0")], None, client, experiment_id, torch.device("cpu"), calibration
+    )
+    assert calls == [0] and made.nets[0].source.startswith("calibrated")
 
 
 def test_a_net_without_measured_runs_is_calibrated_once():
