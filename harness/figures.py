@@ -289,23 +289,33 @@ def gradient_profile(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure |
 
 def claims_vs_budget(table: pd.DataFrame, min_effect: float, confidence: float = 0.95) -> plt.Figure | None:
     """Each claim's mean paired difference against the training budget (iterations), with its t
-    interval: how the gaps move as the budget grows. `table` has one row per (claim, budget):
-    key, iterations, mean, low, high, n (from `harness.report.budget_table`)."""
+    interval: how the gaps move as the budget grows. `table` has one row per (claim, nets, budget):
+    key, nets, iterations, mean, low, high, n (from `harness.report.budget_table`). A claim draws a
+    line per pair of nets it compares (Fig. 7 one per depth; C2 at the deepest depth trained at
+    each budget), never one line through different nets."""
     if table.empty or table["iterations"].nunique() < 2:
         return None
     keys = list(dict.fromkeys(table["key"]))
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        rows = table[table["key"] == key].sort_values("iterations")
-        half = (rows["high"] - rows["mean"]).fillna(0)
-        ax.errorbar(rows["iterations"], rows["mean"], yerr=half, marker="o", capsize=4, color="black")
+        claim = table[table["key"] == key]
+        pairs = list(dict.fromkeys(claim["nets"]))
+        for i, nets in enumerate(pairs):
+            rows = claim[claim["nets"] == nets].sort_values("iterations")
+            half = (rows["high"] - rows["mean"]).fillna(0)
+            shift = 1 + 0.03 * (i - (len(pairs) - 1) / 2)  # side by side, the bars apart
+            ax.errorbar(rows["iterations"] * shift, rows["mean"], yerr=half, marker="o", capsize=4, label=nets)
         ax.axhline(0, color="grey", linewidth=1)
-        unit = rows["unit"].iloc[0]
+        unit = claim["unit"].iloc[0]
         if unit == "points":
             ax.axhline(min_effect, color="tab:green", linestyle=":", linewidth=1)
-        ax.set_title(key, fontsize=9)
+        ax.set_title(key if len(pairs) > 1 else f"{key}: {pairs[0]}", fontsize=9)
+        if len(pairs) > 1:
+            ax.legend(fontsize=7)
+        ax.set_xscale("log")  # budgets double
+        ax.set_xticks(sorted(claim["iterations"].unique()), [str(n) for n in sorted(claim["iterations"].unique())])
+        ax.minorticks_off()
         ax.set_xlabel("iterations")
-        ax.set_xticks(sorted(rows["iterations"].unique()))
         ax.set_ylabel(f"paired difference ({'points of error' if unit == 'points' else '% of plain'})")
         ax.grid(alpha=0.3)
     seeds = f"{table['n'].min()}–{table['n'].max()}" if table["n"].nunique() > 1 else f"{table['n'].iloc[0]}"

@@ -147,6 +147,7 @@ def budget_table(runs: pd.DataFrame, min_effect: float, confidence: float) -> pd
                 rows.append(
                     {
                         "key": claim.key,
+                        "nets": claim.nets,
                         "text": claim.text,
                         "unit": claim.unit,
                         "iterations": iterations,
@@ -157,7 +158,8 @@ def budget_table(runs: pd.DataFrame, min_effect: float, confidence: float) -> pd
                         "verdict": claim.verdict,
                     }
                 )
-    return pd.DataFrame(rows, columns=["key", "text", "unit", "iterations", "n", "mean", "low", "high", "verdict"])
+    columns = ["key", "nets", "text", "unit", "iterations", "n", "mean", "low", "high", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def budget_section(table: pd.DataFrame, out_dir: Path, min_effect: float, confidence: float):
@@ -174,12 +176,13 @@ def budget_section(table: pd.DataFrame, out_dir: Path, min_effect: float, confid
     lines = [
         "## Claims against the budget",
         "",
-        f"| claim | iterations | seeds | mean | {confidence:.0%} CI | verdict |",
-        "|---|---|---|---|---|---|",
+        f"| claim | nets | iterations | seeds | mean | {confidence:.0%} CI | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for row in table.sort_values(["key", "iterations"]).itertuples():
+    for row in table.sort_values(["key", "nets", "iterations"]).itertuples():
         ci = "–" if row.n < 2 else f"{row.low:+.2f} to {row.high:+.2f}"
-        lines.append(f"| {row.key} | {row.iterations} | {row.n} | {row.mean:+.2f} {row.unit} | {ci} | {row.verdict} |")
+        cells = [row.key, row.nets, row.iterations, row.n, f"{row.mean:+.2f} {row.unit}", ci, row.verdict]
+        lines.append(f"| {' | '.join(map(str, cells))} |")
     lines += ["", "![Claims against the budget](claims_vs_budget.png)", ""]
     return lines, written
 

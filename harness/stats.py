@@ -69,6 +69,7 @@ class Claim:
     interval: Interval
     verdict: str
     reason: str
+    nets: str = ""  # the nets compared, "resnet-56 vs plain-56": a claim's key names other nets where others are there
 
     def line(self, confidence: float = 0.95) -> str:
         i = self.interval
@@ -88,11 +89,13 @@ def per_seed(runs: pd.DataFrame, model: str, column: str) -> pd.Series:
     return runs[runs["model"] == model].groupby("seed")[column].mean()
 
 
-def make_claim(key: str, text: str, unit: str, differences: pd.Series, min_effect: float, confidence: float) -> Claim:
+def make_claim(
+    key: str, text: str, unit: str, differences: pd.Series, min_effect: float, confidence: float, nets: str = ""
+) -> Claim:
     differences = differences.dropna()
     interval = t_interval(differences.values, confidence)
     outcome, reason = verdict(interval, min_effect)
-    return Claim(key, text, unit, differences, interval, outcome, reason)
+    return Claim(key, text, unit, differences, interval, outcome, reason, nets)
 
 
 def base_variant(runs: pd.DataFrame, residual: bool) -> pd.DataFrame:
@@ -119,8 +122,8 @@ def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95
     def diff(nets_a, depth_a, nets_b, depth_b, column="final_train_error") -> pd.Series:
         return per_seed(nets_a, name(nets_a, depth_a), column) - per_seed(nets_b, name(nets_b, depth_b), column)
 
-    def add(key, text, differences, unit="points", effect=min_effect):
-        found.append(make_claim(key, text, unit, differences, effect, confidence))
+    def add(key, text, differences, nets, unit="points", effect=min_effect):
+        found.append(make_claim(key, text, unit, differences, effect, confidence, nets))
 
     plain_depths, res_depths = sorted(plain["depth"].unique()), sorted(residual["depth"].unique())
     both = sorted(set(plain_depths) & set(res_depths))
@@ -131,6 +134,7 @@ def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95
             "C1",
             f"degradation: {name(plain, d)} has higher final training error than {name(plain, s)}",
             diff(plain, d, plain, s),
+            f"{name(plain, d)} vs {name(plain, s)}",
         )
     if len(both) >= 2:
         s, d = both[0], both[-1]
@@ -140,6 +144,7 @@ def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95
             f"degradation beyond slower training: ({name(plain, d)} − {name(plain, s)}) − "
             f"({name(residual, d)} − {name(residual, s)}) in final training error",
             extra,
+            f"depth {d} vs {s}",
         )
     if both:
         d = both[-1]
@@ -147,6 +152,7 @@ def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95
             "C2",
             f"shortcuts fix it: {name(residual, d)} has lower final training error than {name(plain, d)}",
             diff(plain, d, residual, d),
+            f"{name(residual, d)} vs {name(plain, d)}",
         )
     if len(res_depths) >= 2:
         s, d = res_depths[0], res_depths[-1]
@@ -154,11 +160,13 @@ def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95
             "C3",
             f"deeper residual net trains better: {name(residual, d)} below {name(residual, s)} in final training error",
             diff(residual, s, residual, d),
+            f"{name(residual, d)} vs {name(residual, s)}",
         )
         add(
             "C3-test",
             f"deeper residual net tests better: {name(residual, d)} below {name(residual, s)} in {eval_name} error",
             diff(residual, s, residual, d, "eval_error"),
+            f"{name(residual, d)} vs {name(residual, s)}",
         )
     for d in both:
         p, r = (
@@ -170,6 +178,7 @@ def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95
             f"residual responses smaller (P1 Fig. 7): mean 3x3 response std of {name(residual, d)} below "
             f"{name(plain, d)}, relative to the plain net",
             100 * (p - r) / p,
+            f"{name(residual, d)} vs {name(plain, d)}",
             unit="%",
         )
     return found

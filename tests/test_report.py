@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from harness import figures, plot, record
 from harness.config import compose_config
 from harness.identity import recipe
-from harness.report import report_runs, report_sweep, signal_verdicts
+from harness.report import budget_table, report_runs, report_sweep, signal_verdicts
 from harness.stats import t_interval
 from harness.tracking.mlflow_store import MlflowRun
 from harness.tracking.runs import load_analysis, load_curves, load_runs, write_members
@@ -212,6 +212,42 @@ def test_two_recipes_get_two_sections_and_are_never_pooled(tmp_path):
     names = {path.name for path in written}
     assert {"recipe1_error_vs_depth.png", "recipe2_error_vs_depth.png", "recipe1_fig6_cifar_curves.pdf"} <= names
     assert "error_vs_depth.png" not in names
+
+
+def test_the_budget_curve_draws_a_line_per_pair_of_nets(tmp_path):
+    """At 2000 iterations plain-56 has not finished yet: C2 compares the 20-layer nets there, a
+    line of its own, not joined to the 56-layer nets' C2 at 1000; Fig. 7 draws a line per depth."""
+    client, experiment_id = store(tmp_path)
+    for iterations in (1000, 2000):
+        for (residual, depth), (train, test) in CLEAR.items():
+            if (iterations, residual, depth) != (2000, False, 56):
+                for seed in (0, 1):
+                    log_run(
+                        client, experiment_id, depth, residual, seed, train[seed], test[seed], iterations=iterations
+                    )
+    table = budget_table(load_runs(client, [experiment_id]), 1.0, 0.95)
+    points = {key: sorted(zip(rows["nets"], rows["iterations"])) for key, rows in table.groupby("key")}
+    assert points["C1"] == [("plain-56 vs plain-20", 1000)]
+    assert points["C2"] == [("resnet-20 vs plain-20", 2000), ("resnet-56 vs plain-56", 1000)]
+    assert points["C3"] == [("resnet-56 vs resnet-20", 1000), ("resnet-56 vs resnet-20", 2000)]
+    assert points["Fig7"] == [
+        ("resnet-20 vs plain-20", 1000),
+        ("resnet-20 vs plain-20", 2000),
+        ("resnet-56 vs plain-56", 1000),
+    ]
+    fig = figures.claims_vs_budget(table, 1.0)
+    drawn = {}  # claim -> {nets: points on its line}
+    for ax in fig.axes:
+        lines = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        drawn[ax.get_title().split(":")[0]] = {c.get_label(): len(c.lines[0].get_xdata()) for c in lines}
+    assert drawn["C2"] == {"resnet-20 vs plain-20": 1, "resnet-56 vs plain-56": 1}
+    assert drawn["C3"] == {"resnet-56 vs resnet-20": 2}
+    assert drawn["Fig7"] == {"resnet-20 vs plain-20": 2, "resnet-56 vs plain-56": 1}
+    report_runs(client, load_runs(client, [experiment_id]), tmp_path / "out", "two budgets")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "| C2 | resnet-20 vs plain-20 | 2000 | 2 |" in report and "| C2 | resnet-56 vs plain-56 | 1000 | 2 |" in report
+    )
 
 
 def test_one_seed_with_tiny_gaps_is_never_reproduced(tmp_path):
