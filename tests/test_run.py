@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from harness import record
 from harness.config import ConfigError, check_values, compose_config
 from harness.data.memory import load_data
-from harness.device import deterministic_kernels
+from harness.device import deterministic_kernels, device_name
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import learning_rate, train
@@ -54,6 +54,7 @@ def test_card_sweep_tracks_four_children_under_one_parent(tmp_path, store, data_
         assert tags["depth"] in ("20", "56") and tags["dataset"] == "fashion_mnist" and tags["device"] == "cpu"
         assert tags["shortcut"] == ("zero_pad" if tags["residual"] == "True" else "none")
         assert len(tags["git_commit"]) >= 7 and tags["torch_version"] == torch.__version__
+        assert tags["device_name"] == device_name(torch.device("cpu"))  # the CPU, as a GPU's name is told
         assert params["schedule.iterations"] == "20" and params["dataset.validation_size"] == "500"
         assert params["tracking.uri"] == store
         assert tags[record.RECIPE] and tags["family"] == "cifar"
