@@ -312,8 +312,9 @@ def claims_vs_budget(table: pd.DataFrame, min_effect: float, confidence: float =
         ax.set_title(key if len(pairs) > 1 else f"{key}: {pairs[0]}", fontsize=9)
         if len(pairs) > 1:
             ax.legend(fontsize=7)
+        budgets = sorted(claim["iterations"].unique())
         ax.set_xscale("log")  # budgets double
-        ax.set_xticks(sorted(claim["iterations"].unique()), [str(n) for n in sorted(claim["iterations"].unique())])
+        ax.set_xticks(budgets, [str(n) for n in budgets])
         ax.minorticks_off()
         ax.set_xlabel("iterations")
         ax.set_ylabel(f"paired difference ({'points of error' if unit == 'points' else '% of plain'})")
