@@ -423,6 +423,7 @@ class Progress:
         self.iterations = {net.fingerprint: net.iterations for net in plan.training}
         self.at_once = plan.at_once or max(1, len(self.estimates))
         self.done: dict[str, float] = {}  # fingerprint: its real seconds
+        self.running: dict[str, float] = {}  # fingerprint: when its run started (seconds since the epoch)
         self.since = time.time()
 
     def finish(self, fingerprint: str, seconds: float, ended: float = math.inf) -> bool:
@@ -445,12 +446,22 @@ class Progress:
         iterations = self.iterations.get(fingerprint, 0)
         return rate * iterations if rate and iterations else info.end_time / 1000 - self.since
 
-    def seconds_left(self) -> float:
+    def seconds_left(self, now: float | None = None) -> float:
+        """The running jobs' rest on their slots, then the queued jobs on the first slot free."""
+        now = time.time() if now is None else now
         recent = list(self.done)[-RECENT_JOBS * self.at_once :]
         estimated = sum(self.estimates[fingerprint] for fingerprint in recent)
         scale = sum(self.done[fingerprint] for fingerprint in recent) / estimated if estimated else 1.0
-        left = [seconds for fingerprint, seconds in self.estimates.items() if fingerprint not in self.done]
-        return scale * makespan(left, self.at_once)
+        running, queued = [], []
+        for fingerprint, seconds in self.estimates.items():
+            if fingerprint in self.done:
+                continue
+            if fingerprint in self.running:
+                elapsed = now - max(self.running[fingerprint], self.since)
+                running.append(max(scale * seconds - elapsed, 0.0))  # max keeps an unknown (NaN) rest unknown
+            else:
+                queued.append(scale * seconds)
+        return makespan(running + queued, self.at_once)
 
     def line(self, name: str, status: str) -> str:
         seconds = self.done[list(self.done)[-1]]

@@ -159,6 +159,11 @@ class SweepTracking(Callback):
             runs = self.client.search_runs([self.experiment_id], record.children_filter(self.parent_run_id))
         except Exception:  # the store's trouble is the jobs' to report; the count waits
             return
+        self.progress.running = {
+            run.data.tags.get(record.FINGERPRINT): run.info.start_time / 1000
+            for run in runs
+            if run.info.status == "RUNNING"
+        }
         for run in sorted(runs, key=lambda run: run.info.end_time or 0):
             info = run.info
             if info.status not in ("FINISHED", "FAILED", "KILLED") or not info.end_time:

@@ -278,6 +278,22 @@ def test_the_time_left_forgets_a_load_that_has_passed():
     assert progress.seconds_left() == pytest.approx(100)  # the 2 last jobs side by side, as estimated
 
 
+def test_the_time_left_counts_what_the_running_jobs_have_done():
+    """Two jobs done at their estimates, the third 60 s into its 100: 40 s are left, not 100; a
+    job past its estimate has nothing left, and one resumed counts from this launch."""
+    nets = [plan.NetPlan(f"net {i}", f"fp{i}", "new run", None, 1000, 100.0, "calibrated") for i in range(4)]
+    progress = plan.Progress(plan.Plan(nets, jobs=4, at_once=2, threads=1, startup=0.0))
+    progress.finish("fp0", 100.0)
+    progress.finish("fp1", 100.0)
+    progress.running = {"fp2": progress.since + 200}
+    assert progress.seconds_left(now=progress.since + 260) == pytest.approx(100)  # fp3 beside fp2's 40
+    progress.running["fp3"] = progress.since + 230
+    assert progress.seconds_left(now=progress.since + 260) == pytest.approx(70)  # fp3's rest
+    assert progress.seconds_left(now=progress.since + 500) == 0  # both past their estimates
+    progress.running = {"fp2": progress.since - 3600}  # resumed: its estimate is for what is left
+    assert progress.seconds_left(now=progress.since + 30) == pytest.approx(100)  # fp2's 70 beside fp3's 100
+
+
 def test_a_run_an_earlier_launch_stopped_counts_once_it_ends_in_this_one():
     """Relaunched, a sweep goes on in its parent run, whose children include the runs that the
     earlier launch's Ctrl-C left KILLED: they are this launch's to resume, not done."""
