@@ -369,20 +369,23 @@ def seeds_needed(mean: float, sd: float, confidence: float = 0.95) -> int | None
 BUDGET_CLAIMS = ("C3", "C3-test")  # their gap shrinks with the budget: P1 claims them of full training
 
 
-def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
+def next_steps(found, more_seeds, confidence: float = 0.95, budget_curve: bool = False) -> list[str]:
     """For each inconclusive claim, what to run next: with 1 seed, 3 seeds; with 2 or more, the
     number of seeds at which the observed standard deviation would give an interval that excludes
-    zero at the observed mean (an estimate); for a claim bound to the budget, the budget curve.
-    Claims that need the same seeds share a line. `more_seeds(n)` is (the command that trains
-    seeds 0..n-1, its estimated seconds here)."""
+    zero at the observed mean (an estimate); for a claim bound to the budget, the budget curve,
+    unless these claims are one already (`budget_curve`). Claims that need the same seeds share a
+    line, each named by its key and the nets it compares. `more_seeds(n)` is (the command that
+    trains seeds 0..n-1, its estimated seconds here)."""
     one_seed: list[str] = []  # claims with 1 seed
     by_seeds: dict[int, list[str]] = {}  # seeds: why, for claims with 2 or more
     other = []
     for claim in found:
         interval = claim.interval
-        if claim.key in BUDGET_CLAIMS and claim.verdict != "reproduced" and interval.n >= 1 and interval.mean < 0:
+        named = f"{claim.key} {claim.nets}" if claim.nets else claim.key
+        against = claim.verdict != "reproduced" and interval.n >= 1 and interval.mean < 0
+        if claim.key in BUDGET_CLAIMS and against and not budget_curve:
             other.append(
-                f"{claim.key} goes against the claim at this budget, which P1 makes of full training: the budget "
+                f"{named} goes against the claim at this budget, which P1 makes of full training: the budget "
                 "curve, `python -m harness.run -m +experiment=budget_curve`, draws its gap against iterations."
             )
         if claim.verdict != "inconclusive" or interval.n == 0:
@@ -390,16 +393,16 @@ def next_steps(found, more_seeds, confidence: float = 0.95) -> list[str]:
         if interval.n == 1:
             one_seed.append(claim.key)
         elif claim.reason.startswith("the mean is below"):
-            other.append(f"{claim.key}: {claim.reason}; more seeds narrow the interval, not the effect.")
+            other.append(f"{named}: {claim.reason}; more seeds narrow the interval, not the effect.")
         elif (needed := seeds_needed(interval.mean, interval.sd, confidence)) is None:
             other.append(
-                f"{claim.key}: at the observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}, no number "
+                f"{named}: at the observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}, no number "
                 f"of seeds up to {MAX_SEEDS} gives an interval that excludes zero."
             )
         else:
             side = "excludes zero" if interval.mean > 0 else "lies wholly against the claim"
             by_seeds.setdefault(max(needed, MIN_SEEDS, interval.n + 1), []).append(
-                f"{claim.key} (about {needed} seeds give a {confidence:.0%} interval that {side} at the observed "
+                f"{named} (about {needed} seeds give a {confidence:.0%} interval that {side} at the observed "
                 f"mean {interval.mean:+.2f} and sd {interval.sd:.2f}: a t-based estimate; it has {interval.n})"
             )
     if one_seed:  # Fig7 comes once per depth

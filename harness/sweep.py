@@ -5,6 +5,7 @@ reused from earlier sweeps), report on all of them and say which configurations 
 SLURM it also watches for jobs that vanished without a result, which the launcher would wait
 for forever."""
 
+import dataclasses
 import functools
 import logging
 import math
@@ -365,11 +366,14 @@ class SweepTracking(Callback):
         if members.empty:
             return []
         runs = finished(load_runs(self.client, [self.experiment_id], run_ids=list(members["run_id"])))
-        found = [
-            claim
-            for _, nets in runs.groupby(["recipe", "family"])
-            for claim in claims(nets, config.report.min_effect, config.report.confidence)
-        ]
+        budget_curve = runs["iterations"].nunique() > 1
+        found = []
+        for _, nets in runs.groupby(["recipe", "family"]):
+            budget = f" at {nets['iterations'].iloc[0]} iterations" if budget_curve else ""
+            found += [
+                dataclasses.replace(claim, nets=claim.nets + budget)
+                for claim in claims(nets, config.report.min_effect, config.report.confidence)
+            ]
         own = ("seed", "tracking.parent_run_id", "hydra.sweep.dir")
         kept = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in own]
 
@@ -384,7 +388,7 @@ class SweepTracking(Callback):
             )
             return f"python -m harness.run -m {' '.join([*kept, f'seed={seed_list}'])}", made.wall_seconds
 
-        return list(dict.fromkeys(plan.next_steps(found, more_seeds, config.report.confidence)))
+        return list(dict.fromkeys(plan.next_steps(found, more_seeds, config.report.confidence, budget_curve)))
 
     def stopped_as(self, row) -> str:
         """How a run of the sweep that did not finish stands: its status and the kind of failure."""

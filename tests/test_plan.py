@@ -201,6 +201,12 @@ def test_next_steps_for_inconclusive_claims():
     against = plan.next_steps([claim("C3-test", [-3.0, 1.0, -4.0])], more_seeds)
     assert "C3-test (about" in against[0] and "interval that lies wholly against the claim" in against[0]
     assert against[1].startswith("C3-test goes against the claim at this budget")
+    # In a budget curve each claim is named by its nets and budget, and the curve is not suggested again.
+    at_4000 = make_claim(
+        "C3", "C3", "points", pd.Series([-1.0, -2.0, -0.3]), 1.0, 0.95, "resnet-56 vs resnet-20 at 4000 iterations"
+    )
+    (curve,) = plan.next_steps([at_4000], more_seeds, budget_curve=True)
+    assert curve.startswith("C3 resnet-56 vs resnet-20 at 4000 iterations (about ") and "budget_curve" not in curve
 
 
 def test_plan_mode_trains_nothing_and_writes_nothing(tmp_path, data_root):
