@@ -466,11 +466,15 @@ class Progress:
                 queued.append(scale * seconds)
         return makespan(running + queued, self.at_once)
 
-    def line(self, name: str, status: str) -> str:
-        seconds = self.done[list(self.done)[-1]]
-        head = f"sweep: {len(self.done)}/{len(self.estimates)} jobs done ({name} {status} in {clock(seconds)})"
-        left = self.seconds_left()
-        if len(self.done) == len(self.estimates) or math.isnan(left):
+    def line(self, name: str, status: str, fingerprint: str | None = None) -> str:
+        """The line of a job that ended (by default the latest counted). The time left comes on the
+        latest's only: jobs seen ended at one look are all counted first, or the earlier lines
+        would count the later jobs as still to run."""
+        done = list(self.done)
+        count = done.index(fingerprint) + 1 if fingerprint else len(done)
+        seconds = self.done[done[count - 1]]
+        head = f"sweep: {count}/{len(self.estimates)} jobs done ({name} {status} in {clock(seconds)})"
+        if count < len(done) or count == len(self.estimates) or math.isnan(left := self.seconds_left()):
             return head
         return f"{head}; about {clock(left)} left"
 

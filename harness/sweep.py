@@ -165,6 +165,7 @@ class SweepTracking(Callback):
             for run in runs
             if run.info.status == "RUNNING"
         }
+        ended = []
         for run in sorted(runs, key=lambda run: run.info.end_time or 0):
             info = run.info
             if info.status not in ("FINISHED", "FAILED", "KILLED") or not info.end_time:
@@ -172,7 +173,9 @@ class SweepTracking(Callback):
             fingerprint = run.data.tags.get(record.FINGERPRINT)
             seconds = self.progress.run_seconds(fingerprint, run)
             if self.progress.finish(fingerprint, seconds, info.end_time / 1000):
-                tqdm.write(self.progress.line(info.run_name, info.status))
+                ended.append((info.run_name, info.status, fingerprint))
+        for name, status, fingerprint in ended:
+            tqdm.write(self.progress.line(name, status, fingerprint))
 
     def watch_slurm_jobs(self) -> None:
         failing = False

@@ -300,6 +300,17 @@ def test_the_time_left_counts_what_the_running_jobs_have_done():
     assert progress.seconds_left(now=progress.since + 30) == pytest.approx(100)  # fp2's 70 beside fp3's 100
 
 
+def test_jobs_seen_ended_at_one_look_are_counted_before_the_time_left_is_said():
+    """Two jobs seen ended at one look: the first one's line says no time left (the second, ended
+    too, would count as still to run), the second's says the rest."""
+    nets = [plan.NetPlan(f"net {i}", f"fp{i}", "new run", None, 1000, 100.0, "calibrated") for i in range(3)]
+    progress = plan.Progress(plan.Plan(nets, jobs=3, at_once=2, threads=1, startup=0.0))
+    progress.finish("fp0", 100.0)
+    progress.finish("fp1", 100.0)
+    assert progress.line("net 0", "FINISHED", "fp0") == "sweep: 1/3 jobs done (net 0 FINISHED in 1:40)"
+    assert progress.line("net 1", "FINISHED", "fp1") == "sweep: 2/3 jobs done (net 1 FINISHED in 1:40); about 1:40 left"
+
+
 def test_a_run_an_earlier_launch_stopped_counts_once_it_ends_in_this_one():
     """Relaunched, a sweep goes on in its parent run, whose children include the runs that the
     earlier launch's Ctrl-C left KILLED: they are this launch's to resume, not done."""
