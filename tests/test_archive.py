@@ -102,21 +102,26 @@ def test_a_folder_that_is_no_archive_is_named_with_what_would_be_one(tmp_path, s
     assert not nowhere.parent.exists()
 
 
-def test_the_committed_budget_curve_archives_import_whole_into_one_store(tmp_path, store):
-    """docs/results/budget_curve* (the runs behind docs/results.md: fp32 on an AVX2 host, bf16 on an
-    AVX512-BF16 one) stay readable by this harness, and land in one store as two sweeps: their
-    precisions make them two studies, so a relaunch goes on in the one its machine resolves."""
+def test_the_committed_archives_import_whole_into_one_store(tmp_path, store):
+    """docs/results/* (the runs behind docs/results.md: the budget curve in fp32 on an AVX2 host and
+    in bf16 on an AVX512-BF16 one, then C3 at 4000 iterations with 5 seeds) stay readable by this
+    harness and land in one store as three sweeps: the precisions make the curves two studies, so a
+    relaunch goes on in the one its machine resolves; the C3 sweep's 6 runs reused from the bf16
+    curve are there already and are not imported twice."""
     client = MlflowClient(store)
     parents, archived = set(), {}
-    for folder in sorted((REPO / "docs" / "results").glob("budget_curve*")):
+    folders = sorted(path.parent for path in (REPO / "docs" / "results").glob(f"*/{archive.SWEEP_FILE}"))
+    for folder in folders:
         files = [json.loads(path.read_text())["run"] for path in folder.glob("*_seed*_*.json")]
         parent, imported, there = archive.import_sweep(store, folder)
-        assert (imported, there) == (len(files), 0) and imported >= 12, folder
+        reused = 6 if folder.name == "c3_4000_5seeds" else 0
+        assert (imported, there) == (len(files) - reused, reused) and imported >= 4, folder
         parents.add(parent)
         archived |= {
             data["tags"][record.FINGERPRINT]: data["metrics"][record.FINAL_TRAIN_ERROR][0][2] for data in files
         }
-    assert len(parents) == 2
+    assert [folder.name for folder in folders] == ["budget_curve", "budget_curve_bf16", "c3_4000_5seeds"]
+    assert len(parents) == 3
     runs = load_runs(client, [client.get_experiment_by_name("degradation").experiment_id])
     assert set(runs["status"]) == {"FINISHED"} and len(runs) == len(archived)
     for run in runs.itertuples():
