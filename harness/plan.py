@@ -111,7 +111,8 @@ def speed_key(model, family, dataset, resize, batch_size, precision, device, nam
     return tuple(str(part) for part in (model, family, dataset, resize, batch_size, precision, device, name, threads))
 
 
-def job_key(cfg: DictConfig, device, threads: int) -> tuple[str, ...]:
+def job_key(cfg: DictConfig, device, name: str, threads: int) -> tuple[str, ...]:
+    """The speed key of a job on `device`, named `name` (harness.device.device_name)."""
     trained, _ = identity.effective_config(cfg)
     return speed_key(
         record.net_name(cfg),
@@ -121,7 +122,7 @@ def job_key(cfg: DictConfig, device, threads: int) -> tuple[str, ...]:
         cfg.schedule.batch_size,
         trained["precision"],
         device.type,
-        device_name(device),
+        name,
         threads,
     )
 
@@ -264,6 +265,7 @@ def make_plan(
     take here."""
     rates = measured_rates(client)
     threads = torch_threads(configs[0], launcher)
+    here = device_name(device)
     nets, seen, calibrated = [], set(), {}
     for cfg in configs:
         fingerprint = identity.fingerprint(cfg)
@@ -279,7 +281,7 @@ def make_plan(
         iterations = cfg.schedule.iterations
         if decision.action == RESUME:
             iterations = iterations_left(client, decision.run, cfg)
-        key = job_key(cfg, device, threads)
+        key = job_key(cfg, device, here, threads)
         if rates.get(key):
             seconds = iterations * statistics.median(rates[key])
             source = f"measured: {len(rates[key])} finished run(s) here"
