@@ -41,14 +41,17 @@ def layer_name(module_path: str, module: nn.Module) -> str:
 
 
 def response_layers(model: nn.Module) -> list[ResponseLayer]:
-    """Every 3x3 conv followed by a BN among its siblings, in the model's order. Pre-activation
-    blocks pair only their first conv: the second one's output meets the addition unnormalised."""
+    """Every 3x3 conv directly followed by a BN, in the model's order: in a unit, the order of its
+    parts (P2's units), elsewhere its children's. Full pre-activation units pair only their first
+    conv, and BN after addition (b) only its first: the second conv's output meets the addition
+    unnormalised."""
     layers = []
     for path, module in model.named_modules():
-        children = list(module.named_children())
-        for (name, child), (_, following) in zip(children, children[1:]):
-            if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3) and isinstance(following, nn.BatchNorm2d):
-                layers.append(ResponseLayer(layer_name(f"{path}.{name}" if path else name, child), child, following))
+        order = getattr(module, "order", None) or [name for name, _ in module.named_children()]
+        for name, following in zip(order, order[1:]):
+            child, norm = getattr(module, name, None), getattr(module, following, None)
+            if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3) and isinstance(norm, nn.BatchNorm2d):
+                layers.append(ResponseLayer(layer_name(f"{path}.{name}" if path else name, child), child, norm))
     return layers
 
 

@@ -50,9 +50,10 @@ from harness import OPENMP_WAIT, OPENMP_WAIT_VARIABLES, record
 from harness.analysis import PROBE_IMAGES, probe
 from harness.config import compose_config
 from harness.data.memory import load_data
-from harness.device import autocast, resolve_precision
+from harness.device import autocast
 from harness.job import torch_threads
 from harness.models.resnet import build_model
+from harness.precision import resolve_precision
 from harness.stats import t_interval
 from harness.tracking import MemoryTracker
 from harness.tracking.mlflow_store import MlflowRun, connect

@@ -25,7 +25,7 @@ import torch
 from harness.config import compose_config
 from harness.data.memory import random_data
 from harness.device import deterministic_kernels
-from harness.models.resnet import build_model
+from harness.models.resnet import build_from_config
 from harness.train import train
 
 WARMUP = 60  # iterations before timing: compilation, CUDA graphs' capture, cuDNN's choice
@@ -92,7 +92,7 @@ def measure(
     )  # fmt: skip
     deterministic_kernels(cfg.deterministic)
     torch.manual_seed(0)
-    model = build_model(depth, cfg.residual, cfg.shortcut, cfg.activation, 3, 10, cfg.family)
+    model = build_from_config(cfg, 3, 10)
     model = model.to(device, memory_format=torch.channels_last)
     tracker = tracker or RateTracker(seconds)
     torch.cuda.reset_peak_memory_stats(device)

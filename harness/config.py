@@ -7,6 +7,7 @@ beside the class they belong to. Hydra checks names and types when it composes a
 """
 
 import dataclasses
+import math
 import os
 import sys
 import typing
@@ -195,8 +196,15 @@ class Config:
     residual: bool = option(
         True, "shortcuts or not", valid="true (ResNet) or false (the same net without shortcuts: plain)"
     )
-    shortcut: str = option("auto", "P1's shortcut option", valid=VALID_SHORTCUTS)
-    activation: str = option("post", "the residual unit", valid=VALID_ACTIVATIONS)
+    shortcut: str = option("auto", "P1's shortcut option or P2's shortcut (its Table 1)", valid=VALID_SHORTCUTS)
+    shortcut_lambda: float = option(
+        0.5, "P2's lambda: the shortcut's scale (shortcut=scaling, frozen_gating)", valid="0 < lambda <= 1"
+    )
+    gate_bias: float = option(
+        -6.0, "P2's b_g: the gate's initial bias (shortcut=exclusive_gating, shortcut_only_gating)", valid="a number"
+    )
+    shortcut_dropout: float = option(0.5, "the dropout rate on the shortcut (shortcut=dropout)", valid="0 <= rate < 1")
+    activation: str = option("post", "the residual unit: the order of its parts (P2 Fig. 4)", valid=VALID_ACTIVATIONS)
     family: str = option("auto", "which net a depth of both families (50, 152) means", valid="auto, cifar or imagenet")
     seed: int = option(0, "the initialisation, the data order and the augmentation")
     device: str = option("auto", "auto: cuda when present, else cpu", valid="auto, cpu or cuda[:N]")
@@ -234,6 +242,20 @@ class Config:
             f"shortcut={self.shortcut} is not valid; use {VALID_SHORTCUTS}.",
         )
         need(self.activation in ACTIVATIONS, f"activation={self.activation} is not valid; use {VALID_ACTIVATIONS}.")
+        need(
+            0 < self.shortcut_lambda <= 1,
+            f"shortcut_lambda={self.shortcut_lambda} is not valid; use 0 < lambda <= 1 (lambda = 0 is the plain net: "
+            "residual=false).",
+        )
+        need(
+            0 <= self.shortcut_dropout < 1,
+            f"shortcut_dropout={self.shortcut_dropout} is not valid; use a rate 0 <= rate < 1 (1 drops every shortcut: "
+            "the plain net, residual=false).",
+        )
+        need(
+            math.isfinite(self.gate_bias),
+            f"gate_bias={self.gate_bias} is not valid; use a finite number (P2: 0 to -7).",
+        )
         need(
             self.device in DEVICES or self.device.startswith("cuda:"),
             f"device={self.device} is not valid; use {_valid('device')}.",

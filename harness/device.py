@@ -1,8 +1,6 @@
-"""The device a job trains on and the arithmetic it uses there. `device=auto` is CUDA where torch
-sees it, else the CPU; `precision=auto` is bf16 where the device runs it fast, else fp32:
-- a CUDA GPU that supports bf16 (`torch.cuda.is_bf16_supported()`: Ampere and later);
-- a CPU whose flags (/proc/cpuinfo) name AMX-BF16 tiles (`amx_bf16`) or AVX-512 bf16 dot
-  products (`avx512_bf16`), which oneDNN uses for bf16 convolutions and matrix products.
+"""The device a job trains on, its name, and the arithmetic it uses there. `device=auto` is CUDA
+where torch sees it, else the CPU; what `precision=auto` means on it is measured
+(`harness.precision`).
 
 bf16 is `torch.autocast`: convolutions and linear layers (forward and backward) run in bf16;
 the weights, the optimizer's state, the loss and BatchNorm's statistics stay fp32.
@@ -16,7 +14,9 @@ from pathlib import Path
 
 from harness.config import ConfigError
 
-FAST_CPU_BF16 = ("amx_bf16", "avx512_bf16")
+# Where oneDNN has bf16 arithmetic units: AMX-BF16 tiles or AVX-512 bf16 dot products. Part of a
+# CPU's name (two "AMD EPYC" hosts differ by them), not a promise of speed: harness.precision measures.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @functools.cache
@@ -43,7 +43,7 @@ def device_name(device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    units = ", bf16 units" if fast_bf16("cpu") else ""
+    units = ", bf16 units" if cpu_flags() & set(CPU_BF16_FLAGS) else ""
     return f"{cpu_info().get('model name', 'unknown CPU')} ({torch.backends.cpu.get_cpu_capability()}{units})"
 
 
@@ -54,22 +54,6 @@ def device_type(name: str) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if name.startswith("cuda") else "cpu"
-
-
-def fast_bf16(kind: str) -> bool:
-    """Whether a device of this type here runs bf16 faster than fp32."""
-    if kind == "cuda":
-        import torch
-
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(cpu_flags() & set(FAST_CPU_BF16))
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """fp32 or bf16: `precision` with auto resolved for the `device` value."""
-    if precision != "auto":
-        return precision
-    return "bf16" if fast_bf16(device_type(device)) else "fp32"
 
 
 def pick_device(name: str):

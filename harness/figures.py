@@ -8,12 +8,14 @@ seeds drawn as their mean with a band or interval; y axes from 0; a subtitle tha
 set, the budget and the number of seeds.
 """
 
+import math
 import textwrap
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
@@ -327,3 +329,84 @@ def claims_vs_budget(table: pd.DataFrame, min_effect: float, confidence: float =
     )
     fig.tight_layout()
     return fig
+
+
+# P2's studies: one colour per variant of the same net.
+
+
+def variant_colours(nets: pd.DataFrame) -> dict[str, tuple]:
+    models = list(dict.fromkeys(nets["model"]))
+    return dict(zip(models, plt.get_cmap("tab10").colors))
+
+
+def p2_curves(nets: pd.DataFrame, curves: pd.DataFrame, title: str) -> plt.Figure | None:
+    """P2 Fig. 3 and 6: running training error (left) and test or validation error (right)
+    against iterations, one colour per variant, the mean over seeds with a min-max band. A
+    variant that diverged ends where it did."""
+    if nets.empty or curves.empty:
+        return None
+    colours = variant_colours(nets)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, metric, name in zip(axes, ("train_error", "eval_error"), ("training (running)", eval_name(nets))):
+        for model, group in nets.groupby("model", sort=False):
+            points = curves[curves["run_id"].isin(group["run_id"]) & (curves["metric"] == metric)]
+            if points.empty:
+                continue
+            by_step = points.groupby("step")["value"].agg(["mean", "min", "max"])
+            ax.plot(by_step.index, by_step["mean"], color=colours[model], linewidth=1.5, label=model)
+            if group["seed"].nunique() > 1:
+                ax.fill_between(by_step.index, by_step["min"], by_step["max"], color=colours[model], alpha=0.12)
+        ax.set_title(f"{name} error", fontsize=9)
+        ax.set_xlabel("iterations")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("error (%)")
+    axes[0].legend(fontsize=7, loc="best")
+    return titled(fig, title, nets)
+
+
+# The factor P2's equations put on the backward signal at each unit's shortcut, where it is a constant
+# (scaling by lambda, frozen gating) or, at initialisation, an expectation (dropout, a gate's 1 - g
+# with W_g x around 0): through k units the signal is multiplied by it k times (P2 eq. 8).
+def shortcut_factor(net: pd.Series) -> float | None:
+    if net["shortcut"] in ("scaling", "frozen_gating"):
+        return net["shortcut_lambda"]
+    if net["shortcut"] == "dropout":
+        return 1 - net["shortcut_dropout"]
+    if net["shortcut"] in ("exclusive_gating", "shortcut_only_gating"):
+        return 1 - 1 / (1 + math.exp(-net["gate_bias"]))
+    return None
+
+
+def p2_backward_signal(nets: pd.DataFrame, analysis: pd.DataFrame, title: str) -> plt.Figure | None:
+    """The backward signal, RMS of the loss gradient at each unit's output, by unit index from the
+    input, at the first probe (left) and the last (right), the geometric mean over seeds; dotted,
+    what P2's equations predict from the last unit's value where a shortcut multiplies it by a
+    factor: that factor to the power of the units between."""
+    signal = analysis[(analysis["kind"] == "output_grad") & analysis["run_id"].isin(nets["run_id"])]
+    if signal.empty:
+        return None
+    colours = variant_colours(nets)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, last, name in zip(axes, (False, True), ("first probe", "last probe")):
+        steps = signal.groupby("run_id")["step"].transform("max" if last else "min")
+        at = signal[signal["step"] == steps].merge(nets[["run_id", "model"]], on="run_id")
+        for model, group in at.groupby("model", sort=False):
+            profile = group.groupby("index")["value"].apply(lambda v: float(np.exp(np.log(v).mean())))
+            ax.plot(profile.index, profile.values, color=colours[model], linewidth=1.5, label=model)
+            factor = shortcut_factor(nets[nets["model"] == model].iloc[0])
+            if factor is not None and 0 < factor < 1:
+                units = profile.index.max()
+                predicted = profile.iloc[-1] * factor ** (units - profile.index.to_numpy())
+                ax.plot(profile.index, predicted, color=colours[model], linestyle=":", linewidth=1.2)
+        ax.set_yscale("log")
+        ax.set_title(f"{name} (iteration {int(at['step'].max())})", fontsize=9)
+        ax.set_xlabel("unit index (from the input)")
+        ax.grid(alpha=0.3, which="both")
+    # Three decades below the lowest measured value: a prediction far below leaves the panel, its slope seen.
+    axes[0].set_ylim(bottom=signal["value"].min() / 1e3)
+    axes[0].set_ylabel("RMS of dLoss/d(unit output)")
+    handles, _ = axes[0].get_legend_handles_labels()
+    handles.append(Line2D([], [], color="grey", linestyle=":", label="P2: factor^(units to the last)"))
+    axes[0].legend(handles=handles, fontsize=7, loc="best")
+    return titled(fig, title, nets)

@@ -9,15 +9,15 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.device import resolve_precision
-from harness.models import resolve_family, resolve_shortcut
+from harness.models import PARAMETER_KEYS, SHORTCUT_PARAMETERS, resolve_family, resolve_shortcut
+from harness.precision import resolve_precision
 
 # Where and how a run is executed, tracked and reported, not what it trains.
 PRESENTATION_KEYS = ("tracking", "report", "threads", "cores", "device", "rerun", "analysis", "plan", "compile",
                      "deterministic",
                      "dataset.root", "dataset.download", "schedule.checkpoint_every")  # fmt: skip
 # What tells the nets of one study apart; everything else that is trained is the study's recipe.
-NET_KEYS = ("depth", "residual", "shortcut", "activation", "family", "seed")
+NET_KEYS = ("depth", "residual", "shortcut", "activation", "family", "seed", *PARAMETER_KEYS)
 WARMUP_KEYS = ("warmup_lr", "warmup_until_error", "warmup_max_iterations", "warmup_min_depth")
 
 
@@ -52,11 +52,16 @@ def _net_rules(trained: dict, unused: dict[str, str]) -> None:
     """The automatic values resolved, and the keys this particular net does not use removed."""
     trained["family"] = resolve_family(trained["depth"], trained["family"])
     if trained["residual"]:
-        trained["shortcut"] = resolve_shortcut(trained["shortcut"], trained["depth"], trained["family"])
+        shortcut = trained["shortcut"] = resolve_shortcut(trained["shortcut"], trained["depth"], trained["family"])
+        for key in set(PARAMETER_KEYS) - set(SHORTCUT_PARAMETERS.get(shortcut, ())):
+            unused[key] = f"shortcut={shortcut} does not use it"
     else:
-        if trained["shortcut"] != "auto":
-            unused["shortcut"] = "a plain net (residual=false) has no shortcuts"
+        for key in ("shortcut", *PARAMETER_KEYS):
+            unused[key] = "a plain net (residual=false) has no shortcuts"
+        if trained["shortcut"] == "auto":
+            unused.pop("shortcut")
         trained["shortcut"] = "none"
+    _drop(trained, [key for key in PARAMETER_KEYS if key in unused])
     schedule = trained["schedule"]
     if "warmup_lr" in schedule and trained["depth"] < schedule["warmup_min_depth"]:
         depth, minimum = trained["depth"], schedule["warmup_min_depth"]

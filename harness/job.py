@@ -27,7 +27,7 @@ from harness.device import deterministic_kernels, device_name, pick_device
 from harness.launchers import SchedulerStop, cpus_per_job, orphaned, placement_tags, watch_sweep
 from harness.lease import Heartbeat, Lease, LeaseLost, claimed, generation_of, heartbeat_of
 from harness.models import resolve_family
-from harness.models.resnet import build_model
+from harness.models.resnet import build_from_config
 from harness.tracking.mlflow_store import (
     CheckpointError,
     CorruptCheckpoint,
@@ -81,7 +81,7 @@ def decide(stored: Stored | None, rerun: bool) -> Decision:
         return Decision(ELSEWHERE, stored)
     if rerun:  # a new run beside the earlier ones, which stay as they are
         return Decision(NEW)
-    if stored.status == "FINISHED":
+    if stored.status == "FINISHED" or stored.failure == record.DIVERGED:
         return Decision(SKIP, stored)
     resumable = stored.status in RESUMABLE or stored.failure == record.ENVIRONMENT
     return Decision(RESUME if resumable and stored.has_checkpoint else NEW, stored)
@@ -106,7 +106,8 @@ def look(client, experiment_id: str, fingerprint: str, folder: Path | None) -> S
 def say(decision: Decision, name: str) -> None:
     stored = decision.run
     if decision.action == SKIP:
-        print(f"skip {name}: already FINISHED as MLflow run {stored.run_id} (rerun=true trains it again)")
+        ended = "FINISHED" if stored.status == "FINISHED" else "diverged (a result: the same seed diverges again)"
+        print(f"skip {name}: already {ended} as MLflow run {stored.run_id} (rerun=true trains it again)")
     elif decision.action == ELSEWHERE:
         beat = stored.heartbeat
         age = f"heartbeat {beat.age():.0f} s ago" if beat else "no heartbeat yet"
@@ -268,9 +269,7 @@ def execute(
             SMALLEST_IMAGENET_INPUT,
         )
         run.set_tags({record.SMALL_INPUT: data.image_size})
-    model = build_model(
-        cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data.in_channels, data.num_classes, cfg.family
-    ).to(device, memory_format=torch.channels_last)
+    model = build_from_config(cfg, data.in_channels, data.num_classes).to(device, memory_format=torch.channels_last)
     result = train(cfg, model, data, run, device)
 
     run.log_json({"run": run.name, **vars(result)}, record.SUMMARY_FILE)
@@ -298,7 +297,7 @@ OUTCOMES = {
     "Ctrl-C": Outcome("KILLED", None, 130),  # resumes from its last checkpoint
     "scheduler stop": Outcome("KILLED", None, 1),  # SLURM's time limit is near: stopped like Ctrl-C, not failed
     "lease lost": Outcome(None, None, 1),  # another launch trains the run
-    "diverged": Outcome("FAILED", record.RUN, 1),
+    "diverged": Outcome("FAILED", record.DIVERGED, 1),  # a result: a relaunch keeps it
     "environment failure": Outcome("FAILED", record.ENVIRONMENT, 1),  # resumes from its last checkpoint
     "bug": Outcome("FAILED", record.RUN, 1),  # alone: with its traceback
 }

@@ -28,10 +28,10 @@ def run_colour(
     """The UI colour of a net: its depth's colour, as the figures draw a residual net; a plain net
     gets a lighter tint of it (the UI has one line style, so lightness stands for plain vs
     residual), a residual net with other than its depth's default shortcut or with
-    pre-activation a darker shade (black itself, 152, towards grey)."""
+    another unit than (a) a darker shade (black itself, 152, towards grey)."""
     base = to_hex(depth_colour(depth))
     if not residual:
         return _mix(base, "white", PLAIN_TINT)
-    if shortcut != default_shortcut or activation == "pre":
+    if shortcut != default_shortcut or activation != "post":
         return _mix(base, "black", VARIANT_SHADE) if base != "#000000" else _mix(base, "white", VARIANT_SHADE / 2)
     return base

@@ -6,6 +6,7 @@ says what kind of number it is, so that a mean over our seeds meets a published 
 best or median of N is labelled as such.
 """
 
+import math
 from typing import NamedTuple
 
 
@@ -34,3 +35,30 @@ PUBLISHED_TEST_ERROR: dict[tuple[str, str], Published] = {
 
 def published_test_error(dataset: str, model: str) -> Published | None:
     return PUBLISHED_TEST_ERROR.get((dataset, model))
+
+
+# P2 Tables 1 and 2: ResNet-110 on CIFAR-10 for 64k iterations, keyed by the variant's name
+# (`model_name` without a depth): what a P2 study at another depth, data and budget sets its nets beside.
+P2_TABLE1 = "P2 Table 1, ResNet-110, CIFAR-10"
+P2_TABLE2 = "P2 Table 2, ResNet-110, CIFAR-10"
+FAIL = "fail (test error above 20%)"
+P2_VARIANT_TEST_ERROR: dict[str, Published] = {
+    "resnet": Published(6.61, "median of 5", f"{P2_TABLE1}, the original"),
+    "resnet-scale0.5": Published(math.nan, FAIL, P2_TABLE1),
+    "resnet-frozen0.5": Published(12.35, "median of 5", P2_TABLE1),
+    **{f"resnet-exgate{b}": Published(math.nan, FAIL, P2_TABLE1) for b in (0, -1, -2, -3, -4, -5)},
+    "resnet-exgate-6": Published(8.70, "median of 5", P2_TABLE1),
+    "resnet-exgate-7": Published(9.81, "median of 5", P2_TABLE1),
+    "resnet-shgate0": Published(12.86, "median of 5", P2_TABLE1),
+    "resnet-shgate-6": Published(6.91, "median of 5", P2_TABLE1),
+    "resnet-C": Published(12.22, "median of 5", f"{P2_TABLE1}, 1x1 conv"),
+    "resnet-drop0.5": Published(math.nan, FAIL, P2_TABLE1),
+    "resnet-bnadd": Published(8.17, "one number", f"{P2_TABLE2}, (b)"),
+    "resnet-reluadd": Published(7.84, "one number", f"{P2_TABLE2}, (c)"),
+    "resnet-relupre": Published(6.71, "one number", f"{P2_TABLE2}, (d)"),
+    "resnet-pre": Published(6.37, "one number", f"{P2_TABLE2}, (e)"),
+}
+
+
+def p2_test_error(variant: str) -> Published | None:
+    return P2_VARIANT_TEST_ERROR.get(variant)

@@ -26,6 +26,7 @@ from harness.device import device_name
 from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
 from harness.launchers import jobs_at_once
 from harness.lease import process_start
+from harness.precision import BUSY_CORES, busy_cores, others_busy, resolve_precision
 from harness.stats import MIN_SEEDS
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
@@ -36,6 +37,7 @@ MAX_SEEDS = 100  # beyond this many seeds a claim is not worth resolving by seed
 # The time left scales by the jobs that ended last, this many per slot: they ran under the
 # machine's load of now, and a test suite beside the sweep an hour ago says nothing of the rest.
 RECENT_JOBS = 2
+RATE_RUNS = 1000  # the latest finished runs of a net on this machine that its rate is the median of
 
 
 @dataclass
@@ -47,6 +49,7 @@ class NetPlan:
     iterations: int  # left to train
     seconds: float  # the job's estimated wall time here; 0 when nothing is trained
     source: str  # where the rate came from, in words
+    ended: str = "FINISHED"  # a skipped run's end: FINISHED, or diverged (a result)
 
 
 @dataclass
@@ -153,22 +156,23 @@ def run_rate(run) -> float | None:
     return (run.info.end_time - run.info.start_time) / 1000 / iterations
 
 
-def measured_rates(client) -> dict[tuple[str, ...], list[float]]:
-    """Seconds per iteration of every finished training run in the store, by speed key."""
+def measured_rates(client, key: tuple[str, ...]) -> list[float]:
+    """Seconds per iteration of the store's finished training runs of this speed key. The store is
+    asked for this machine's runs of this net only: its cost does not grow with the store."""
     if client is None:
-        return {}
+        return []
+    model, _, dataset, _, _, _, _, name, _ = key
+    wanted = f"tags.model = '{model}' AND tags.dataset = '{dataset}' AND tags.device_name = '{name}'"
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-    rates: dict[tuple[str, ...], list[float]] = {}
+    rates = []
     for start in range(0, len(experiments), 100):  # search_runs takes at most 100 experiments
         runs = client.search_runs(
             experiments[start : start + 100],
-            f"{record.JOBS_FILTER} AND attributes.status = 'FINISHED'",
-            max_results=50000,
+            f"{record.JOBS_FILTER} AND attributes.status = 'FINISHED' AND {wanted}",
+            max_results=RATE_RUNS,
+            order_by=["attributes.start_time DESC"],
         )
-        for run in runs:
-            rate = run_rate(run)
-            if rate:
-                rates.setdefault(run_key(run), []).append(rate)
+        rates += [rate for run in runs if run_key(run) == key and (rate := run_rate(run))]
     return rates
 
 
@@ -190,8 +194,8 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
     import torch
 
     from harness.data.memory import random_data
-    from harness.device import deterministic_kernels, resolve_precision
-    from harness.models.resnet import build_model
+    from harness.device import deterministic_kernels
+    from harness.models.resnet import build_from_config
     from harness.tracking import MemoryTracker
     from harness.train import eval_batch, evaluate, train
 
@@ -207,9 +211,7 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
     torch.set_num_threads(threads)
     deterministic_kernels(cfg.deterministic)
     try:
-        model = build_model(
-            cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, data.in_channels, data.num_classes, cfg.family
-        ).to(device, memory_format=torch.channels_last)
+        model = build_from_config(cfg, data.in_channels, data.num_classes).to(device, memory_format=torch.channels_last)
 
         def seconds(iterations: int) -> float:
             short = {"iterations": iterations, "eval_every": iterations + 1, "final_train_subset": 1}
@@ -228,6 +230,14 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
         torch.set_num_threads(settings[0])
         torch.use_deterministic_algorithms(settings[1], warn_only=settings[2])
         torch.backends.cudnn.benchmark = settings[3]
+
+
+def calibrated_under_load(calibrate_nets, cfg: DictConfig, device, threads: int) -> tuple[float, float, float]:
+    """(step, per image, cores that other processes kept busy meanwhile): a calibration beside
+    other work measures their share of the machine, not the job's (1,193 ms against 220 ms alone)."""
+    before, start = busy_cores(), time.perf_counter()
+    step, per_image = calibrate_nets(cfg, device, threads)
+    return step, per_image, others_busy(before, time.perf_counter() - start)
 
 
 def no_calibration(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
@@ -263,10 +273,9 @@ def make_plan(
 ) -> Plan:
     """What a launch of these job configs by this Hydra launcher would do and how long it would
     take here."""
-    rates = measured_rates(client)
     threads = torch_threads(configs[0], launcher)
     here = device_name(device)
-    nets, seen, calibrated = [], set(), {}
+    nets, seen, rates, calibrated = [], set(), {}, {}
     for cfg in configs:
         fingerprint = identity.fingerprint(cfg)
         if fingerprint in seen:
@@ -276,23 +285,28 @@ def make_plan(
         stored = look(client, experiment_id, fingerprint, checkpoint_dir(cfg)) if experiment_id else None
         decision = decide(stored, cfg.rerun)
         if decision.action not in (NEW, RESUME):
-            nets.append(NetPlan(name, fingerprint, decision.action, decision.run.run_id, 0, 0.0, ""))
+            ended = "FINISHED" if decision.run.status == "FINISHED" else "diverged"
+            nets.append(NetPlan(name, fingerprint, decision.action, decision.run.run_id, 0, 0.0, "", ended))
             continue
         iterations = cfg.schedule.iterations
         if decision.action == RESUME:
             iterations = iterations_left(client, decision.run, cfg)
         key = job_key(cfg, device, here, threads)
-        if rates.get(key):
+        if key not in rates:
+            rates[key] = measured_rates(client, key)
+        if rates[key]:
             seconds = iterations * statistics.median(rates[key])
             source = f"measured: {len(rates[key])} finished run(s) here"
         elif iterations < CALIBRATED_FROM:
             seconds, source = math.nan, f"not estimated: under {CALIBRATED_FROM} iterations, not worth a calibration"
         else:
             if key not in calibrated:
-                calibrated[key] = calibrate_nets(cfg, device, threads)
-            step, per_image = calibrated[key]
+                calibrated[key] = calibrated_under_load(calibrate_nets, cfg, device, threads)
+            step, per_image, busy = calibrated[key]
             seconds = estimated_seconds(cfg, iterations, step, per_image)
             source = f"calibrated: {1000 * step:.0f} ms a step"
+            if busy > BUSY_CORES:
+                source += f", under load ({busy:.1f} cores busy with other work: too slow an estimate)"
         run_id = decision.run.run_id if decision.action == RESUME else None
         nets.append(NetPlan(name, fingerprint, decision.action, run_id, iterations, seconds, source))
     cores = configs[0].cores or len(os.sched_getaffinity(0))
@@ -310,7 +324,7 @@ def plan_lines(plan: Plan, device) -> list[str]:
         f"  {'net':28} {'action':18} {'iterations':>10} {'estimate':>9}  from",
     ]
     for net in plan.nets:
-        what = {SKIP: f"skip (FINISHED run {net.run_id})"}.get(net.action, net.action)
+        what = {SKIP: f"skip ({net.ended} run {net.run_id})"}.get(net.action, net.action)
         if net.action == RESUME:
             what = f"resume run {net.run_id[:8]}"
         if net.action not in (NEW, RESUME):

@@ -18,8 +18,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from harness import identity
-from harness.models import model_name, resolve_shortcut
+from harness.models import PARAMETER_KEYS, model_name, resolve_shortcut
 from harness.palette import SWEEP_COLOUR, run_colour
+from harness.precision import auto_decision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,8 @@ ROLE = "harness.role"  # "job" on a training run, "sweep" on a sweep's parent ru
 JOB, SWEEP = "job", "sweep"
 
 # Tags of a training run: the net as it was built (for filtering and grouping in the UI) ...
-NET_TAGS = ("model", "family", "depth", "residual", "shortcut", "activation", "dataset", "seed", "precision")
+NET_TAGS = ("model", "family", "depth", "residual", "shortcut", *PARAMETER_KEYS, "activation", "dataset", "seed",
+            "precision")  # fmt: skip
 # ... where and how it ran ...
 MACHINE_TAGS = ("git_commit", "torch_version", "device", "device_name", "threads", "openmp_wait",
                 "slurm_job_id", "ray_node_id")  # fmt: skip
@@ -49,8 +51,10 @@ RECIPE = "harness.recipe"  # harness.identity.recipe: what the nets of one study
 HEARTBEAT = "harness.heartbeat"  # the lease (harness.lease), JSON
 CHECKPOINT = "harness.checkpoint"  # the path of its last checkpoint
 ERROR = "harness.error"  # "Type: message" of what stopped it
-FAILURE = "harness.failure"  # "environment" (disk, store, data: resumable) or "run" (divergence, a bug)
-ENVIRONMENT, RUN = "environment", "run"
+# "environment" (disk, store, data: resumable), "run" (a bug: trained anew) or "diverged" (a result: the
+# same seed diverges again, so a relaunch keeps it, as P2 keeps its "fail")
+FAILURE = "harness.failure"
+ENVIRONMENT, RUN, DIVERGED = "environment", "run", "diverged"
 SUPERSEDED_BY = "harness.superseded_by"  # a retried net's new run: this one left its sweep
 DIVERGED_AT = "harness.diverged_at"  # the iteration whose loss was not finite
 SMALL_INPUT = "harness.small_input"  # pixels, where an ImageNet-style net sees a small image
@@ -183,27 +187,35 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def shortcut_parameters(values: dict) -> dict[str, float]:
+    """P2's shortcut parameters that a net uses (its effective config, or its run's tags)."""
+    return {key: float(values[key]) for key in PARAMETER_KEYS if key in values}
+
+
 def net_name(cfg: DictConfig) -> str:
     """The paper's name of the net a config trains (the run's name): resnet-56, plain-20, ..."""
-    return model_name(cfg.depth, cfg.residual, identity.effective_config(cfg)[0]["shortcut"], cfg.activation)
+    trained = identity.effective_config(cfg)[0]
+    return model_name(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, **shortcut_parameters(trained))
 
 
 def job_tags(cfg: DictConfig, machine: Machine, commit: str) -> dict[str, str]:
     """A training run's tags, as it is opened."""
     trained, _ = identity.effective_config(cfg)
-    family, shortcut = trained["family"], trained["shortcut"]
+    family, shortcut, parameters = trained["family"], trained["shortcut"], shortcut_parameters(trained)
     default_shortcut = resolve_shortcut("auto", cfg.depth, family)
     tags = {
         ROLE: JOB,
-        "model": model_name(cfg.depth, cfg.residual, shortcut, cfg.activation),
+        "model": model_name(cfg.depth, cfg.residual, shortcut, cfg.activation, **parameters),
         "family": family,
         "depth": cfg.depth,
         "residual": cfg.residual,
         "shortcut": shortcut,
+        **parameters,
         "activation": cfg.activation,
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
         "precision": trained["precision"],
+        **(auto_decision(machine.device).tags() if cfg.precision == "auto" else {}),
         "git_commit": commit,
         "torch_version": machine.torch_version,
         "device": machine.device,
@@ -249,8 +261,10 @@ def sweep_result_tags(members: int, trained: int) -> dict[str, str]:
 
 RUN_COLUMNS = [
     "run_id", "name", "status", "parent_id", "recipe", "dataset", "family", "depth", "residual", "shortcut",
-    "activation", "seed", "variant", "model", "iterations", "batch_size", "optimizer", "lr", "augment", "resize",
+    *PARAMETER_KEYS, "activation", "seed", "variant", "model", "iterations", "batch_size", "optimizer", "lr", "augment",
+    "resize",
     "warmup", "precision", "eval_split", "train_error", "final_train_error", "eval_error", "response_std_mean",
+    "diverged_at",
 ]  # fmt: skip
 MEMBER_COLUMNS = ["run_id", "name", "seed", "status", "role", "overrides"]
 # The two curves of a run's figures, the test or validation curve as `eval_error`.
@@ -285,6 +299,7 @@ def parse_job(run) -> dict:
     shortcut = tags["shortcut"] if residual else "none"
     activation = tags["activation"]
     depth = int(tags["depth"])
+    parameters = shortcut_parameters(tags)
     eval_split = eval_split_of(metrics)
     return {
         "run_id": run.info.run_id,
@@ -299,8 +314,9 @@ def parse_job(run) -> dict:
         "shortcut": shortcut,
         "activation": activation,
         "seed": int(tags["seed"]),
-        "variant": model_name(None, residual, shortcut if residual else "zero_pad", activation),
-        "model": model_name(depth, residual, shortcut if residual else "zero_pad", activation),
+        "variant": model_name(None, residual, shortcut if residual else "zero_pad", activation, **parameters),
+        "model": model_name(depth, residual, shortcut if residual else "zero_pad", activation, **parameters),
+        **{key: parameters.get(key, float("nan")) for key in PARAMETER_KEYS},
         "iterations": int(params.get("schedule.iterations", 0)),
         "batch_size": int(params.get("schedule.batch_size", 0)),
         "optimizer": params.get("optimizer.name", "?"),
@@ -316,6 +332,7 @@ def parse_job(run) -> dict:
         "final_train_error": _percent(metrics, FINAL_TRAIN_ERROR),
         "eval_error": _percent(metrics, eval_metric(eval_split)),
         "response_std_mean": metrics.get(RESPONSE_STD_MEAN, float("nan")),
+        "diverged_at": float(tags.get(DIVERGED_AT, "nan")),
     }
 
 

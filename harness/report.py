@@ -17,8 +17,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness import figures, record
-from harness.paper import published_test_error
-from harness.stats import claims, t_interval
+from harness.models import ACTIVATIONS, SHORTCUTS, SHORTCUTS_P2
+from harness.paper import p2_test_error, published_test_error
+from harness.stats import P2_TABLE1_SHORTCUTS, claims, t_interval
 from harness.tracking.runs import describe_recipe, finished, load_analysis, load_curves, load_runs, sweep_members
 
 VANISHING, EXPLODING = 0.01, 100.0  # first/last unit backward-signal ratios (docs/studies.md)
@@ -115,6 +116,106 @@ def factor_tables(runs: pd.DataFrame) -> list[str]:
     return sections
 
 
+def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(title, file stem, nets) of each of P2's studies among these runs (finished or diverged):
+    Table 1, P2's shortcuts on the original unit beside identity; Table 2, the unit arrangements
+    with identity shortcuts, where more than P1's (a) and P2's (e) are there."""
+    residual = runs[runs["residual"]]
+    table1 = residual[
+        (residual["activation"] == "post") & residual["shortcut"].isin(("zero_pad", *P2_TABLE1_SHORTCUTS))
+    ]
+    table2 = residual[residual["shortcut"] == "zero_pad"]
+    studies = []
+    if table1["shortcut"].isin(SHORTCUTS_P2).any():
+        studies.append(("P2 Table 1: shortcuts", "p2_shortcuts", table1))
+    if (~table2["activation"].isin(("post", "pre"))).any():
+        studies.append(("P2 Table 2: residual units", "p2_units", table2))
+    return studies
+
+
+def p2_order(column: pd.Series) -> pd.Series:
+    """P2's order: identity before its other shortcuts, the original unit (a) before (b) to (e)."""
+    order = {"shortcut": SHORTCUTS, "activation": ACTIVATIONS}.get(column.name)
+    return column if order is None else column.map({value: i for i, value in enumerate(order)})
+
+
+def p2_table(nets: pd.DataFrame, confidence: float) -> str:
+    """Each variant's final training and test error, mean and t interval over seeds, the seeds
+    that diverged (failed to train), and P2's number for the variant."""
+    split = figures.eval_name(nets)
+    lines = [
+        f"| net | seeds | final training error % | {split} error % | failed to train | P2's CIFAR-10 test error % "
+        "(ResNet-110, 64k iterations) |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def cell(values: pd.Series) -> str:
+        interval = t_interval(values.dropna(), confidence)
+        if interval.n == 0:
+            return "–"
+        return f"{interval.mean:.2f}" + ("" if interval.n < 2 else f" ({interval.low:.2f} to {interval.high:.2f})")
+
+    for model, group in nets.groupby("model", sort=False):
+        diverged = group[group["diverged_at"].notna()]
+        failed = (
+            f"diverged in {len(diverged)} of {len(group)} (at iteration "
+            + ", ".join(str(int(i)) for i in diverged["diverged_at"])
+            + ")"
+            if len(diverged)
+            else "–"
+        )
+        published = p2_test_error(group["variant"].iloc[0])
+        paper = (
+            "–" if published is None else f"{published.statistic if math.isnan(published.error) else published.error}"
+        )
+        if published is not None and not math.isnan(published.error):
+            paper += f" ({published.statistic}, {published.source})"
+        elif published is not None:
+            paper += f" ({published.source})"
+        lines.append(
+            f"| {model} | {group['seed'].nunique()} | {cell(group['final_train_error'])} | "
+            f"{cell(group['eval_error'])} | {failed} | {paper} |"
+        )
+    return "\n".join(lines)
+
+
+def p2_section(
+    title: str, stem: str, nets: pd.DataFrame, found, curves, analysis, out_dir: Path, prefix: str, confidence: float
+):
+    """(markdown lines, files written) of one of P2's studies."""
+    nets = nets.sort_values(["depth", "shortcut", "activation"], key=p2_order, kind="stable")
+    text = [
+        f"### {title}",
+        "",
+        f"Mean and {confidence:.0%} t interval over seeds. P2's numbers are CIFAR-10 test errors of ResNet-110 after "
+        '64k iterations ("fail": above 20%), a different data set, depth and budget: they show P2\'s ranking, not '
+        "a value to meet.",
+        "",
+        p2_table(nets, confidence),
+        "",
+        *[f"- {claim.line(confidence)}" for claim in found],
+        "",
+    ]
+    written = []
+    drawings = (
+        ("curves", "training and test error per variant (P2 Fig. 3 and 6)", figures.p2_curves(nets, curves, title)),
+        (
+            "signal",
+            "backward signal per unit, measured and as P2's equations predict",
+            figures.p2_backward_signal(nets, analysis, f"{title}: backward signal per unit"),
+        ),
+    )
+    for name, caption, fig in drawings:
+        if fig is None:
+            continue
+        for suffix in (".png", ".pdf"):
+            fig.savefig(out_dir / f"{prefix}{stem}_{name}{suffix}", dpi=120)
+            written.append(out_dir / f"{prefix}{stem}_{name}{suffix}")
+        plt.close(fig)
+        text.append(f"#### {title}: {caption}\n\n![{caption}]({prefix}{stem}_{name}.png)\n")
+    return text, written
+
+
 FIGURES = {  # file stem: (caption, function of (runs, curves, analysis))
     "error_vs_depth": ("Error against depth", lambda runs, curves, analysis: figures.error_vs_depth(runs)),
     "fig1_plain_shallow_vs_deep": (
@@ -188,15 +289,33 @@ def budget_section(table: pd.DataFrame, out_dir: Path, min_effect: float, confid
 
 
 def recipe_section(
-    runs: pd.DataFrame, curves, analysis, out_dir: Path, prefix: str, min_effect: float, confidence: float
+    runs: pd.DataFrame,
+    curves,
+    analysis,
+    out_dir: Path,
+    prefix: str,
+    min_effect: float,
+    confidence: float,
+    diverged: pd.DataFrame | None = None,
 ):
-    """(markdown lines, files written) for the finished runs of one recipe."""
+    """(markdown lines, files written) for the finished runs of one recipe, beside those of its
+    runs that diverged (a result: they failed to train)."""
+    results = runs if diverged is None or diverged.empty else pd.concat([runs, diverged])
     text = [f"Recipe: {describe_recipe(runs)}.", "", "### Claims", ""]
-    for family, nets in runs.groupby("family"):
+    p2_found = []
+    for family, nets in results.groupby("family"):
         found = claims(nets, min_effect, confidence)
+        p2_found += [claim for claim in found if claim.key.startswith("P2")]
+        found = [claim for claim in found if not claim.key.startswith("P2")]
         text += [f"- {family}-style nets, {claim.line(confidence)}" for claim in found] or [
-            f"- {family}-style nets: no claim can be checked (too few depths or variants)."
+            f"- {family}-style nets: no claim of P1 can be checked (too few depths or variants)."
         ]
+    written = []
+    for title, stem, nets in p2_studies(results):
+        mine = [claim for claim in p2_found if set(claim.failed) <= set(nets["model"])]
+        section, files = p2_section(title, stem, nets, mine, curves, analysis, out_dir, prefix, confidence)
+        text += ["", *section]
+        written += files
     text += ["", "### Backward signal (P1 §4.1)", ""]
     text += [f"- {line}" for line in signal_verdicts(runs, analysis)] or [
         "- No probe tables with output gradients among these runs."
@@ -211,7 +330,6 @@ def recipe_section(
         "### Figures",
         "",
     ]
-    written = []
     for stem, (caption, draw) in FIGURES.items():
         fig = draw(runs, curves, analysis)
         if fig is None:
@@ -239,6 +357,7 @@ def write_report(
     next where the sweep gave it (harness.plan); returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     done = finished(runs)
+    diverged = runs[runs["diverged_at"].notna()]
     recipes = done.groupby("recipe", sort=False)
     text = [
         f"# {title}",
@@ -263,6 +382,7 @@ def write_report(
             prefix,
             min_effect,
             confidence,
+            diverged[diverged["recipe"] == group["recipe"].iloc[0]],
         )
         text += [f"## Recipe {number}" if len(recipes) > 1 else "## Results", "", *section]
         written += files
@@ -319,7 +439,7 @@ def report_runs(
     next_steps: list[str] = (),
 ) -> list[Path]:
     """Read the finished runs' curves and probe tables, then write the report."""
-    done = finished(runs)
+    done = runs[(runs["status"] == "FINISHED") | runs["diverged_at"].notna()]  # a divergence is a result too
     analysis, notes = load_analysis(client, done)
     curves = load_curves(client, done)
     return write_report(runs, curves, analysis, out_dir, title, min_effect, confidence, notes, next_steps)

@@ -12,7 +12,8 @@ verdict rests on the mean of those differences:
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,7 @@ class Claim:
     verdict: str
     reason: str
     nets: str = ""  # the nets compared, "resnet-56 vs plain-56": a claim's key names other nets where others are there
+    failed: dict = field(default_factory=dict)  # net: the seeds in which it diverged (claimed worse first)
 
     def line(self, confidence: float = 0.95) -> str:
         i = self.interval
@@ -109,76 +111,219 @@ def base_variant(runs: pd.DataFrame, residual: bool) -> pd.DataFrame:
     return runs[runs["variant"] == variant]
 
 
-def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95) -> list[Claim]:
-    """P1's claims for runs of ONE recipe and family (finished runs; errors in %):
-    C1 degradation, C1b degradation beyond slower training, C2 shortcuts fix it, C3 deeper
-    residual nets train and test better, and Fig. 7's smaller residual responses."""
+# The claims table. Each row names, from the runs, the pairs of nets it compares: (the net claimed to
+# err more, the net claimed to err less). A difference per seed is the first's error minus the
+# second's, so positive is as claimed. "worse" claims need the mean to reach `min_effect`; "no worse"
+# claims (the second is at least as good) need the interval to stay above -min_effect.
+
+
+def _model(nets: pd.DataFrame, depth: int) -> str:
+    return nets[nets["depth"] == depth]["model"].iloc[0]
+
+
+def _depths(nets: pd.DataFrame) -> list[int]:
+    return sorted(nets["depth"].unique())
+
+
+def plain_deep_vs_shallow(runs):
+    plain = base_variant(runs, False)
+    depths = _depths(plain)
+    return [(_model(plain, depths[-1]), _model(plain, depths[0]))] if len(depths) >= 2 else []
+
+
+def residual_shallow_vs_deep(runs):
+    residual = base_variant(runs, True)
+    depths = _depths(residual)
+    return [(_model(residual, depths[0]), _model(residual, depths[-1]))] if len(depths) >= 2 else []
+
+
+def common_depths(runs) -> list[int]:
+    return sorted(set(_depths(base_variant(runs, False))) & set(_depths(base_variant(runs, True))))
+
+
+def plain_vs_residual_deepest(runs):
+    both = common_depths(runs)
     plain, residual = base_variant(runs, False), base_variant(runs, True)
+    return [(_model(plain, both[-1]), _model(residual, both[-1]))] if both else []
+
+
+def plain_vs_residual_each_depth(runs):
+    plain, residual = base_variant(runs, False), base_variant(runs, True)
+    return [(_model(plain, depth), _model(residual, depth)) for depth in common_depths(runs)]
+
+
+def _original(runs: pd.DataFrame) -> pd.DataFrame:
+    """Residual nets of P2's baseline: the original unit (a) with identity shortcuts (option A)."""
+    return runs[runs["residual"] & (runs["shortcut"] == "zero_pad") & (runs["activation"] == "post")]
+
+
+def p2_shortcuts_vs_identity(runs):
+    """P2 Table 1: each of its shortcuts on the original unit against identity, at each depth."""
+    original, pairs = _original(runs), []
+    for depth in _depths(original):
+        others = runs[runs["residual"] & (runs["depth"] == depth) & (runs["activation"] == "post")]
+        others = others[others["shortcut"].isin(P2_TABLE1_SHORTCUTS)]
+        others = others.sort_values("shortcut", key=lambda s: s.map(P2_TABLE1_SHORTCUTS.index), kind="stable")
+        pairs += [(model, _model(original, depth)) for model in others["model"].unique()]
+    return pairs
+
+
+def p2_unit_vs_original(unit: str, claimed_worse: bool):
+    """P2 Table 2: a unit arrangement against the original, identity shortcuts, at each depth."""
+
+    def pairs(runs):
+        original, found = _original(runs), []
+        for depth in _depths(original):
+            other = runs[runs["residual"] & (runs["depth"] == depth) & (runs["shortcut"] == "zero_pad")]
+            other = other[other["activation"] == unit]
+            if not other.empty:
+                pair = (other["model"].iloc[0], _model(original, depth))
+                found.append(pair if claimed_worse else pair[::-1])
+        return found
+
+    return pairs
+
+
+# P2's Table 1 on the shortcut: its 1x1 conv is P1's option C (full_projection).
+P2_TABLE1_SHORTCUTS = ("scaling", "frozen_gating", "exclusive_gating", "shortcut_only_gating", "full_projection",
+                       "dropout")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    key: str
+    text: str  # with {first}, {second} (the nets) and {split} (test or validation)
+    pairs: Callable[[pd.DataFrame], list[tuple[str, str]]]
+    column: str = "final_train_error"
+    unit: str = "points"  # or "%": relative to the first net's value
+    kind: str = "worse"  # or "no worse"
+    beyond_residual: bool = False  # less the same gap between the residual nets of the same depths
+    nets: str = "{second} vs {first}"  # the pair's label: the net the claim is about first
+
+
+CLAIM_ROWS = [
+    ClaimRow(
+        "C1",
+        "degradation: {first} has higher final training error than {second}",
+        plain_deep_vs_shallow,
+        nets="{first} vs {second}",
+    ),
+    ClaimRow(
+        "C1b",
+        "degradation beyond slower training: ({first} − {second}) − ({first_residual} − {second_residual}) in final "
+        "training error",
+        plain_deep_vs_shallow,
+        beyond_residual=True,
+    ),
+    ClaimRow("C2", "shortcuts fix it: {second} has lower final training error than {first}", plain_vs_residual_deepest),
+    ClaimRow(
+        "C3",
+        "deeper residual net trains better: {second} below {first} in final training error",
+        residual_shallow_vs_deep,
+    ),
+    ClaimRow(
+        "C3-test",
+        "deeper residual net tests better: {second} below {first} in {split} error",
+        residual_shallow_vs_deep,
+        column="eval_error",
+    ),
+    ClaimRow(
+        "Fig7",
+        "residual responses smaller (P1 Fig. 7): mean 3x3 response std of {second} below {first}, relative to the "
+        "plain net",
+        plain_vs_residual_each_depth,
+        column="response_std_mean",
+        unit="%",
+    ),
+    ClaimRow(
+        "P2-T1",
+        "P2 Table 1: the {first} shortcut trains worse than identity ({second}) in final training error",
+        p2_shortcuts_vs_identity,
+        nets="{first} vs {second}",
+    ),
+    ClaimRow(
+        "P2-T2b",
+        "P2 Table 2: BN after addition ({first}) trains worse than the original unit ({second}) in final training "
+        "error",
+        p2_unit_vs_original("bn_after_add", claimed_worse=True),
+        nets="{first} vs {second}",
+    ),
+    ClaimRow(
+        "P2-T2e",
+        "P2 Table 2: full pre-activation ({second}) is at least as good as the original unit ({first}) in {split} "
+        "error",
+        p2_unit_vs_original("pre", claimed_worse=False),
+        column="eval_error",
+        kind="no worse",
+    ),
+]
+
+
+def no_worse_verdict(interval: Interval, margin: float) -> tuple[str, str]:
+    """A claim that the second net is at least as good: its error exceeds the first's by less than
+    `margin` (the interval of first minus second stays above -margin)."""
+    if interval.n < MIN_SEEDS:
+        return verdict(interval, margin)
+    if interval.low > -margin:
+        return "reproduced", f"the interval stays above -{margin:g}"
+    if interval.high < -margin:
+        return "contradicted", f"the interval lies below -{margin:g}"
+    return "inconclusive", f"the interval reaches below -{margin:g}"
+
+
+def failed_to_train(runs: pd.DataFrame, model: str) -> pd.Index:
+    """Seeds in which this net diverged: no final error, a result (P2's "fail")."""
+    if "diverged_at" not in runs:
+        return pd.Index([])
+    mine = runs[(runs["model"] == model) & runs["diverged_at"].notna()]
+    return pd.Index(sorted(mine["seed"].unique()))
+
+
+def evaluate_row(row: ClaimRow, runs: pd.DataFrame, min_effect: float, confidence: float) -> list[Claim]:
+    split = "validation" if (runs["eval_split"] == "validation").any() else "test"
     found = []
-
-    def name(nets: pd.DataFrame, depth: int) -> str:
-        return nets[nets["depth"] == depth]["model"].iloc[0]
-
-    def diff(nets_a, depth_a, nets_b, depth_b, column="final_train_error") -> pd.Series:
-        return per_seed(nets_a, name(nets_a, depth_a), column) - per_seed(nets_b, name(nets_b, depth_b), column)
-
-    def add(key, text, differences, nets, unit="points", effect=min_effect):
-        found.append(make_claim(key, text, unit, differences, effect, confidence, nets))
-
-    plain_depths, res_depths = sorted(plain["depth"].unique()), sorted(residual["depth"].unique())
-    both = sorted(set(plain_depths) & set(res_depths))
-    eval_name = "validation" if (runs["eval_split"] == "validation").any() else "test"
-    if len(plain_depths) >= 2:
-        s, d = plain_depths[0], plain_depths[-1]
-        add(
-            "C1",
-            f"degradation: {name(plain, d)} has higher final training error than {name(plain, s)}",
-            diff(plain, d, plain, s),
-            f"{name(plain, d)} vs {name(plain, s)}",
-        )
-    if len(both) >= 2:
-        s, d = both[0], both[-1]
-        extra = diff(plain, d, plain, s) - diff(residual, d, residual, s)
-        add(
-            "C1b",
-            f"degradation beyond slower training: ({name(plain, d)} − {name(plain, s)}) − "
-            f"({name(residual, d)} − {name(residual, s)}) in final training error",
-            extra,
-            f"depth {d} vs {s}",
-        )
-    if both:
-        d = both[-1]
-        add(
-            "C2",
-            f"shortcuts fix it: {name(residual, d)} has lower final training error than {name(plain, d)}",
-            diff(plain, d, residual, d),
-            f"{name(residual, d)} vs {name(plain, d)}",
-        )
-    if len(res_depths) >= 2:
-        s, d = res_depths[0], res_depths[-1]
-        add(
-            "C3",
-            f"deeper residual net trains better: {name(residual, d)} below {name(residual, s)} in final training error",
-            diff(residual, s, residual, d),
-            f"{name(residual, d)} vs {name(residual, s)}",
-        )
-        add(
-            "C3-test",
-            f"deeper residual net tests better: {name(residual, d)} below {name(residual, s)} in {eval_name} error",
-            diff(residual, s, residual, d, "eval_error"),
-            f"{name(residual, d)} vs {name(residual, s)}",
-        )
-    for d in both:
-        p, r = (
-            per_seed(plain, name(plain, d), "response_std_mean"),
-            per_seed(residual, name(residual, d), "response_std_mean"),
-        )
-        add(
-            "Fig7",
-            f"residual responses smaller (P1 Fig. 7): mean 3x3 response std of {name(residual, d)} below "
-            f"{name(plain, d)}, relative to the plain net",
-            100 * (p - r) / p,
-            f"{name(residual, d)} vs {name(plain, d)}",
-            unit="%",
-        )
+    for first, second in row.pairs(runs):
+        names = {"first": first, "second": second, "split": split}
+        a, b = per_seed(runs, first, row.column), per_seed(runs, second, row.column)
+        differences = a - b
+        if row.unit == "%":
+            differences = 100 * differences / a
+        nets = row.nets.format(**names)
+        if row.beyond_residual:
+            residual = base_variant(runs, True)
+            depths = [int(runs[runs["model"] == net]["depth"].iloc[0]) for net in (first, second)]
+            if not set(depths) <= set(_depths(residual)):
+                continue
+            names |= {"first_residual": _model(residual, depths[0]), "second_residual": _model(residual, depths[1])}
+            residual_gap = per_seed(runs, names["first_residual"], row.column)
+            differences -= residual_gap - per_seed(runs, names["second_residual"], row.column)
+            nets = f"depth {depths[0]} vs {depths[1]}"
+        claim = make_claim(row.key, row.text.format(**names), row.unit, differences, min_effect, confidence, nets)
+        if row.kind == "no worse":
+            claim.verdict, claim.reason = no_worse_verdict(claim.interval, min_effect)
+        found.append(with_failures(claim, {first: failed_to_train(runs, first), second: failed_to_train(runs, second)}))
     return found
+
+
+def with_failures(claim: Claim, failed: dict[str, pd.Index]) -> Claim:
+    """A net that diverged in some seeds failed to train there: a result beside the numbers. The
+    net claimed worse failing in every seed, where the other trained, is the claim, as P2's "fail"."""
+    claim.failed = failed
+    (first, first_failed), (_, second_failed) = failed.items()
+    if len(first_failed) and not len(second_failed) and claim.interval.n == 0:
+        n = len(first_failed)
+        claim.verdict = "reproduced" if n >= MIN_SEEDS else "inconclusive"
+        claim.reason = f'{first} failed to train (diverged) in each of its {n} seeds, as P2\'s "fail"'
+        claim.reason += "" if n >= MIN_SEEDS else f"; at least {MIN_SEEDS} seeds are needed"
+    elif len(first_failed) or len(second_failed):
+        failures = [
+            f"{net} diverged in seed(s) {', '.join(map(str, seeds))}" for net, seeds in failed.items() if len(seeds)
+        ]
+        claim.reason = "; ".join(filter(None, [claim.reason, *failures]))
+    return claim
+
+
+def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95, rows=CLAIM_ROWS) -> list[Claim]:
+    """Each row's claims for runs of ONE recipe and family (errors in %): the runs that finished,
+    and those that diverged (a result)."""
+    return [claim for row in rows for claim in evaluate_row(row, runs, min_effect, confidence)]

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from harness import analysis, record
 from harness.data.memory import BatchSampler, Data, augment
-from harness.device import autocast, resolve_precision
+from harness.device import autocast
+from harness.precision import resolve_precision
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,10 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
+# What precision=auto means is measured once per machine and kept (harness/precision.py): the suite
+# keeps it in a folder of its own, shared by its workers (they inherit this), never the user's.
+if "HARNESS_CACHE_DIR" not in os.environ:
+    os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="harness-cache-")
 # The in-process tests run tiny models, which intra-op threads only slow down, badly so when
 # another process is using the cores.
 torch.set_num_threads(1)
@@ -36,6 +40,25 @@ EXPECTED_STEPS = {
     "response_std_mean": [10, 20], "output_grad_first_over_last": [10, 20], "seconds_per_iteration": [20],
     "peak_rss_mb": [20],
 }  # fmt: skip
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BN non-trivial running statistics and affine parameters, then switch to eval
+    mode, so that a BN cannot pass for the identity in a hand-computed forward."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.2 * torch.randn(c, generator=g))
+    return model.eval()
 
 
 def check_sweep(client, jobs: int, experiment: str = "degradation") -> list:

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 
-import harness.device
 from harness import record
 from harness.config import ConfigError, check_values, compose_config, reference
-from harness.device import resolve_precision
 from harness.identity import effective_config, fingerprint, recipe, unused_notes
+from harness.precision import resolve_precision
 
 
 def fp(*overrides: str) -> str:
@@ -127,9 +126,40 @@ def test_notes_name_what_the_user_set_and_this_net_does_not_use():
     assert "optimizer.momentum" in note and "adam" in note
 
 
+def test_p2s_shortcut_parameters_count_only_where_the_shortcut_uses_them():
+    assert fp("shortcut=scaling", "shortcut_lambda=0.5") != fp("shortcut=scaling", "shortcut_lambda=0.9")
+    assert fp("shortcut=exclusive_gating", "gate_bias=0") != fp("shortcut=exclusive_gating", "gate_bias=-6")
+    assert fp("shortcut=dropout", "shortcut_dropout=0.5") != fp("shortcut=dropout", "shortcut_dropout=0.2")
+    assert fp("shortcut_lambda=0.9", "gate_bias=-3", "shortcut_dropout=0.1") == fp()  # identity uses none
+    assert fp("residual=false", "shortcut=scaling", "shortcut_lambda=0.9") == fp("residual=false")
+    assert fp("shortcut=scaling") != fp("shortcut=frozen_gating") != fp()
+    assert rc("shortcut=scaling", "shortcut_lambda=0.9") == rc()  # the nets of one study
+    trained, unused = effective_config(compose_config("shortcut=exclusive_gating"))
+    assert trained["gate_bias"] == -6.0 and "shortcut_lambda" not in trained and "shortcut_lambda" in unused
+
+
+@pytest.mark.parametrize(
+    "overrides, key, why",
+    [
+        (["shortcut_lambda=0.9"], "shortcut_lambda", "shortcut=zero_pad does not use it"),
+        (["shortcut=scaling", "gate_bias=-6"], "gate_bias", "shortcut=scaling does not use it"),
+        (["residual=false", "shortcut_dropout=0.2"], "shortcut_dropout", "plain net (residual=false) has no shortcuts"),
+    ],
+)
+def test_a_p2_parameter_the_net_does_not_use_gets_a_note(overrides, key, why):
+    (note,) = unused_notes(compose_config(*overrides), overrides)
+    assert note.startswith(f"note: {key} has no effect here") and why in note
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
+        ("shortcut_lambda=0", "shortcut_lambda=0.0 is not valid; use 0 < lambda <= 1 .*residual=false"),
+        ("shortcut_lambda=1.5", "shortcut_lambda=1.5 is not valid"),
+        ("shortcut_dropout=1", "shortcut_dropout=1.0 is not valid; use a rate 0 <= rate < 1"),
+        ("gate_bias=nan", "gate_bias=nan is not valid"),
+        ("activation=middle", "activation=middle is not valid; use post .*bn_after_add .*relu_only_pre .*pre"),
+        ("shortcut=gated", "shortcut=gated is not valid; .*exclusive_gating"),
         ("dataset.resize=3", "dataset.resize=3"),
         ("dataset.normalize=foo", "dataset.normalize=foo"),
         ("schedule.warmup_max_iterations=0", "schedule.warmup_max_iterations=0"),
@@ -172,21 +202,6 @@ def test_precision_is_resolved_and_tells_nets_and_recipes_apart():
     assert fp("precision=auto") == fp(f"precision={here}") and rc("precision=auto") == rc(f"precision={here}")
     assert fp() == fp("precision=auto")  # the default
     assert fp("precision=bf16") != fp("precision=fp32") and rc("precision=bf16") != rc("precision=fp32")
-
-
-@pytest.mark.parametrize(
-    "flags, expected",
-    [
-        ({"avx512_bf16"}, "bf16"),  # AVX-512 bf16 dot products
-        ({"amx_bf16", "amx_tile"}, "bf16"),  # AMX tiles
-        ({"avx512f", "avx2"}, "fp32"),  # AVX-512 without bf16
-        (set(), "fp32"),
-    ],
-)
-def test_auto_precision_is_bf16_where_the_cpu_has_bf16_units(monkeypatch, flags, expected):
-    monkeypatch.setattr(harness.device, "cpu_flags", lambda: frozenset(flags))
-    assert resolve_precision("auto", "cpu") == expected
-    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
 
 
 def test_compile_and_deterministic_are_how_a_net_is_run_not_which():

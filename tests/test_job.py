@@ -31,7 +31,9 @@ def stored(status: str, alive: bool = False, failure: str | None = None, checkpo
         (stored("KILLED", checkpoint=True), True, NEW, False),
         (stored("FAILED", failure=record.ENVIRONMENT, checkpoint=True), False, RESUME, True),
         (stored("FAILED", failure=record.ENVIRONMENT), False, NEW, True),
-        (stored("FAILED", failure=record.RUN, checkpoint=True), False, NEW, True),  # a bug or divergence: anew
+        (stored("FAILED", failure=record.RUN, checkpoint=True), False, NEW, True),  # a bug: anew
+        (stored("FAILED", failure=record.DIVERGED, checkpoint=True), False, SKIP, True),  # a result, as P2's "fail"
+        (stored("FAILED", failure=record.DIVERGED), True, NEW, False),
     ],
 )
 def test_what_the_store_holds_decides_the_launch(latest, rerun, action, replaces):
@@ -47,7 +49,7 @@ def test_what_the_store_holds_decides_the_launch(latest, rerun, action, replaces
         (KeyboardInterrupt(), "Ctrl-C", "KILLED", None, 130),
         (SchedulerStop("timed-out"), "scheduler stop", "KILLED", None, 1),
         (LeaseLost("taken over"), "lease lost", None, None, 1),
-        (DivergedError(7, float("nan")), "diverged", "FAILED", record.RUN, 1),
+        (DivergedError(7, float("nan")), "diverged", "FAILED", record.DIVERGED, 1),
         (OSError("disk full"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
         (StoreError("down"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
         (CheckpointError("no space"), "environment failure", "FAILED", record.ENVIRONMENT, 1),

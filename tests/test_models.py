@@ -14,25 +14,40 @@ import torchvision
 from torch import nn
 
 from harness.models import model_name, resolve_shortcut
-from harness.models.resnet import (
-    BasicBlock,
-    Bottleneck,
-    PreActBasicBlock,
-    PreActBottleneck,
-    ZeroPadShortcut,
-    build_model,
-)
+from harness.models.resnet import DESIGNS, ResNet, Unit, ZeroPadShortcut, build_model
+
+from conftest import count_params, randomise_batchnorm
 
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 SHORTCUT_OPTIONS = ("zero_pad", "projection", "full_projection")
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+# P1's units, their parts in the order they run: the basic unit (two 3x3 convs) and the bottleneck
+# (1x1, 3x3, 1x1); and P2's full pre-activation unit (e), which begins with its BN-ReLU.
+BASIC_ORDER = ("conv1", "bn1", "relu", "conv2", "bn2", "add", "relu")
+BOTTLENECK_ORDER = ("conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3", "add", "relu")
+PRE_BASIC_ORDER = ("bn1", "relu", "conv1", "bn2", "relu", "conv2", "add")
 
 
-def blocks(model: nn.Module) -> list[nn.Module]:
+def blocks(model: nn.Module) -> list[Unit]:
     return [block for stage in model.stages for block in stage]
+
+
+def design_of(model: ResNet) -> tuple[str, str]:
+    """The (kind, activation) key of the design `model` was built from."""
+    return next(key for key, design in DESIGNS.items() if design is model.design)
+
+
+def make_unit(
+    kind: str, activation: str, in_planes: int, planes: int, stride: int, shortcut: str | None, first: bool = False
+) -> Unit:
+    """One unit as `ResNet._make_unit` builds it, on its own: `shortcut` None for a plain unit, `first`
+    for the network's first unit, whose pre-activation (if any) the stem has taken."""
+    design = DESIGNS[kind, activation]
+    net = ResNet(design, [1], [in_planes], imagenet_stem=False, shortcut=shortcut)
+    net.in_planes = in_planes
+    skip = design.parts.index("conv") if first else 0
+    return net._make_unit(planes, stride, skip)
 
 
 def projection_shortcuts(model: nn.Module) -> list[nn.Module]:
@@ -45,44 +60,29 @@ def projection_shortcuts(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BN non-trivial running statistics and affine parameters, then switch to eval
-    mode, so that a BN cannot pass for the identity in a hand-computed forward."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.2 * torch.randn(c, generator=g))
-    return model.eval()
-
-
-def post_main_path(block: BasicBlock, x: torch.Tensor) -> torch.Tensor:
+def post_main_path(block: Unit, x: torch.Tensor) -> torch.Tensor:
     """P1's residual function F(x): conv-BN-ReLU-conv-BN, without the final ReLU."""
     return block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
 
 
-def pre_activated(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A pre-activation block's BN-ReLU; the network's first block has none (bn1 is None)."""
-    return x if block.bn1 is None else torch.relu(block.bn1(x))
+def pre_activated(block: Unit, x: torch.Tensor) -> torch.Tensor:
+    """A pre-activation block's BN-ReLU; the network's first block has none (no bn1 at all)."""
+    return torch.relu(block.bn1(x)) if hasattr(block, "bn1") else x
 
 
-def pre_main_path(block: PreActBasicBlock, x: torch.Tensor) -> torch.Tensor:
+def pre_main_path(block: Unit, x: torch.Tensor) -> torch.Tensor:
     """P2's full pre-activation residual function: BN-ReLU-conv-BN-ReLU-conv."""
     return block.conv2(torch.relu(block.bn2(block.conv1(pre_activated(block, x)))))
 
 
-def bottleneck_main_path(block: Bottleneck, x: torch.Tensor) -> torch.Tensor:
+def bottleneck_main_path(block: Unit, x: torch.Tensor) -> torch.Tensor:
     """P1's bottleneck F(x): 1x1-BN-ReLU, 3x3-BN-ReLU, 1x1-BN, without the final ReLU."""
     out = torch.relu(block.bn1(block.conv1(x)))
     out = torch.relu(block.bn2(block.conv2(out)))
     return block.bn3(block.conv3(out))
 
 
-def preact_bottleneck_main_path(block: PreActBottleneck, x: torch.Tensor) -> torch.Tensor:
+def preact_bottleneck_main_path(block: Unit, x: torch.Tensor) -> torch.Tensor:
     """P2's pre-activation bottleneck F(x): (BN-ReLU-conv) x3."""
     out = block.conv1(pre_activated(block, x))
     out = block.conv2(torch.relu(block.bn2(out)))
@@ -93,12 +93,12 @@ def unchanged(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-# Each block class: its residual function F and what follows the addition (P1: ReLU; P2: nothing).
+# Each (kind, activation) design: its residual function F and what follows the addition (P1: ReLU; P2: nothing).
 MAIN_PATHS = {
-    BasicBlock: (post_main_path, torch.relu),
-    PreActBasicBlock: (pre_main_path, unchanged),
-    Bottleneck: (bottleneck_main_path, torch.relu),
-    PreActBottleneck: (preact_bottleneck_main_path, unchanged),
+    ("basic", "post"): (post_main_path, torch.relu),
+    ("basic", "pre"): (pre_main_path, unchanged),
+    ("bottleneck", "post"): (bottleneck_main_path, torch.relu),
+    ("bottleneck", "pre"): (preact_bottleneck_main_path, unchanged),
 }
 
 
@@ -158,7 +158,9 @@ def test_depth_50_family_cifar_gives_a_cifar_net_and_auto_the_bottleneck_net():
     auto = build_model(50)
     assert len(auto.stages) == 4
     assert [len(stage) for stage in auto.stages] == [3, 4, 6, 3]
-    assert all(isinstance(b, Bottleneck) for b in blocks(auto))
+    assert design_of(auto) == ("bottleneck", "post") and design_of(cifar) == ("basic", "post")
+    assert all(b.order == BOTTLENECK_ORDER for b in blocks(auto))
+    assert all(b.order == BASIC_ORDER and not hasattr(b, "conv3") for b in blocks(cifar))
     assert auto.fc.in_features == 2048
 
 
@@ -243,7 +245,7 @@ def test_plain_block_output_is_its_main_path_alone(stage, index):
     """A plain block has no shortcut and gives relu(F(x)): nothing is added."""
     model = randomise_batchnorm(build_model(20, residual=False))
     block = model.stages[stage][index]
-    assert block.shortcut is None
+    assert block.shortcut is None and block.join is None
     x = torch.randn(2, block.conv1.in_channels, 8, 8)
     with torch.no_grad():
         assert torch.allclose(block(x), torch.relu(post_main_path(block, x)), atol=1e-5)
@@ -253,7 +255,8 @@ def test_bottleneck_block_output_is_main_path_plus_shortcut():
     """ImageNet bottleneck (1x1, 3x3, 1x1 x4): relu(F(x) + shortcut(x)), stride on the 3x3 conv."""
     model = randomise_batchnorm(build_model(50, shortcut="projection"))
     block = model.stages[1][0]
-    assert isinstance(block, Bottleneck) and block.conv2.stride == (2, 2)
+    assert block.order == BOTTLENECK_ORDER and block.conv2.stride == (2, 2)
+    assert block.conv1.kernel_size == block.conv3.kernel_size == (1, 1) and block.conv2.kernel_size == (3, 3)
     x = torch.randn(2, 256, 8, 8)
     with torch.no_grad():
         out = block(x)
@@ -261,34 +264,36 @@ def test_bottleneck_block_output_is_main_path_plus_shortcut():
         assert torch.allclose(out, torch.relu(bottleneck_main_path(block, x) + block.shortcut(x)), atol=1e-5)
 
 
-BLOCK_CASES = [
-    (BasicBlock, {}),
-    (PreActBasicBlock, {}),
-    (PreActBasicBlock, {"preactivate": False}),
-    (Bottleneck, {}),
-    (PreActBottleneck, {}),
-    (PreActBottleneck, {"preactivate": False}),
+# (kind, activation, the network's first unit): P1's units and P2's (e), the first without its BN-ReLU.
+UNIT_CASES = [
+    ("basic", "post", False),
+    ("basic", "pre", False),
+    ("basic", "pre", True),
+    ("bottleneck", "post", False),
+    ("bottleneck", "pre", False),
+    ("bottleneck", "pre", True),
 ]
 
 
 @pytest.mark.parametrize("stride", [1, 2], ids=["same-shape", "stage-change"])
 @pytest.mark.parametrize(
-    "block_class, options", BLOCK_CASES, ids=[c.__name__ + ("-first" if o else "") for c, o in BLOCK_CASES]
+    "kind, activation, first", UNIT_CASES, ids=[f"{k}-{a}" + ("-first" if f else "") for k, a, f in UNIT_CASES]
 )
-def test_every_block_class_differs_from_its_plain_twin_only_by_the_addition(block_class, options, stride):
-    """Each block class, residual and plain with the same weights (option A): the residual one
+def test_every_unit_differs_from_its_plain_twin_only_by_the_addition(kind, activation, first, stride):
+    """Each unit design, residual and plain with the same weights (option A): the residual one
     gives finish(F(x) + shortcut(x)), the plain one finish(F(x)), with the output shape of its stage."""
     planes = 8
-    out_planes = planes * block_class.expansion
+    out_planes = planes * DESIGNS[kind, activation].expansion
     in_planes = out_planes if stride == 1 else out_planes // 2
     torch.manual_seed(0)
-    residual = randomise_batchnorm(
-        block_class(in_planes, planes, stride, residual=True, shortcut="zero_pad", **options)
-    )
-    torch.manual_seed(0)
-    plain = randomise_batchnorm(block_class(in_planes, planes, stride, residual=False, shortcut="zero_pad", **options))
+    residual = randomise_batchnorm(make_unit(kind, activation, in_planes, planes, stride, "zero_pad", first))
+    plain = make_unit(kind, activation, in_planes, planes, stride, None, first)
     assert count_params(residual) == count_params(plain)
-    main_path, finish = MAIN_PATHS[block_class]
+    plain.load_state_dict(residual.state_dict())
+    plain.eval()
+    assert residual.join is not None and plain.join is None and plain.shortcut is None
+    assert hasattr(plain, "bn1") != first and (plain.order[0] == "conv1") == (first or activation == "post")
+    main_path, finish = MAIN_PATHS[kind, activation]
     x = torch.randn(2, in_planes, 8, 8)
     shortcut = x if stride == 1 else ZeroPadShortcut(in_planes, out_planes, stride)(x)
     with torch.no_grad():
@@ -346,7 +351,7 @@ def test_plain_nets_ignore_the_shortcut_option(activation):
     for shortcut in SHORTCUT_OPTIONS:
         torch.manual_seed(0)
         model = build_model(20, residual=False, shortcut=shortcut, activation=activation)
-        assert all(b.shortcut is None for b in blocks(model))
+        assert all(b.shortcut is None and b.join is None for b in blocks(model))
         assert not any(isinstance(m, ZeroPadShortcut) for m in model.modules())
         built[shortcut] = model
     reference = built["zero_pad"]
@@ -368,7 +373,7 @@ def test_preact_identity_block_is_bn_relu_conv_twice_plus_x():
     """P2 full pre-activation: out = conv2(relu(bn2(conv1(relu(bn1(x)))))) + x, no ReLU after the sum."""
     model = randomise_batchnorm(build_model(20, activation="pre"))
     block = model.stages[0][1]
-    assert isinstance(block, PreActBasicBlock) and block.shortcut is None
+    assert block.order == PRE_BASIC_ORDER and block.shortcut is None
     x = torch.randn(2, 16, 8, 8)
     with torch.no_grad():
         out = block(x)
@@ -376,12 +381,13 @@ def test_preact_identity_block_is_bn_relu_conv_twice_plus_x():
         assert (out < 0).any()  # nothing clips the sum
 
 
-@pytest.mark.parametrize("block_class, in_planes", [(PreActBasicBlock, 16), (PreActBottleneck, 64)])
-def test_preact_projection_sees_the_activated_input(block_class, in_planes):
+@pytest.mark.parametrize("kind, in_planes", [("basic", 16), ("bottleneck", 64)])
+def test_preact_projection_sees_the_activated_input(kind, in_planes):
     """P2: a projection shortcut is pre-activated too, i.e. applied to relu(bn1(x))."""
     torch.manual_seed(0)
-    block = randomise_batchnorm(block_class(in_planes, 32, 2, residual=True, shortcut="projection"))
-    main_path, _ = MAIN_PATHS[block_class]
+    block = randomise_batchnorm(make_unit(kind, "pre", in_planes, 32, 2, "projection"))
+    assert isinstance(block.shortcut, nn.Sequential) and block.order[0] == "bn1"
+    main_path, _ = MAIN_PATHS[kind, "pre"]
     x = torch.randn(2, in_planes, 8, 8)
     with torch.no_grad():
         expected = main_path(block, x) + block.shortcut(torch.relu(block.bn1(x)))
@@ -449,10 +455,10 @@ def test_preact_first_unit_takes_the_stem_activation(depth, residual):
     model = randomise_batchnorm(build_model(depth, residual=residual, activation="pre"))
     assert [type(m) for m in model.stem] == STEMS[depth]
     first, *others = blocks(model)
-    assert first.bn1 is None
-    assert all(isinstance(b.bn1, nn.BatchNorm2d) for b in others)
+    assert not hasattr(first, "bn1") and first.order[0] == "conv1"
+    assert all(isinstance(b.bn1, nn.BatchNorm2d) and b.order[0] == "bn1" for b in others)
 
-    main_path, _ = MAIN_PATHS[type(first)]
+    main_path, _ = MAIN_PATHS[design_of(model)]
     with torch.no_grad():
         x = model.stem(torch.randn(2, 3, 32, 32))
         assert isinstance(layers_in_execution_order(first, x)[0], nn.Conv2d)  # no BN before the first conv
@@ -481,11 +487,13 @@ class ReferencePreActUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = x if self.bn_in is None else F.relu(self.bn_in(x))
+        f = self.conv_b(F.relu(self.bn_mid(self.conv_a(a))))
+        # The shortcut after the branch, as harness's units run it (at their "add"), so that the
+        # layers of the two nets pair up in execution order; the order does not change the result.
         if self.proj is not None:
             s = self.proj(a)
         else:
             s = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra))
-        f = self.conv_b(F.relu(self.bn_mid(self.conv_a(a))))
         return f + s if self.residual else f
 
 
@@ -563,8 +571,10 @@ def test_invalid_shortcut_and_activation_raise():
         build_model(20, shortcut="foo")
     with pytest.raises(ValueError, match="shortcut='foo'.*auto.*zero_pad.*identity.*projection.*full_projection"):
         resolve_shortcut("foo", 50)
-    with pytest.raises(ValueError, match="activation='mid'.*post.*pre"):
-        build_model(20, activation="mid")
+    with pytest.raises(
+        ValueError, match="activation='middle'.*post.*bn_after_add.*relu_before_add.*relu_only_pre.*pre"
+    ):
+        build_model(20, activation="middle")
 
 
 @pytest.mark.parametrize(

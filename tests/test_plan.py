@@ -3,7 +3,11 @@ the arithmetic of the store's measured rates (or a calibration), and the seeds a
 are the t-based sample size."""
 
 import math
+import re
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -93,6 +97,59 @@ def test_runs_of_another_machine_are_not_this_ones_measure(tmp_path):
         [compose_config(*common, "seed=0")], None, client, experiment_id, torch.device("cpu"), calibration
     )
     assert calls == [0] and made.nets[0].source.startswith("calibrated")
+
+
+def test_the_plan_asks_the_store_for_this_machines_runs_of_its_nets_only(tmp_path):
+    """A store of many machines and nets: the planner's rate query returns this machine's runs of
+    the planned net and nothing else, so its cost does not grow with the store."""
+    client, experiment_id = connect(f"sqlite:///{tmp_path / 'mlflow.db'}", "degradation")
+    common = ("residual=false", "threads=2", "device=cpu", "precision=fp32", "schedule.iterations=600")
+    finished_run(client, experiment_id, "depth=8", *common, "seed=5", seconds_per_iteration=0.03)
+    finished_run(client, experiment_id, "depth=14", *common, "seed=5", seconds_per_iteration=0.05)
+    for seed in range(3):
+        finished_run(client, experiment_id, "depth=8", *common, f"seed={seed}", seconds_per_iteration=9.0,
+                     machine_name="Other CPU (AVX2)")  # fmt: skip
+    asked = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def search_runs(self, experiment_ids, filter_string="", **options):
+            runs = client.search_runs(experiment_ids, filter_string, **options)
+            asked.append((filter_string, len(runs)))
+            return runs
+
+    configs = [compose_config("depth=8", *common, "seed=9")]
+    made = plan.make_plan(configs, None, Recording(), experiment_id, torch.device("cpu"), plan.no_calibration)
+    assert made.nets[0].source == "measured: 1 finished run(s) here"
+    assert made.nets[0].seconds == pytest.approx(600 * 0.03)
+    rate_queries = [(query, found) for query, found in asked if "FINISHED" in query]
+    here = device_name(torch.device("cpu"))
+    assert len(rate_queries) == 1 and rate_queries[0][1] == 1
+    assert f"tags.device_name = '{here}'" in rate_queries[0][0] and "tags.model = 'plain-8'" in rate_queries[0][0]
+
+
+def test_a_calibration_beside_other_work_says_so():
+    """A process that keeps a core busy while the net is calibrated: the estimate says it was
+    measured under load."""
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"]
+    )
+
+    def calibration(cfg, device, threads):
+        time.sleep(1.5)  # the calibration's own work is not other work
+        return 0.05, 0.001
+
+    try:
+        time.sleep(0.3)
+        iterations = f"schedule.iterations={plan.CALIBRATED_FROM}"
+        configs = [compose_config("depth=8", "schedule=smoke", iterations, "precision=fp32")]
+        made = plan.make_plan(configs, None, None, None, torch.device("cpu"), calibration)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert "under load (" in made.nets[0].source and "cores busy with other work" in made.nets[0].source
 
 
 def test_a_net_without_measured_runs_is_calibrated_once():
@@ -320,3 +377,33 @@ def test_a_run_an_earlier_launch_stopped_counts_once_it_ends_in_this_one():
     assert progress.seconds_left() == 200
     assert progress.finish("fp0", 100.0, ended=progress.since + 60)
     assert progress.line("net 0", "FINISHED") == "sweep: 1/2 jobs done (net 0 FINISHED in 1:40); about 1:40 left"
+
+
+@pytest.mark.parametrize(
+    "study, nets",
+    [
+        (
+            "p2_shortcuts",
+            ["resnet-56", "resnet-56-scale0.5", "resnet-56-frozen0.5", "resnet-56-exgate-6", "resnet-56-shgate0",
+             "resnet-56-C", "resnet-56-drop0.5"],
+        ),
+        ("p2_units", ["resnet-56", "resnet-56-bnadd", "resnet-56-reluadd", "resnet-56-relupre", "resnet-56-pre"]),
+    ],
+)  # fmt: skip
+def test_the_plan_of_p2s_studies_names_every_case_at_every_seed(tmp_path, study, nets):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = harness_command(
+        "harness.run",
+        "-m",
+        f"+experiment={study}",
+        "plan=true",
+        "schedule=smoke",
+        f"tracking.uri={store}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = 3 * len(nets)
+    assert f"Plan: {jobs} job(s), {jobs} distinct net(s)" in result.stdout
+    planned = re.findall(r"^  (\S+) seed (\d) +new run", result.stdout, flags=re.M)
+    assert sorted(planned) == sorted((net, str(seed)) for net in nets for seed in range(3))
+    assert not (tmp_path / "mlflow.db").exists()  # a plan writes nothing

@@ -2,18 +2,21 @@
 own tag names are MLflow's, and stores written by earlier versions are still read and matched."""
 
 import gzip
+import json
 import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 
-from harness import identity, record
+from harness import identity, precision, record
 from harness.config import compose_config
-from harness.device import resolve_precision
+from harness.device import device_name
 from harness.job import run_job
+from harness.precision import resolve_precision
 from harness.tracking.runs import load_curves, load_runs
 
 from conftest import EXPECTED_STEPS, TINY, harness_command
@@ -149,10 +152,10 @@ def test_an_older_run_without_a_recipe_tag_gets_one_from_its_params():
 
 
 @pytest.mark.integration
-def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_root):
+def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_root, monkeypatch):
     """The same sweep launched against commit 3f14647's store at fp32 (what it trained) trains
-    nothing and goes on in its parent run; at a precision=auto that is bf16 here, it says once
-    that those fp32 runs are not reused."""
+    nothing and goes on in its parent run; on a machine where precision=auto measured bf16, it
+    says once that those fp32 runs are not reused."""
     store = legacy_store(tmp_path)
     sweep = ["harness.run", "-m", *LEGACY_SWEEP, f"tracking.uri={store}", f"dataset.root={data_root}"]
     result = harness_command(*sweep, "precision=fp32", cwd=tmp_path)
@@ -162,10 +165,14 @@ def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_roo
     client = MlflowClient(store)
     experiment_id = client.get_experiment_by_name("degradation").experiment_id
     assert len(client.search_runs([experiment_id], record.JOBS_FILTER)) == 2
-    if resolve_precision("auto", "auto") == "bf16":
-        result = harness_command(*sweep, "precision=auto", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-2000:]
-        note = "note: precision=auto is bf16 on this machine; 2 net(s) of this sweep have fp32 runs in the store"
-        assert result.stdout.count(note) == 1 and "skip " not in result.stdout
-        bf16 = client.search_runs([experiment_id], f"{record.JOBS_FILTER} AND tags.precision = 'bf16'")
-        assert len(bf16) == 2
+    cache = tmp_path / "cache"  # this machine, as one where bf16 measured 1.67x fp32
+    cache.mkdir()
+    bf16_here = precision.choose(device_name(torch.device("cpu")), 250.0, 150.0)
+    (cache / "precision.json").write_text(json.dumps({bf16_here.machine: precision.asdict(bf16_here)}))
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
+    result = harness_command(*sweep, "precision=auto", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    note = "note: precision=auto is bf16 on this machine; 2 net(s) of this sweep have fp32 runs in the store"
+    assert result.stdout.count(note) == 1 and "skip " not in result.stdout
+    bf16 = client.search_runs([experiment_id], f"{record.JOBS_FILTER} AND tags.precision = 'bf16'")
+    assert len(bf16) == 2 and all(run.data.tags["precision_bf16_ms"] == "150.0" for run in bf16)

@@ -62,14 +62,19 @@ def log_run(
     signal_ratio=0.5,
     status="FINISHED",
     dataset="fashion_mnist",
+    net=(),
+    diverged_at=None,
 ) -> str:
-    """One training run as harness.job logs it, through the record's writers; errors given in %."""
+    """One training run as harness.job logs it, through the record's writers; errors given in %.
+    `net`: more overrides of the net (its shortcut, unit, ...). A run that diverged at an
+    iteration is logged up to it and FAILED there, without final metrics or probes."""
     overrides = [
         f"depth={depth}",
         f"residual={residual}",
         f"seed={seed}",
         f"schedule.iterations={iterations}",
         f"dataset={dataset}",
+        *net,
     ] + (["dataset.validation_size=5000"] if split == "validation" else [])
     cfg = compose_config(*overrides)
     machine = record.Machine()
@@ -78,6 +83,11 @@ def log_run(
     steps = [iterations // 4 * k for k in (1, 2, 3, 4)]
     fall = [3.0, 2.0, 1.0, 0.0]  # points above the final value
     for step, above in zip(steps, fall):
+        if diverged_at is not None and step >= diverged_at:
+            run.sync()
+            run.set_tags({record.FAILURE: record.DIVERGED, record.DIVERGED_AT: diverged_at})
+            client.set_terminated(run.run_id, "FAILED")
+            return run.run_id
         run.log_metrics(
             {record.TRAIN_ERROR: (final_train + 1 + above) / 100, record.eval_metric(split): (test + above) / 100}, step
         )

@@ -1,11 +1,35 @@
 """The catalogue of nets this harness builds, without torch: which depths exist in which family,
-the shortcut options and activations, and the paper's names. `harness.models.resnet` builds
-them; the config's checks, the run record and the report read them from here.
+the shortcuts and residual units of P1 and P2, and the paper's names. `harness.models.resnet`
+builds them; the config's checks, the run record and the report read them from here.
 """
 
-SHORTCUTS = ("zero_pad", "projection", "full_projection")  # P1 options A, B, C
-ACTIVATIONS = ("post", "pre")  # P1's original unit, P2's full pre-activation
-VALID_ACTIVATIONS = "post (P1) or pre (P2's full pre-activation)"
+# P1's options for the shortcut, A, B, C: how it matches dimensions (C projects on every unit,
+# P2's "1x1 conv shortcut", Fig. 2e).
+SHORTCUTS_P1 = ("zero_pad", "projection", "full_projection")
+# P2's Table 1 (Fig. 2b-d, f): what a unit does to its shortcut before the addition. On the two units
+# where dimensions change, these shortcuts zero-pad (option A) and then do the same (P2 is silent).
+SHORTCUTS_P2 = ("scaling", "frozen_gating", "exclusive_gating", "shortcut_only_gating", "dropout")
+SHORTCUTS = SHORTCUTS_P1 + SHORTCUTS_P2
+# The keys each P2 shortcut reads: lambda, b_g, the dropout rate.
+SHORTCUT_PARAMETERS = {
+    "scaling": ("shortcut_lambda",),
+    "frozen_gating": ("shortcut_lambda",),
+    "exclusive_gating": ("gate_bias",),
+    "shortcut_only_gating": ("gate_bias",),
+    "dropout": ("shortcut_dropout",),
+}
+PARAMETER_KEYS = ("shortcut_lambda", "gate_bias", "shortcut_dropout")
+
+# P2's Fig. 4: five orders of the same parts in a unit; `post` and `pre` are (a) and (e).
+ACTIVATIONS = ("post", "bn_after_add", "relu_before_add", "relu_only_pre", "pre")
+UNIT_LETTERS = dict(zip(ACTIVATIONS, "abcde"))
+# Units that begin with their activation: the net's first unit takes it from the stem, and the
+# net ends with one more BN-ReLU before pooling (P2 section 4.1, said of (e); (d) is built alike).
+PRE_ACTIVATED = ("relu_only_pre", "pre")
+VALID_ACTIVATIONS = (
+    "post ((a) P1's original unit), bn_after_add ((b) BN after addition), relu_before_add ((c) ReLU before "
+    "addition), relu_only_pre ((d) ReLU-only pre-activation) or pre ((e) P2's full pre-activation)"
+)
 
 IMAGENET_LAYOUTS = {
     18: ("basic", [2, 2, 2, 2]),
@@ -46,7 +70,8 @@ def resolve_family(depth: int, family: str = "auto") -> str:
 
 VALID_SHORTCUTS = (
     "auto (option A, or B for the bottleneck nets 50, 101, 152), zero_pad (option A; alias identity), "
-    "projection (option B) or full_projection (option C)"
+    "projection (option B), full_projection (option C, P2's 1x1 conv shortcut), or P2's scaling (lambda x), "
+    "frozen_gating (lambda x + (1-lambda) F), exclusive_gating, shortcut_only_gating or dropout"
 )
 
 
@@ -73,20 +98,37 @@ def resolve_shortcut(shortcut: str, depth: int, family: str = "auto") -> str:
     return "zero_pad"
 
 
-SHORTCUT_LETTERS = {"zero_pad": "A", "projection": "B", "full_projection": "C"}
+# How a name tells the shortcut: P1's option by its letter, P2's by a word and its parameter.
+SHORTCUT_SUFFIXES = {
+    "zero_pad": "",
+    "projection": "-B",
+    "full_projection": "-C",
+    "scaling": "-scale{shortcut_lambda:g}",
+    "frozen_gating": "-frozen{shortcut_lambda:g}",
+    "exclusive_gating": "-exgate{gate_bias:g}",
+    "shortcut_only_gating": "-shgate{gate_bias:g}",
+    "dropout": "-drop{shortcut_dropout:g}",
+}
+UNIT_SUFFIXES = {"post": "", "bn_after_add": "-bnadd", "relu_before_add": "-reluadd", "relu_only_pre": "-relupre",
+                 "pre": "-pre"}  # fmt: skip
+SHORTCUT_DEFAULTS = {"shortcut_lambda": 0.5, "gate_bias": -6.0, "shortcut_dropout": 0.5}  # P2's Table 1
 
 
 def model_name(
-    depth: int | None, residual: bool, shortcut: str = "auto", activation: str = "post", family: str = "auto"
+    depth: int | None,
+    residual: bool,
+    shortcut: str = "auto",
+    activation: str = "post",
+    family: str = "auto",
+    **parameters: float,
 ) -> str:
-    """The paper's names: plain-56, resnet-56; options other than A and pre-activation are
-    suffixed (resnet-56-B-pre, and resnet-50-B under `auto`, so a name never hides the option).
-    A plain net has no shortcut to name. Without a depth, the variant's name: plain,
-    resnet-B-pre; `auto` then has no meaning and is refused."""
+    """The paper's names: plain-56, resnet-56; a shortcut other than A and a unit other than (a)
+    are suffixed (resnet-56-B-pre, resnet-56-exgate-6, resnet-56-scale0.5-bnadd, and resnet-50-B
+    under `auto`, so a name never hides the option). A plain net has no shortcut to name.
+    Without a depth, the variant's name: plain, resnet-B-pre; `auto` then has no meaning and is
+    refused. `parameters` are P2's shortcut_lambda, gate_bias and shortcut_dropout (else P2's)."""
     name = ("resnet" if residual else "plain") + ("" if depth is None else f"-{depth}")
     if residual:
         option = canonical_shortcut(shortcut) if depth is None else resolve_shortcut(shortcut, depth, family)
-        name += "" if option == "zero_pad" else f"-{SHORTCUT_LETTERS[option]}"
-    if activation == "pre":
-        name += "-pre"
-    return name
+        name += SHORTCUT_SUFFIXES[option].format(**(SHORTCUT_DEFAULTS | parameters))
+    return name + UNIT_SUFFIXES[activation]

@@ -2,11 +2,13 @@
 
 One `ResNet` class builds both families of P1: the CIFAR nets (3x3 stem, three stages of
 16/32/64 filters, depth 6n+2) and the ImageNet nets (7x7/2 stem, 3x3/2 max pool, four stages
-of 64-512 filters). A block either adds its shortcut (residual) or does not (plain), so a
-plain net is exactly the residual net with the additions removed.
+of 64-512 filters). Every unit is one `Unit`: its parts in the order of one of P2's five
+arrangements (Fig. 4), and a shortcut joined to it by one of P1's or P2's joins (Fig. 2), or
+none (a plain net, exactly the residual net with the additions removed).
 """
 
-from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +19,29 @@ from harness.models import (
     CIFAR_WIDTHS,
     IMAGENET_LAYOUTS,
     IMAGENET_WIDTHS,
+    SHORTCUT_DEFAULTS,
+    SHORTCUTS_P1,
     VALID_ACTIVATIONS,
     resolve_family,
     resolve_shortcut,
 )
+
+# P2 Fig. 4: the parts of a unit in order; "add" is where the shortcut joins the residual branch.
+BASIC_UNITS = {
+    "post": ("conv", "bn", "relu", "conv", "bn", "add", "relu"),  # (a) original
+    "bn_after_add": ("conv", "bn", "relu", "conv", "add", "bn", "relu"),  # (b)
+    "relu_before_add": ("conv", "bn", "relu", "conv", "bn", "relu", "add"),  # (c)
+    "relu_only_pre": ("relu", "conv", "bn", "relu", "conv", "bn", "add"),  # (d)
+    "pre": ("bn", "relu", "conv", "bn", "relu", "conv", "add"),  # (e) full pre-activation
+}
+# The same orders with a third weight layer: 1x1 reduce, 3x3, 1x1 expand.
+BOTTLENECK_UNITS = {
+    "post": ("conv", "bn", "relu", "conv", "bn", "relu", "conv", "bn", "add", "relu"),
+    "bn_after_add": ("conv", "bn", "relu", "conv", "bn", "relu", "conv", "add", "bn", "relu"),
+    "relu_before_add": ("conv", "bn", "relu", "conv", "bn", "relu", "conv", "bn", "relu", "add"),
+    "relu_only_pre": ("relu", "conv", "bn", "relu", "conv", "bn", "relu", "conv", "bn", "add"),
+    "pre": ("bn", "relu", "conv", "bn", "relu", "conv", "bn", "relu", "conv", "add"),
+}
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -29,6 +50,31 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def basic_convs(in_planes: int, planes: int, stride: int) -> list[nn.Conv2d]:
+    """Two 3x3 convs; the first strides."""
+    return [conv3x3(in_planes, planes, stride), conv3x3(planes, planes)]
+
+
+def bottleneck_convs(in_planes: int, planes: int, stride: int) -> list[nn.Conv2d]:
+    """1x1 reduce, 3x3, 1x1 expand (x4). The 3x3 strides, as torchvision does ("ResNet v1.5");
+    P1's Caffe models stride the first 1x1 conv instead, which skips three quarters of its input.
+    The parameter count is the same, the features and the compute are not."""
+    return [conv1x1(in_planes, planes), conv3x3(planes, planes, stride), conv1x1(planes, planes * 4)]
+
+
+@dataclass(frozen=True)
+class Design:
+    """A unit's design: its weight layers and the order of its parts (BASIC_UNITS, ...)."""
+
+    convs: Callable[[int, int, int], list[nn.Conv2d]]  # (in_planes, planes, stride) -> its convs in order
+    expansion: int
+    parts: tuple[str, ...]
+
+    @property
+    def pre_activated(self) -> bool:
+        return self.parts[0] != "conv"
 
 
 class ZeroPadShortcut(nn.Module):
@@ -44,10 +90,85 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
-def make_shortcut(
+# How a shortcut joins the residual branch F. Each takes (shortcut, branch, the unit's input as its
+# weighted layers see it: pre-activated in a pre-activated unit).
+
+
+class Add(nn.Module):
+    """P1: shortcut + F."""
+
+    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return branch + shortcut
+
+
+class Scale(nn.Module):
+    """P2 Fig. 2b, constant scaling: lambda x + F; `frozen` gating scales F by 1 - lambda too."""
+
+    def __init__(self, shortcut_lambda: float, frozen: bool):
+        super().__init__()
+        self.shortcut_scale = shortcut_lambda
+        self.branch_scale = 1 - shortcut_lambda if frozen else 1.0
+
+    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.branch_scale * branch + self.shortcut_scale * shortcut
+
+
+class Gate(nn.Module):
+    """P2 Fig. 2c-d: g = sigmoid(W_g x + b_g), a 1x1 conv of the unit's input with one gate per
+    output channel (strided where the unit strides); (1 - g) x + g F exclusive, else (1 - g) x + F.
+    P2 leaves open BN after the gate (none here) and W_g's init (He, as every conv here)."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, gate_bias: float, exclusive: bool):
+        super().__init__()
+        self.gate = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=True)
+        nn.init.constant_(self.gate.bias, gate_bias)
+        self.exclusive = exclusive
+
+    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(x))
+        if self.exclusive:
+            branch = g * branch
+        return branch + (1 - g) * shortcut
+
+
+class ShortcutDropout(nn.Module):
+    """P2 Fig. 2f: dropout on the shortcut, which "statistically imposes a scale of lambda with an
+    expectation of 0.5" (rate 0.5): in training each element is kept or zeroed, unscaled; in
+    evaluation the shortcut is scaled by its expectation, 1 - rate, with no randomness."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            keep = torch.rand_like(shortcut) >= self.rate
+            return branch + shortcut * keep
+        return branch + (1 - self.rate) * shortcut
+
+
+# P1's and P2's shortcuts: (its path's option, how it joins F). Gates need the unit's shape.
+JOINS = {
+    "zero_pad": lambda in_planes, out_planes, stride, p: Add(),
+    "projection": lambda in_planes, out_planes, stride, p: Add(),
+    "full_projection": lambda in_planes, out_planes, stride, p: Add(),
+    "scaling": lambda in_planes, out_planes, stride, p: Scale(p["shortcut_lambda"], frozen=False),
+    "frozen_gating": lambda in_planes, out_planes, stride, p: Scale(p["shortcut_lambda"], frozen=True),
+    "exclusive_gating": lambda in_planes, out_planes, stride, p: Gate(
+        in_planes, out_planes, stride, p["gate_bias"], exclusive=True
+    ),
+    "shortcut_only_gating": lambda in_planes, out_planes, stride, p: Gate(
+        in_planes, out_planes, stride, p["gate_bias"], exclusive=False
+    ),
+    "dropout": lambda in_planes, out_planes, stride, p: ShortcutDropout(p["shortcut_dropout"]),
+}
+
+
+def make_shortcut_path(
     option: str, in_planes: int, out_planes: int, stride: int, norm: nn.Module | None
 ) -> nn.Module | None:
-    """The shortcut module of one block; None means the identity."""
+    """The shortcut's path of one unit: None is the identity; P2's shortcuts take option A's."""
+    option = option if option in SHORTCUTS_P1 else "zero_pad"
     shape_changes = stride != 1 or in_planes != out_planes
     if option == "full_projection" or (option == "projection" and shape_changes):
         layers = [conv1x1(in_planes, out_planes, stride)]
@@ -59,215 +180,103 @@ def make_shortcut(
     return None
 
 
-def preact_shortcut(shortcut: nn.Module | None, x: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
-    """P2: a projection sees the pre-activated input; identity and zero-padding see x itself."""
-    if shortcut is None:
-        return x
-    if isinstance(shortcut, ZeroPadShortcut):
-        return shortcut(x)
-    return shortcut(activated)
-
-
-def pre_activation(bn: nn.BatchNorm2d | None, x: torch.Tensor) -> torch.Tensor:
-    """A pre-activation unit's BN-ReLU; None for the network's first unit, whose input the stem
-    has already activated (P2 section 4.1)."""
-    if bn is None:
-        return x
-    return F.relu(bn(x))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs, BN after each, ReLU after the addition (P1, post-activation)."""
-
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str):
-        super().__init__()
-        out_planes = planes * self.expansion
-        self.residual = residual
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, out_planes)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut = (
-            make_shortcut(shortcut, in_planes, out_planes, stride, nn.BatchNorm2d(out_planes)) if residual else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-
-        out = self.conv2(out)
-        out = self.bn2(out)
-
-        if self.residual:
-            out = out + identity
-        return self.relu(out)
-
-
-class PreActBasicBlock(nn.Module):
-    """P2's full pre-activation: BN-ReLU-conv-BN-ReLU-conv, then the addition, nothing after.
-    With `preactivate=False` (the network's first unit) there is no bn1: the stem's BN-ReLU
-    activates the input before it splits into the two paths."""
-
-    expansion = 1
+class Unit(nn.Module):
+    """One unit: its parts in `parts` order, BNs and convs numbered as they come (conv1, bn1, ...:
+    the names of torchvision's blocks, which old checkpoints carry). `skip` leaves out parts at the
+    start (the net's first pre-activated unit, whose input the stem has activated). At "add" the
+    shortcut joins, unless there is no join (a plain net). Weighted shortcut layers (projections,
+    gates) of a pre-activated unit see the activated input (P2, fb.resnet.torch), all else x."""
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str, preactivate: bool = True
+        self,
+        convs: list[nn.Conv2d],
+        parts: tuple[str, ...],
+        norm_layer,
+        shortcut: nn.Module | None = None,
+        join: nn.Module | None = None,
+        skip: int = 0,
     ):
         super().__init__()
-        out_planes = planes * self.expansion
-        self.residual = residual
-        self.bn1 = nn.BatchNorm2d(in_planes) if preactivate else None
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, out_planes)
+        names, channels = [], convs[0].in_channels
+        for part in parts:
+            count = sum(name.startswith(part) for name in names) + 1
+            if part == "conv":
+                conv = convs[count - 1]
+                channels = conv.out_channels
+                names.append(f"conv{count}")
+            elif part == "bn":
+                names.append(f"bn{count}")
+            else:
+                names.append(part)
+                continue
+            if len(names) > skip:
+                setattr(self, names[-1], conv if part == "conv" else norm_layer(channels))
+        self.order = tuple(names[skip:])
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride, norm=None) if residual else None
+        self.shortcut = shortcut
+        self.join = join
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = pre_activation(self.bn1, x)
-        identity = preact_shortcut(self.shortcut, x, activated=out)
-
-        out = self.conv1(out)
-        out = self.bn2(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-
-        if self.residual:
-            out = out + identity
-        return out
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3, 1x1 expand (x4), BN after each, ReLU after the addition.
-
-    A stage's first block strides on the 3x3 conv, as torchvision does ("ResNet v1.5"); P1's
-    Caffe models stride the first 1x1 conv instead, which skips three quarters of its input.
-    The parameter count is the same, the features and the compute are not."""
-
-    expansion = 4
-
-    def __init__(self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str):
-        super().__init__()
-        out_planes = planes * self.expansion
-        self.residual = residual
-        self.conv1 = conv1x1(in_planes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, out_planes)
-        self.bn3 = nn.BatchNorm2d(out_planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut = (
-            make_shortcut(shortcut, in_planes, out_planes, stride, nn.BatchNorm2d(out_planes)) if residual else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out = self.relu(out)
-
-        out = self.conv3(out)
-        out = self.bn3(out)
-
-        if self.residual:
-            out = out + identity
-        return self.relu(out)
-
-
-class PreActBottleneck(nn.Module):
-    """Pre-activation bottleneck of P2: (BN-ReLU-conv) x3, then the addition; strides on the 3x3
-    conv like `Bottleneck`. `preactivate=False` as in `PreActBasicBlock`."""
-
-    expansion = 4
-
-    def __init__(
-        self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: str, preactivate: bool = True
-    ):
-        super().__init__()
-        out_planes = planes * self.expansion
-        self.residual = residual
-        self.bn1 = nn.BatchNorm2d(in_planes) if preactivate else None
-        self.conv1 = conv1x1(in_planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn3 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, out_planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut = make_shortcut(shortcut, in_planes, out_planes, stride, norm=None) if residual else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = pre_activation(self.bn1, x)
-        identity = preact_shortcut(self.shortcut, x, activated=out)
-
-        out = self.conv1(out)
-        out = self.bn2(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn3(out)
-        out = self.relu(out)
-        out = self.conv3(out)
-
-        if self.residual:
-            out = out + identity
+        out = activated = x
+        for name in self.order:
+            if name == "add":
+                if self.join is not None:
+                    seen = activated if isinstance(self.shortcut, nn.Sequential) else x
+                    path = seen if self.shortcut is None else self.shortcut(seen)
+                    out = self.join(path, out, activated)
+            elif name == "relu":
+                out = self.relu(out) if out is not x else F.relu(out)  # x itself is the shortcut's
+            else:
+                if name == "conv1":
+                    activated = out
+                out = getattr(self, name)(out)
         return out
 
 
 class ResNet(nn.Module):
-    """A stem, stages of blocks (stride 2 at the start of every stage but the first), global
-    average pooling and one linear layer. `blocks_per_stage` and `widths` are the depth as data."""
+    """A stem, stages of units (stride 2 at the start of every stage but the first), global
+    average pooling and one linear layer. `blocks_per_stage` and `widths` are the depth as data;
+    `shortcut` is None for a plain net."""
 
     def __init__(
         self,
-        block: type[nn.Module],
+        design: Design,
         blocks_per_stage: list[int],
         widths: list[int],
         imagenet_stem: bool,
-        residual: bool = True,
-        shortcut: str = "zero_pad",
-        pre_activation: bool = False,
+        shortcut: str | None = "zero_pad",
+        parameters: dict[str, float] | None = None,
         in_channels: int = 3,
         num_classes: int = 10,
+        norm_layer=nn.BatchNorm2d,
     ):
         super().__init__()
         self.in_planes = widths[0]
-        self.residual = residual
+        self.design = design
         self.shortcut_option = shortcut
+        self.shortcut_parameters = SHORTCUT_DEFAULTS | (parameters or {})
+        self.norm_layer = norm_layer
 
-        # Pre-activation nets keep the stem's BN-ReLU too: it is the first unit's pre-activation,
+        # Pre-activated nets keep the stem's BN-ReLU too: it is the first unit's pre-activation,
         # taken before the split so that both paths see it (P2 section 4.1, fb.resnet.torch).
         if imagenet_stem:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(widths[0]),
+                norm_layer(widths[0]),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             )
         else:
-            self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), norm_layer(widths[0]), nn.ReLU(inplace=True))
 
-        first_unit = {"preactivate": False} if pre_activation else {}
+        first_skip = design.parts.index("conv") if design.pre_activated else 0
         self.stages = nn.Sequential(
-            self._make_stage(block, widths[0], blocks_per_stage[0], stride=1, **first_unit),
-            *(
-                self._make_stage(block, width, blocks, stride=2)
-                for width, blocks in zip(widths[1:], blocks_per_stage[1:])
-            ),
+            self._make_stage(widths[0], blocks_per_stage[0], stride=1, first_skip=first_skip),
+            *(self._make_stage(width, blocks, stride=2) for width, blocks in zip(widths[1:], blocks_per_stage[1:])),
         )
-        # P2: after the last pre-activation unit, one more BN-ReLU before pooling.
+        # P2: after the last pre-activated unit, one more BN-ReLU before pooling.
         self.final_activation = (
-            nn.Sequential(nn.BatchNorm2d(self.in_planes), nn.ReLU(inplace=True)) if pre_activation else nn.Identity()
+            nn.Sequential(norm_layer(self.in_planes), nn.ReLU(inplace=True)) if design.pre_activated else nn.Identity()
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.in_planes, num_classes)
@@ -279,14 +288,22 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_stage(
-        self, block: type[nn.Module], planes: int, blocks: int, stride: int, **first_block_options
-    ) -> nn.Sequential:
-        layers = [block(self.in_planes, planes, stride, self.residual, self.shortcut_option, **first_block_options)]
-        self.in_planes = planes * block.expansion
-        for _ in range(1, blocks):
-            layers.append(block(self.in_planes, planes, 1, self.residual, self.shortcut_option))
-        return nn.Sequential(*layers)
+    def _make_unit(self, planes: int, stride: int, skip: int = 0) -> Unit:
+        in_planes, out_planes = self.in_planes, planes * self.design.expansion
+        self.in_planes = out_planes
+        convs = self.design.convs(in_planes, planes, stride)
+        if self.shortcut_option is None:
+            return Unit(convs, self.design.parts, self.norm_layer, skip=skip)
+        # A projection of a pre-activated unit is normalised by the next unit's pre-activation.
+        norm = None if self.design.pre_activated else self.norm_layer(out_planes)
+        path = make_shortcut_path(self.shortcut_option, in_planes, out_planes, stride, norm)
+        join = JOINS[self.shortcut_option](in_planes, out_planes, stride, self.shortcut_parameters)
+        return Unit(convs, self.design.parts, self.norm_layer, path, join, skip)
+
+    def _make_stage(self, planes: int, blocks: int, stride: int, first_skip: int = 0) -> nn.Sequential:
+        units = [self._make_unit(planes, stride, first_skip)]
+        units += [self._make_unit(planes, 1) for _ in range(1, blocks)]
+        return nn.Sequential(*units)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -297,11 +314,9 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-BLOCKS = {
-    ("basic", "post"): BasicBlock,
-    ("basic", "pre"): PreActBasicBlock,
-    ("bottleneck", "post"): Bottleneck,
-    ("bottleneck", "pre"): PreActBottleneck,
+DESIGNS = {
+    **{("basic", unit): Design(basic_convs, 1, parts) for unit, parts in BASIC_UNITS.items()},
+    **{("bottleneck", unit): Design(bottleneck_convs, 4, parts) for unit, parts in BOTTLENECK_UNITS.items()},
 }
 
 
@@ -313,22 +328,25 @@ def build_model(
     in_channels: int = 3,
     num_classes: int = 10,
     family: str = "auto",
+    **parameters: float,
 ) -> ResNet:
-    """The plain (residual=False) or residual net of P1/P2 with this many weighted layers."""
+    """The plain (residual=False) or residual net of P1/P2 with this many weighted layers.
+    `parameters`: P2's shortcut_lambda, gate_bias and shortcut_dropout, where the shortcut uses them."""
     shortcut = resolve_shortcut(shortcut, depth, family)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not valid; use {VALID_ACTIVATIONS}.")
-    pre = activation == "pre"
-    make = partial(
-        ResNet,
-        residual=residual,
-        shortcut=shortcut,
-        pre_activation=pre,
-        in_channels=in_channels,
-        num_classes=num_classes,
-    )
+    options = {"shortcut": shortcut if residual else None, "parameters": parameters}
+    options |= {"in_channels": in_channels, "num_classes": num_classes}
     if resolve_family(depth, family) == "cifar":
         n = (depth - 2) // 6
-        return make(BLOCKS["basic", activation], [n, n, n], CIFAR_WIDTHS, imagenet_stem=False)
+        return ResNet(DESIGNS["basic", activation], [n, n, n], CIFAR_WIDTHS, imagenet_stem=False, **options)
     kind, blocks_per_stage = IMAGENET_LAYOUTS[depth]
-    return make(BLOCKS[kind, activation], blocks_per_stage, IMAGENET_WIDTHS, imagenet_stem=True)
+    return ResNet(DESIGNS[kind, activation], blocks_per_stage, IMAGENET_WIDTHS, imagenet_stem=True, **options)
+
+
+def build_from_config(cfg, in_channels: int, num_classes: int) -> ResNet:
+    """The net a job's config trains."""
+    parameters = {key: cfg[key] for key in SHORTCUT_DEFAULTS}
+    return build_model(
+        cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, in_channels, num_classes, cfg.family, **parameters
+    )

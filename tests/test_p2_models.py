@@ -1,0 +1,201 @@
+"""P2's design space in harness.models: the five unit arrangements of its Fig. 4 and the shortcuts
+of its Table 1 (Fig. 2), each against a hand-written reference of what P2 says it computes, on the
+same weights. Facts: /work/shared/reference/p2-design-space.md."""
+
+import pytest
+import torch
+from torch import nn
+
+from harness.models import ACTIVATIONS, PRE_ACTIVATED, SHORTCUTS_P2, model_name
+from harness.models.resnet import BASIC_UNITS, BOTTLENECK_UNITS, Gate, ShortcutDropout, Unit, build_model
+
+from conftest import count_params, randomise_batchnorm
+
+relu = torch.relu
+
+
+def unit_reference(unit: Unit, x: torch.Tensor, activation: str, shortcut: torch.Tensor | float) -> torch.Tensor:
+    """P2 Fig. 4, written out for a basic unit (w = conv) whose shortcut is `shortcut` (x, or 0
+    for a plain net)."""
+    c1, c2 = unit.conv1, unit.conv2
+    if activation == "post":  # (a) x -> w -> BN -> ReLU -> w -> BN -> (+x) -> ReLU
+        return relu(unit.bn2(c2(relu(unit.bn1(c1(x))))) + shortcut)
+    if activation == "bn_after_add":  # (b) x -> w -> BN -> ReLU -> w -> (+x) -> BN -> ReLU
+        return relu(unit.bn2(c2(relu(unit.bn1(c1(x)))) + shortcut))
+    if activation == "relu_before_add":  # (c) x -> w -> BN -> ReLU -> w -> BN -> ReLU -> (+x)
+        return relu(unit.bn2(c2(relu(unit.bn1(c1(x)))))) + shortcut
+    if activation == "relu_only_pre":  # (d) x -> ReLU -> w -> BN -> ReLU -> w -> BN -> (+x)
+        return unit.bn2(c2(relu(unit.bn1(c1(relu(x)))))) + shortcut
+    # (e) x -> BN -> ReLU -> w -> BN -> ReLU -> w -> (+x)
+    return c2(relu(unit.bn2(c1(relu(unit.bn1(x)))))) + shortcut
+
+
+def identity_unit(model: nn.Module) -> Unit:
+    """A unit of the first stage past its first: same shape in and out, an identity shortcut."""
+    return model.stages[0][1]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_each_unit_computes_its_arrangement_in_p2s_order(activation):
+    model = randomise_batchnorm(build_model(20, activation=activation))
+    unit = identity_unit(model)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), unit_reference(unit, x, activation, x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_a_units_plain_twin_is_its_arrangement_without_the_addition(activation):
+    residual = randomise_batchnorm(build_model(20, activation=activation))
+    plain = build_model(20, residual=False, activation=activation)
+    plain.load_state_dict(residual.state_dict())
+    plain.eval()
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        unit = identity_unit(plain)
+        torch.testing.assert_close(unit(x), unit_reference(unit, x, activation, 0.0), rtol=0, atol=0)
+
+
+def test_the_bottleneck_orders_are_the_basic_orders_with_a_third_weight_layer():
+    for activation in ACTIVATIONS:
+        basic, bottleneck = BASIC_UNITS[activation], BOTTLENECK_UNITS[activation]
+        assert bottleneck.count("conv") == 3 and basic.count("conv") == 2
+        assert bottleneck.count("bn") == 3 and bottleneck.count("relu") == 3
+        # what happens around the addition is the same
+        tail = basic[basic.index("conv", basic.index("conv") + 1) + 1 :]
+        assert bottleneck[-len(tail) :] == tail
+        assert (basic[0] != "conv") == (bottleneck[0] != "conv") == (activation in PRE_ACTIVATED)
+
+
+@pytest.mark.parametrize("activation", PRE_ACTIVATED)
+def test_a_pre_activated_net_takes_its_first_activation_from_the_stem_and_ends_with_bn_relu(activation):
+    model = build_model(20, activation=activation)
+    first = model.stages[0][0]
+    assert first.order[0] == "conv1" and model.stages[0][1].order[0] != "conv1"
+    assert isinstance(model.final_activation[0], nn.BatchNorm2d)
+    assert isinstance(model.final_activation[1], nn.ReLU)
+
+
+@pytest.mark.parametrize("activation", ["bn_after_add", "relu_before_add"])
+def test_post_activated_arrangements_keep_p1s_stem_and_end(activation):
+    model = build_model(20, activation=activation)
+    assert isinstance(model.final_activation, nn.Identity) and model.stages[0][0].order[0] == "conv1"
+
+
+def test_bn_after_addition_normalises_the_sum_with_as_many_channels():
+    unit = build_model(20, activation="bn_after_add").stages[1][0]  # the unit where 16 becomes 32
+    assert unit.order == ("conv1", "bn1", "relu", "conv2", "add", "bn2", "relu")
+    assert unit.bn2.num_features == 32
+
+
+# --- shortcuts (P2 Table 1) ---------------------------------------------------------------
+
+
+def shortcut_unit(shortcut: str, **parameters) -> tuple[nn.Module, Unit]:
+    model = randomise_batchnorm(build_model(20, shortcut=shortcut, **parameters))
+    return model, identity_unit(model)
+
+
+def branch(unit: Unit, x: torch.Tensor) -> torch.Tensor:
+    """P1's F(x) of an original (post) unit: conv-BN-ReLU-conv-BN."""
+    return unit.bn2(unit.conv2(relu(unit.bn1(unit.conv1(x)))))
+
+
+@pytest.mark.parametrize("shortcut_lambda", [0.5, 0.9, 1.0])
+def test_constant_scaling_is_lambda_x_plus_f(shortcut_lambda):
+    _, unit = shortcut_unit("scaling", shortcut_lambda=shortcut_lambda)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), relu(branch(unit, x) + shortcut_lambda * x))
+
+
+def test_frozen_gating_is_lambda_x_plus_one_minus_lambda_f():
+    _, unit = shortcut_unit("frozen_gating", shortcut_lambda=0.3)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), relu(0.7 * branch(unit, x) + 0.3 * x))
+
+
+@pytest.mark.parametrize("gate_bias", [0.0, -6.0])
+def test_exclusive_gating_is_one_minus_g_x_plus_g_f_with_the_bias_as_initialised(gate_bias):
+    _, unit = shortcut_unit("exclusive_gating", gate_bias=gate_bias)
+    assert isinstance(unit.join, Gate) and torch.all(unit.join.gate.bias == gate_bias)
+    assert unit.join.gate.kernel_size == (1, 1) and unit.join.gate.out_channels == 16
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        g = torch.sigmoid(nn.functional.conv2d(x, unit.join.gate.weight) + gate_bias)
+        torch.testing.assert_close(unit(x), relu(g * branch(unit, x) + (1 - g) * x))
+
+
+def test_shortcut_only_gating_is_one_minus_g_x_plus_f():
+    _, unit = shortcut_unit("shortcut_only_gating", gate_bias=0.0)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        g = torch.sigmoid(unit.join.gate(x))
+        torch.testing.assert_close(unit(x), relu(branch(unit, x) + (1 - g) * x))
+        assert g.mean().item() == pytest.approx(0.5, abs=0.1)  # b_g = 0: E[1 - g] starts at 0.5
+
+
+def test_a_gate_where_dimensions_change_strides_and_widens_like_the_unit():
+    model = build_model(20, shortcut="exclusive_gating")
+    unit = model.stages[1][0]
+    assert unit.join.gate.stride == (2, 2) and (unit.join.gate.in_channels, unit.join.gate.out_channels) == (16, 32)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_dropout_on_the_shortcut_keeps_or_zeroes_it_in_training_and_scales_it_in_evaluation():
+    model, unit = shortcut_unit("dropout", shortcut_dropout=0.5)
+    assert isinstance(unit.join, ShortcutDropout)
+    x = torch.randn(4, 16, 8, 8).abs() + 1  # no element is zero by chance
+    with torch.no_grad():
+        f = branch(unit, x)
+        torch.testing.assert_close(unit(x), relu(f + 0.5 * x))  # evaluation: the expectation, no randomness
+        model.eval()
+        first, second = model(torch.randn(2, 3, 32, 32).mul(0).add(1)), model(torch.ones(2, 3, 32, 32))
+        assert torch.equal(first, second)  # deterministic in evaluation
+        join = unit.join.train()
+        dropped = join(x, torch.zeros_like(x), x)
+        kept = dropped != 0
+        assert torch.equal(dropped[kept], x[kept])  # unscaled: a kept element is x itself
+        assert 0.4 < kept.float().mean().item() < 0.6
+
+
+def test_gating_adds_its_1x1_convs_and_scaling_and_dropout_add_nothing():
+    identity = count_params(build_model(56))
+    for shortcut in ("scaling", "frozen_gating", "dropout"):
+        assert count_params(build_model(56, shortcut=shortcut)) == identity
+    # one 1x1 conv with a bias per unit: C x C + C, with C = 16, 32, 64 and 16 -> 32, 32 -> 64 at the changes
+    shapes = [(16, 16)] * 9 + [(16, 32)] + [(32, 32)] * 8 + [(32, 64)] + [(64, 64)] * 8
+    gates = sum(c_in * c_out + c_out for c_in, c_out in shapes)
+    for shortcut in ("exclusive_gating", "shortcut_only_gating"):
+        assert count_params(build_model(56, shortcut=shortcut)) == identity + gates
+
+
+@pytest.mark.parametrize("shortcut", SHORTCUTS_P2)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_shortcut_and_unit_trains_a_step(shortcut, activation):
+    torch.manual_seed(0)
+    model = build_model(8, shortcut=shortcut, activation=activation, in_channels=1)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "args, parameters, name",
+    [
+        ((56, True, "scaling"), {"shortcut_lambda": 0.5}, "resnet-56-scale0.5"),
+        ((56, True, "frozen_gating"), {"shortcut_lambda": 0.5}, "resnet-56-frozen0.5"),
+        ((56, True, "exclusive_gating"), {"gate_bias": -6.0}, "resnet-56-exgate-6"),
+        ((56, True, "shortcut_only_gating"), {"gate_bias": 0.0}, "resnet-56-shgate0"),
+        ((56, True, "dropout"), {"shortcut_dropout": 0.5}, "resnet-56-drop0.5"),
+        ((56, True, "full_projection"), {}, "resnet-56-C"),
+        ((56, True, "zero_pad", "bn_after_add"), {}, "resnet-56-bnadd"),
+        ((56, True, "zero_pad", "relu_before_add"), {}, "resnet-56-reluadd"),
+        ((56, True, "zero_pad", "relu_only_pre"), {}, "resnet-56-relupre"),
+        ((56, False, "zero_pad", "bn_after_add"), {"gate_bias": -6.0}, "plain-56-bnadd"),
+        ((None, True, "scaling", "pre"), {"shortcut_lambda": 0.9}, "resnet-scale0.9-pre"),
+    ],
+)
+def test_names_say_the_unit_and_the_shortcut_with_its_parameter(args, parameters, name):
+    assert model_name(*args, **parameters) == name

@@ -1,0 +1,106 @@
+"""P2's studies in the report: each variant beside P2's published number, its curves and backward
+signal, and the claims of P2's Tables 1 and 2 as rows of the one claims table, a variant that
+diverged shown as failed to train (P2's "fail"), never as a missing run."""
+
+import matplotlib.image
+import pandas as pd
+import pytest
+from test_report import log_run, store, table_row
+
+from harness.report import report_runs
+from harness.stats import CLAIM_ROWS, ClaimRow, claims, p2_shortcuts_vs_identity
+from harness.tracking.runs import load_runs
+
+# Final training error and test error (%) per seed 0, 1, 2 of each ResNet-56 variant.
+SHORTCUTS = {
+    "identity": ((), [8.0, 8.4, 8.2], [9.0, 9.3, 9.1]),
+    "scale0.5": (("shortcut=scaling", "shortcut_lambda=0.5"), [14.0, 15.0, 14.2], [15.0, 16.0, 15.5]),
+    "exgate-6": (("shortcut=exclusive_gating", "gate_bias=-6"), [9.0, 8.9, 9.6], [10.0, 9.8, 10.1]),
+    "C": (("shortcut=full_projection",), [12.0, 12.5, 11.8], [13.0, 13.2, 12.9]),
+}
+UNITS = {
+    "post": ([8.0, 8.4, 8.2], [9.0, 9.3, 9.1]),
+    "bn_after_add": ([11.0, 12.0, 11.5], [12.0, 12.5, 12.4]),
+    "pre": ([8.1, 8.3, 8.4], [8.8, 9.2, 9.0]),
+}
+
+
+def study_section(report: str, title: str) -> str:
+    """The text of a level-3 section of report.md, up to the next section (its figures' headings are level 4)."""
+    return report.split(f"### {title}\n", 1)[1].split("\n### ", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def shortcut_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("p2-shortcuts")
+    client, experiment_id = store(folder)
+    for net, train, test in SHORTCUTS.values():
+        for seed in range(3):
+            log_run(client, experiment_id, 56, True, seed, train[seed], test[seed], net=net)
+    for seed in range(3):  # dropout on the shortcut diverges in every seed
+        log_run(client, experiment_id, 56, True, seed, net=("shortcut=dropout",), diverged_at=500)
+    return client, load_runs(client, [experiment_id]), folder
+
+
+def test_the_shortcut_study_has_its_section_with_p2s_numbers_and_verdicts(shortcut_study, tmp_path):
+    client, runs, _ = shortcut_study
+    written = report_runs(client, runs, tmp_path, "P2 shortcuts")
+    report = (tmp_path / "report.md").read_text()
+    section = study_section(report, "P2 Table 1: shortcuts")
+    assert table_row(section, "resnet-56")[5].startswith("6.61 (median of 5, P2 Table 1")
+    assert table_row(section, "resnet-56-scale0.5")[5].startswith("fail (test error above 20%)")
+    assert table_row(section, "resnet-56-C")[5].startswith("12.22")
+    assert table_row(section, "resnet-56-exgate-6")[2].startswith("9.17 (")  # mean and its interval
+    dropout = table_row(section, "resnet-56-drop0.5")
+    assert dropout[1] == "3" and dropout[2] == "–" and dropout[4] == "diverged in 3 of 3 (at iteration 500, 500, 500)"
+    lines = [line for line in section.splitlines() if line.startswith("- P2-T1")]
+    verdicts = {line.split(":")[1].split(" shortcut")[0].strip(): line for line in lines}
+    assert verdicts["the resnet-56-scale0.5"].endswith(": reproduced")
+    assert verdicts["the resnet-56-C"].endswith(": reproduced")
+    assert ": inconclusive" in verdicts["the resnet-56-exgate-6"]  # +0.97 points, below the minimum effect of 1
+    assert "resnet-56-drop0.5 failed to train (diverged) in each of its 3 seeds" in verdicts["the resnet-56-drop0.5"]
+    assert (
+        verdicts["the resnet-56-drop0.5"].endswith('seeds, as P2\'s "fail")')
+        and ": reproduced (" in verdicts["the resnet-56-drop0.5"]
+    )
+    for stem in ("p2_shortcuts_curves", "p2_shortcuts_signal"):
+        assert tmp_path / f"{stem}.png" in written and f"({stem}.png)" in section
+        assert matplotlib.image.imread(tmp_path / f"{stem}.png").shape[1] > 500
+    assert "- resnet-56-drop0.5 seed 0" in report.split("## Runs not finished or incomplete")[1]
+
+
+def test_the_unit_study_has_its_section_and_the_two_claims_of_table_2(tmp_path):
+    client, experiment_id = store(tmp_path)
+    for unit, (train, test) in UNITS.items():
+        for seed in range(3):
+            log_run(client, experiment_id, 56, True, seed, train[seed], test[seed], net=(f"activation={unit}",))
+    report_runs(client, load_runs(client, [experiment_id]), tmp_path / "out", "P2 units")
+    report = (tmp_path / "out" / "report.md").read_text()
+    section = study_section(report, "P2 Table 2: residual units")
+    assert "### P2 Table 1" not in report
+    assert [table_row(section, net)[5].split(" ")[0] for net in ("resnet-56", "resnet-56-bnadd", "resnet-56-pre")] == [
+        "6.61", "8.17", "6.37"
+    ]  # fmt: skip
+    (bn_after_add,) = [line for line in section.splitlines() if line.startswith("- P2-T2b")]
+    (pre,) = [line for line in section.splitlines() if line.startswith("- P2-T2e")]
+    assert bn_after_add.endswith(": reproduced") and "+3.30 points" in bn_after_add
+    assert "test error" in pre and pre.endswith(": reproduced (the interval stays above -1)")
+
+
+def test_a_new_claim_is_one_row_of_the_table(shortcut_study):
+    _, runs, _ = shortcut_study
+    scaling_only = ClaimRow(
+        "X", "{first} trains worse than {second}", lambda r: [p for p in p2_shortcuts_vs_identity(r) if "scale" in p[0]]
+    )
+    (claim,) = claims(runs, rows=[scaling_only])
+    assert claim.nets == "resnet-56 vs resnet-56-scale0.5" and claim.verdict == "reproduced"  # the row's default label
+    assert claim.differences.tolist() == pytest.approx([6.0, 6.6, 6.0])
+    assert {row.key for row in CLAIM_ROWS} >= {"C1", "C1b", "C2", "C3", "C3-test", "Fig7", "P2-T1", "P2-T2b", "P2-T2e"}
+
+
+def test_p1_claims_are_not_made_of_p2_variants(shortcut_study):
+    """A study of P2's shortcuts at one depth has no P1 claim: P1's compare depths and plain nets."""
+    _, runs, _ = shortcut_study
+    keys = {claim.key for claim in claims(runs)}
+    assert keys == {"P2-T1"}
+    assert pd.Series([c.nets for c in claims(runs)]).str.endswith(" vs resnet-56").all()

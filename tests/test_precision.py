@@ -1,0 +1,103 @@
+"""`precision=auto` (harness.precision): decided by measuring bf16 against fp32 once per machine,
+never by the CPU's flags, kept for every later launch there and recorded on each run."""
+
+import json
+
+import pytest
+import torch
+
+import harness.device
+from harness import precision, record
+from harness.config import compose_config
+from harness.device import device_name
+from harness.precision import BF16_MIN_SPEEDUP, auto_decision, resolve_precision
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A cache file of the test's own, and no decision of this process remembered."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    auto_decision.cache_clear()
+    yield tmp_path / "cache" / "precision.json"
+    auto_decision.cache_clear()
+
+
+def measuring(fp32_ms: float, bf16_ms: float, calls: list):
+    def measure(kind):
+        calls.append(kind)
+        return fp32_ms, bf16_ms, 0.0
+
+    return measure
+
+
+@pytest.mark.parametrize(
+    "fp32_ms, bf16_ms, expected",
+    [
+        (130.0, 150.0, "fp32"),  # the Intel Xeon with avx512_bf16 and no AMX: 0.87x
+        (250.0, 150.0, "bf16"),  # an AVX512-BF16 AMD EPYC: 1.67x
+        (100.0, 100.0 / (BF16_MIN_SPEEDUP - 0.05), "fp32"),  # faster, but not clearly
+        (100.0, 100.0 / (BF16_MIN_SPEEDUP + 0.05), "bf16"),
+    ],
+)
+def test_auto_is_what_the_measurement_says_whatever_the_flags(own_cache, monkeypatch, fp32_ms, bf16_ms, expected):
+    for flags in ({"avx512_bf16", "amx_bf16"}, set()):
+        monkeypatch.setattr(harness.device, "cpu_flags", lambda: frozenset(flags))
+        auto_decision.cache_clear()
+        own_cache.unlink(missing_ok=True)
+        decision = auto_decision("cpu", measuring(fp32_ms, bf16_ms, calls := []))
+        assert calls == ["cpu"] and decision.precision == expected
+        assert (decision.fp32_ms, decision.bf16_ms) == (fp32_ms, bf16_ms)
+
+
+def test_the_decision_is_measured_once_per_machine_and_kept(own_cache, capsys):
+    calls = []
+    first = auto_decision("cpu", measuring(130.0, 150.0, calls))
+    line = capsys.readouterr().out
+    assert "bf16 0.87x fp32 here" in line and "precision=auto is fp32" in line and str(own_cache) in line
+    auto_decision.cache_clear()  # as a new process would: a relaunch, a sweep's job
+    again = auto_decision("cpu", measuring(100.0, 50.0, calls))  # a measurement now would say bf16
+    assert calls == ["cpu"] and again == first and capsys.readouterr().out == ""
+    machine = device_name(torch.device("cpu"))
+    kept = json.loads(own_cache.read_text())
+    assert kept[machine]["precision"] == "fp32" and kept[machine]["bf16_ms"] == 150.0
+    precision.forget(machine)  # python -m harness.precision --again
+    auto_decision.cache_clear()
+    assert auto_decision("cpu", measuring(100.0, 50.0, calls)).precision == "bf16" and len(calls) == 2
+
+
+def test_another_machine_in_the_same_cache_measures_its_own(own_cache):
+    own_cache.parent.mkdir(parents=True)
+    other = precision.choose("Some Xeon (AVX512, bf16 units)", 250.0, 100.0)
+    own_cache.write_text(json.dumps({other.machine: precision.asdict(other)}))
+    assert auto_decision("cpu", measuring(130.0, 150.0, calls := [])).precision == "fp32" and calls == ["cpu"]
+    assert set(json.loads(own_cache.read_text())) == {other.machine, device_name(torch.device("cpu"))}
+
+
+def test_the_real_measurement_times_both_precisions(own_cache):
+    fp32_ms, bf16_ms, busy = precision.measure_step_ms("cpu")
+    assert fp32_ms > 0 and bf16_ms > 0 and busy >= 0
+
+
+def test_resolve_precision_leaves_an_explicit_choice_alone(own_cache):
+    def never(kind):
+        raise AssertionError("an explicit precision is not measured")
+
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert auto_decision("cpu", measuring(130.0, 150.0, [])).precision == resolve_precision("auto", "cpu")
+
+
+def test_a_run_records_the_decision_and_its_timings(own_cache):
+    auto_decision("cpu", measuring(130.0, 150.0, []))
+    auto_decision.cache_clear()  # the run's process reads the kept decision
+    tags = record.job_tags(compose_config("device=cpu"), record.Machine(), "unknown")
+    assert tags["precision"] == "fp32"
+    assert tags["precision_fp32_ms"] == "130.0" and tags["precision_bf16_ms"] == "150.0"
+    assert "bf16 0.87x fp32 here" in tags["precision_auto"]
+    forced = record.job_tags(compose_config("device=cpu", "precision=bf16"), record.Machine(), "unknown")
+    assert forced["precision"] == "bf16" and "precision_auto" not in forced
+
+
+def test_a_decision_measured_beside_other_work_says_so():
+    busy = precision.choose("a CPU", 130.0, 150.0, busy_cores=1.4)
+    assert "measured beside other work (1.4 cores busy)" in busy.line()
+    assert "beside other work" not in precision.choose("a CPU", 130.0, 150.0, busy_cores=0.1).line()
