@@ -53,7 +53,7 @@ from harness.data.memory import load_data
 from harness.device import autocast
 from harness.job import torch_threads
 from harness.models.resnet import build_model
-from harness.precision import resolve_precision
+from harness.precision import resolve_precision, step_seconds
 from harness.stats import t_interval
 from harness.tracking import MemoryTracker
 from harness.tracking.mlflow_store import MlflowRun, connect
@@ -300,22 +300,13 @@ WHOLE_RUN_TARGET = 1.15
 def bare_step_seconds(cfg, steps: int, image_size: int = 28) -> list[float]:
     """Seconds of each of `steps` training steps of the config's net, batch, threads and precision."""
     torch.set_num_threads(torch_threads(cfg))
-    device, precision = torch.device("cpu"), resolve_precision(cfg.precision, "cpu")
+    precision = resolve_precision(cfg.precision, "cpu")
     model = new_model(cfg.depth)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     batch = cfg.schedule.batch_size
     images, labels = torch.randn(batch, 1, image_size, image_size), torch.randint(0, 10, (batch,))
-    seconds = []
-    for i in range(steps + 3):  # 3 warm-up steps
-        start = time.perf_counter()
-        with autocast(device, precision):
-            loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= 3:
-            seconds.append(time.perf_counter() - start)
-    return seconds
+    seconds = [step_seconds(model, optimizer, images, labels, precision) for _ in range(steps + 3)]
+    return seconds[3:]  # after 3 warm-up steps
 
 
 def whole_run(depths: list[int], precisions: list[str], steps: int, root: Path, overrides: list[str]) -> None:
@@ -387,6 +378,9 @@ def main() -> None:
     parser.add_argument(
         "--gpu", action="store_true", help="P1's recipe on CUDA: rates, settings, runs at once, Table 6's time"
     )
+    parser.add_argument(
+        "--plan-store", type=int, nargs="+", metavar="N", help="the plan's store queries against stores of N runs"
+    )
     parser.add_argument("--contention-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -399,6 +393,10 @@ def main() -> None:
             barrier, copies, depth, seconds, *overrides = args.gpu_worker
             return bench_gpu.worker(Path(barrier), int(copies), int(depth), float(seconds), overrides)
         return bench_gpu.main()
+    if args.plan_store:
+        from harness import bench_store
+
+        return bench_store.main(args.plan_store)
     if args.whole_run:
         return whole_run(args.depths, args.precisions, args.steps, args.root, args.overrides)
     if args.contention:

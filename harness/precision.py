@@ -99,14 +99,30 @@ def others_busy(before: tuple[float, float], seconds: float) -> float:
     return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds if seconds > 0 else 0.0
 
 
+def step_seconds(model, optimizer, images, labels, precision: str) -> float:
+    """The wall time of one training step: forward and loss under the precision, backward, SGD step."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.device import autocast
+
+    start = time.perf_counter()
+    with autocast(images.device, precision):
+        loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+    return time.perf_counter() - start
+
+
 def measure_step_ms(kind: str) -> tuple[float, float, float]:
     """(fp32 ms, bf16 ms, other processes' busy cores) of a ResNet-20 training step (forward,
     backward, SGD step; batch 64 of Fashion-MNIST's shape, channels_last) on a device of this
     type with the current threads: the median of alternated rounds, after warm-up."""
     import torch
-    import torch.nn.functional as F
 
-    from harness.device import autocast
     from harness.models.resnet import build_model
 
     device = torch.device(kind)
@@ -117,15 +133,7 @@ def measure_step_ms(kind: str) -> tuple[float, float, float]:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step(precision: str) -> float:
-        start = time.perf_counter()
-        with autocast(device, precision):
-            loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return step_seconds(model, optimizer, images, labels, precision)
 
     for precision in ("fp32", "bf16"):
         for _ in range(WARMUP_STEPS):

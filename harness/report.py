@@ -206,14 +206,19 @@ def p2_section(
         ),
     )
     for name, caption, fig in drawings:
-        if fig is None:
-            continue
-        for suffix in (".png", ".pdf"):
-            fig.savefig(out_dir / f"{prefix}{stem}_{name}{suffix}", dpi=120)
-            written.append(out_dir / f"{prefix}{stem}_{name}{suffix}")
-        plt.close(fig)
-        text.append(f"#### {title}: {caption}\n\n![{caption}]({prefix}{stem}_{name}.png)\n")
+        if fig is not None:
+            written += save_figure(fig, out_dir, f"{prefix}{stem}_{name}")
+            text.append(f"#### {title}: {caption}\n\n![{caption}]({prefix}{stem}_{name}.png)\n")
     return text, written
+
+
+def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
+    """The figure as PNG (for the report) and PDF (for a paper), then closed."""
+    paths = [out_dir / f"{stem}{suffix}" for suffix in (".png", ".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return paths
 
 
 FIGURES = {  # file stem: (caption, function of (runs, curves, analysis))
@@ -269,11 +274,7 @@ def budget_section(table: pd.DataFrame, out_dir: Path, min_effect: float, confid
     fig = figures.claims_vs_budget(table, min_effect, confidence)
     if fig is None:
         return [], []
-    written = []
-    for suffix in (".png", ".pdf"):
-        fig.savefig(out_dir / f"claims_vs_budget{suffix}", dpi=120)
-        written.append(out_dir / f"claims_vs_budget{suffix}")
-    plt.close(fig)
+    written = save_figure(fig, out_dir, "claims_vs_budget")
     lines = [
         "## Claims against the budget",
         "",
@@ -334,10 +335,7 @@ def recipe_section(
         fig = draw(runs, curves, analysis)
         if fig is None:
             continue
-        for suffix in (".png", ".pdf"):
-            fig.savefig(out_dir / f"{prefix}{stem}{suffix}", dpi=120)
-            written.append(out_dir / f"{prefix}{stem}{suffix}")
-        plt.close(fig)
+        written += save_figure(fig, out_dir, f"{prefix}{stem}")
         text.append(f"#### {caption}\n\n![{caption}]({prefix}{stem}.png)\n")
     return text, written
 

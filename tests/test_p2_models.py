@@ -2,6 +2,8 @@
 of its Table 1 (Fig. 2), each against a hand-written reference of what P2 says it computes, on the
 same weights. Facts: /work/shared/reference/p2-design-space.md."""
 
+import hashlib
+
 import pytest
 import torch
 from torch import nn
@@ -199,3 +201,24 @@ def test_every_shortcut_and_unit_trains_a_step(shortcut, activation):
 )
 def test_names_say_the_unit_and_the_shortcut_with_its_parameter(args, parameters, name):
     assert model_name(*args, **parameters) == name
+
+
+# The nets of the version before units became data (commit 840d41a), as it built them: parameter
+# count and a hash of its state-dict keys and shapes, in order. Old checkpoints resume by these keys.
+EARLIER_NETS = {
+    (20, True, "zero_pad", "post"): (269_722, "1ea867a0533327c0"),
+    (20, True, "projection", "pre"): (272_282, "de1547dd66cf7ed9"),
+    (20, False, "zero_pad", "pre"): (269_722, "ebcb63a9c41805c8"),
+    (20, True, "full_projection", "post"): (283_962, "490366423a70a28d"),
+    (50, True, "auto", "post"): (23_528_522, "32f4ed8b0aacae34"),
+    (50, True, "auto", "pre"): (23_520_842, "1d6dd78737f5792d"),
+    (18, True, "auto", "pre"): (11_007_818, "0345c13770de81ba"),
+}
+
+
+@pytest.mark.parametrize("net", sorted(EARLIER_NETS))
+def test_every_net_of_earlier_versions_has_the_same_parameters_and_state_dict_keys(net):
+    depth, residual, shortcut, activation = net
+    model = build_model(depth, residual, shortcut, activation, in_channels=3, num_classes=10)
+    keys = [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
+    assert (count_params(model), hashlib.sha256(repr(keys).encode()).hexdigest()[:16]) == EARLIER_NETS[net]
