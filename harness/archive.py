@@ -5,7 +5,8 @@
     python -m harness.archive import results/budget_curve     # into ./mlruns, or --uri
 
 A study outlives its store: a checkout without mlruns/, a machine given back, the GPU box that
-trained the runs. The export writes the sweep's parent run and every finished run it covers as
+trained the runs. The export writes the sweep's parent run and every finished run it covers (and
+every run that diverged: a result, as P2's "fail") as
 one JSON file each: name, status, times, tags, params, every metric's whole history and the
 text artifacts (config, summary, probe tables). The import writes them into a store as they
 were, under new run ids, so that launching the sweep's command against that store skips them
@@ -90,8 +91,8 @@ def write(path: Path, data: dict) -> None:
 
 
 def export_sweep(client: MlflowClient, parent_run_id: str, folder: Path) -> tuple[int, int]:
-    """The sweep and its finished runs into `folder` (one file each; a run exported before is
-    written again, identically). Returns (runs exported, runs left out as unfinished)."""
+    """The sweep and its finished (or diverged) runs into `folder` (one file each; a run exported
+    before is written again, identically). Returns (runs exported, runs left out as unfinished)."""
     try:
         parent = client.get_run(parent_run_id)
     except Exception as error:
@@ -99,7 +100,7 @@ def export_sweep(client: MlflowClient, parent_run_id: str, folder: Path) -> tupl
     if parent.data.tags.get(record.ROLE) != record.SWEEP:
         raise ArchiveError(f"run {parent_run_id} ({parent.info.run_name}) is not a sweep's parent run")
     members = [client.get_run(run_id) for run_id in sweep_members(client, parent_run_id)]
-    done = [run for run in members if run.info.status == "FINISHED"]
+    done = [run for run in members if record.is_result(run)]
     folder.mkdir(parents=True, exist_ok=True)
     experiment = client.get_experiment(parent.info.experiment_id).name
     write(folder / SWEEP_FILE, {"experiment": experiment, "run": run_data(client, parent)})
@@ -152,8 +153,8 @@ def create(client: MlflowClient, experiment_id: str, data: dict, tags: dict[str,
 
 
 def import_sweep(uri: str, folder: Path) -> tuple[str, int, int]:
-    """The archive's sweep and runs into the store at `uri`; runs whose nets are FINISHED there
-    already are not imported again. Returns (the sweep's parent run id there, runs imported,
+    """The archive's sweep and runs into the store at `uri`; runs whose nets are FINISHED (or
+    diverged) there already are not imported again. Returns (the sweep's parent run id there, runs imported,
     runs already there)."""
     sweep, runs = read_archive(folder)
     client, experiment_id = connect(uri, sweep["experiment"])
@@ -171,7 +172,7 @@ def import_sweep(uri: str, folder: Path) -> tuple[str, int, int]:
     new_ids, imported = {}, 0
     for data in (entry["run"] for entry in runs):
         held = find_run(client, experiment_id, data["tags"].get(record.FINGERPRINT, ""))
-        if held is not None and held.info.status == "FINISHED":
+        if held is not None and record.is_result(held):
             new_ids[data["run_id"]] = held.info.run_id
             continue
         tags = {key: value for key, value in data["tags"].items() if key != record.PARENT}

@@ -349,6 +349,11 @@ def member_row(run, parent_run_id: str, overrides: str) -> dict:
     }
 
 
+def is_result(run) -> bool:
+    """A run whose net has its outcome: FINISHED, or diverged (the same seed diverges again)."""
+    return run.info.status == "FINISHED" or run.data.tags.get(FAILURE) == DIVERGED
+
+
 def is_current(run) -> bool:
     """Not superseded: the run still holds its net in its sweep."""
     return SUPERSEDED_BY not in run.data.tags

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from harness import archive, record
 from harness.tracking.runs import load_runs
 
+import test_report
 from conftest import REPO, TINY, harness_command
 
 # Where the two stores must differ: the run's own id, its sweep's, and what says where it came from.
@@ -127,3 +128,20 @@ def test_the_committed_archives_import_whole_into_one_store(tmp_path, store):
     for run in runs.itertuples():
         fingerprint = client.get_run(run.run_id).data.tags[record.FINGERPRINT]
         assert run.final_train_error == pytest.approx(100 * archived[fingerprint])
+
+
+def test_a_run_that_diverged_is_archived_as_the_result_it_is(tmp_path):
+    """P2's dropout shortcut diverges: its run goes into the archive with the finished ones, comes
+    back FAILED with its divergence, and a second import does not add it again."""
+    client, experiment_id = test_report.store(tmp_path)
+    parent = test_report.sweep_run(client, experiment_id)
+    test_report.log_run(client, experiment_id, 56, True, parent=parent)
+    test_report.log_run(client, experiment_id, 56, True, parent=parent, net=("shortcut=dropout",), diverged_at=500)
+    client.set_terminated(parent)
+    assert archive.export_sweep(client, parent, tmp_path / "archive") == (2, 0)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert archive.import_sweep(other, tmp_path / "archive")[1:] == (2, 0)
+    assert archive.import_sweep(other, tmp_path / "archive")[1:] == (0, 2)
+    runs = load_runs(MlflowClient(other), [MlflowClient(other).get_experiment_by_name("degradation").experiment_id])
+    dropout = runs[runs["model"] == "resnet-56-drop0.5"].iloc[0]
+    assert dropout["status"] == "FAILED" and dropout["diverged_at"] == 500

@@ -5,11 +5,12 @@ diverged shown as failed to train (P2's "fail"), never as a missing run."""
 import matplotlib.image
 import pandas as pd
 import pytest
-from test_report import log_run, store, table_row
 
 from harness.report import report_runs
 from harness.stats import CLAIM_ROWS, ClaimRow, claims, p2_shortcuts_vs_identity
 from harness.tracking.runs import load_runs
+
+from test_report import log_run, store, table_row
 
 # Final training error and test error (%) per seed 0, 1, 2 of each ResNet-56 variant.
 SHORTCUTS = {
