@@ -105,11 +105,6 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def learning_rate(step: int, base_lr: float, iterations: int, drops: list[float]) -> float:
-    """P1: the base rate divided by 10 at each fraction in `drops` of the iterations."""
-    return base_lr * 0.1 ** sum(step >= round(fraction * iterations) for fraction in drops)
-
-
 def warmup_end(cfg: DictConfig) -> int:
     """The iteration at which P1's warm-up ends at the latest; 0 for nets that do not warm up.
     It ends earlier, at a logging boundary, once the training error is below
@@ -121,6 +116,19 @@ def warmup_end(cfg: DictConfig) -> int:
         (round(fraction * schedule.iterations) for fraction in schedule.lr_drops), default=schedule.iterations
     )
     return min(first_drop, schedule.warmup_max_iterations or schedule.iterations)
+
+
+def get_lr(step: int, cfg: DictConfig, warming_up: bool) -> float:
+    """The learning rate of a step, from the iteration and what the loop has seen: P1's warm-up
+    rate while the net warms up (up to `warmup_end`, unless the training error fell below
+    `schedule.warmup_until_error` before), then the base rate divided by 10 at each fraction of the
+    iterations in `schedule.lr_drops`."""
+    schedule = cfg.schedule
+    if warming_up and step < warmup_end(cfg):
+        return schedule.warmup_lr
+    return cfg.optimizer.lr * 0.1 ** sum(
+        step >= round(fraction * schedule.iterations) for fraction in schedule.lr_drops
+    )
 
 
 def eval_batch(device: torch.device) -> int:
@@ -206,9 +214,7 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     )
     progress_log = ProgressLog(tracker.name, start, schedule.iterations, schedule.batch_size, enabled=progress.disable)
     for step in progress:
-        lr = learning_rate(step, cfg.optimizer.lr, schedule.iterations, schedule.lr_drops)
-        if warming_up and step < warmup_until:
-            lr = schedule.warmup_lr
+        lr = get_lr(step, cfg, warming_up)
         for group in optimizer.param_groups:
             group["lr"] = lr
 

@@ -9,7 +9,7 @@ from harness.config import compose_config
 from harness.data.memory import load_data
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
-from harness.train import train, warmup_end
+from harness.train import get_lr, train, warmup_end
 
 CPU = torch.device("cpu")
 
@@ -159,3 +159,13 @@ def test_a_compiled_training_step_trains_as_the_eager_one(data):
     _, _, compiled, _ = run(data, "schedule.iterations=4", "schedule.log_every=1", "compile=true")
     for (step, loss), (step_c, loss_c) in zip(eager.history["train_loss"], compiled.history["train_loss"]):
         assert step == step_c and loss_c == pytest.approx(loss, rel=1e-3)
+
+
+def test_the_learning_rate_is_a_pure_function_of_the_iteration_and_the_warm_up_seen():
+    cfg = compose_config("schedule=cpu_short", "optimizer.lr=0.1")  # 1000 iterations, drops at 500 and 750
+    assert warmup_end(cfg) == 100
+    assert get_lr(0, cfg, warming_up=True) == get_lr(99, cfg, warming_up=True) == 0.01  # the warm-up rate
+    assert get_lr(99, cfg, warming_up=False) == 0.1  # the error fell below the threshold: the base rate
+    assert get_lr(100, cfg, warming_up=True) == 0.1  # the warm-up's latest end
+    assert get_lr(499, cfg, warming_up=False) == 0.1
+    assert get_lr(500, cfg, warming_up=False) == pytest.approx(0.01) and get_lr(750, cfg, False) == pytest.approx(0.001)
