@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,34 @@ def store(tmp_path, store_template) -> str:
     (tmp_path / "mlruns").mkdir()
     shutil.copy(store_template, tmp_path / "mlruns" / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+def wait_for(look, timeout: float = 1200, what: str = "", job: subprocess.Popen | None = None, interval: float = 0.02):
+    """What `look()` returns once it is truthy; fails after `timeout` seconds, or once `job` (a
+    process the test started) has ended first."""
+    deadline = time.monotonic() + timeout
+    while not (found := look()):
+        if job is not None and job.poll() is not None:
+            pytest.fail(f"the job ended before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout:.0f} s")
+        time.sleep(interval)
+    return found
+
+
+def job_runs(client, experiment: str = "degradation") -> list:
+    """The training runs of an experiment (none where it does not exist yet)."""
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], record.JOBS_FILTER) if found else []
+
+
+def sweep(tmp_path: Path, store: str, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """A tiny sweep (TINY) of these overrides into `store`, as a user launches it; it must succeed."""
+    result = harness_command(
+        "harness.run", "-m", *overrides, *TINY, f"tracking.uri={store}", f"dataset.root={data_root}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def harness_command(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

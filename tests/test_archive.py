@@ -11,19 +11,11 @@ from harness import archive, record
 from harness.tracking.runs import load_runs
 
 import test_report
-from conftest import REPO, TINY, harness_command
+from conftest import REPO, sweep
 
+NETS = ("depth=8", "residual=true,false")
 # Where the two stores must differ: the run's own id, its sweep's, and what says where it came from.
 STORE_TAGS = {record.PARENT, archive.ARCHIVED_FROM}
-
-
-def sweep(tmp_path, uri, data_root, *overrides):
-    result = harness_command(
-        "harness.run", "-m", "depth=8", "residual=true,false", *TINY, f"tracking.uri={uri}",
-        f"dataset.root={data_root}", *overrides, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def held(client: MlflowClient) -> dict:
@@ -53,7 +45,7 @@ def fresh_store(tmp_path, store_template, name: str) -> str:
 def test_a_sweep_moves_to_a_fresh_store_and_its_command_skips_what_it_finished(
     tmp_path, store, store_template, data_root
 ):
-    sweep(tmp_path, store, data_root, "tracking.figures=false")
+    sweep(tmp_path, store, data_root, *NETS, "tracking.figures=false")
     source = MlflowClient(store)
     folder = tmp_path / "archive"
     assert archive.main(["export", str(folder), "--uri", store]) == 0
@@ -80,7 +72,7 @@ def test_a_sweep_moves_to_a_fresh_store_and_its_command_skips_what_it_finished(
     assert len(children) == 2
     assert archive.import_sweep(target, folder)[1:] == (0, 2)  # again: nothing new
 
-    relaunched = sweep(tmp_path, target, data_root, "tracking.figures=false")
+    relaunched = sweep(tmp_path, target, data_root, *NETS, "tracking.figures=false")
     assert relaunched.stdout.count("skip ") == 2
     assert (
         "Sweep done: 2 runs: 2 trained, 0 reused from earlier sweeps, 0 not finished "
@@ -133,7 +125,7 @@ def test_the_committed_archives_import_whole_into_one_store(tmp_path, store):
 def test_a_run_that_diverged_is_archived_as_the_result_it_is(tmp_path):
     """P2's dropout shortcut diverges: its run goes into the archive with the finished ones, comes
     back FAILED with its divergence, and a second import does not add it again."""
-    client, experiment_id = test_report.store(tmp_path)
+    client, experiment_id = test_report.experiment_store(tmp_path)
     parent = test_report.sweep_run(client, experiment_id)
     test_report.log_run(client, experiment_id, 56, True, parent=parent)
     test_report.log_run(client, experiment_id, 56, True, parent=parent, net=("shortcut=dropout",), diverged_at=500)

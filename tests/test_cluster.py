@@ -28,7 +28,7 @@ from harness import lease, record
 from harness.launchers import SubmititJobs
 from harness.lease import Heartbeat, earlier_incarnation, heartbeat_of, slurm_incarnation
 
-from conftest import TINY, check_sweep, free_ports, harness_command
+from conftest import TINY, check_sweep, free_ports, harness_command, wait_for
 
 SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # the daemons live in sbin
@@ -167,17 +167,6 @@ def start_slurm_sweep(*overrides: str, data_root: Path, tracking_uri: str, exper
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     with open(cwd / "sweep.out", "w") as out, open(cwd / "sweep.err", "w") as err:
         return subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=cwd, env=env, stdout=out, stderr=err)
-
-
-def wait_for(look, timeout: float, what: str):
-    """What `look()` returns once it is truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = look()
-        if found:
-            return found
-        time.sleep(0.5)
-    pytest.fail(f"no {what} after {timeout:.0f} s")
 
 
 def checkpointed_run(client: MlflowClient, experiment: str, **tags: str):
@@ -331,10 +320,12 @@ def test_a_requeued_job_takes_over_its_own_run(slurm_cluster, tracking_server, d
     sweep = start_slurm_sweep(*command, **where)
     client = MlflowClient(tracking_server)
     try:
-        run = wait_for(lambda: checkpointed_run(client, "slurm-requeue"), 300, "run with a checkpoint")
+        run = wait_for(lambda: checkpointed_run(client, "slurm-requeue"), 300, "run with a checkpoint", interval=0.5)
         job = run.data.tags["slurm_job_id"]
         subprocess.run(["scontrol", "requeue", job], check=True)
-        wait_for(lambda: squeue_state(job) == "PENDING", 60, "requeued job pending")  # its process is gone by then
+        wait_for(
+            lambda: squeue_state(job) == "PENDING", 60, "requeued job pending", interval=0.5
+        )  # its process is gone by then
         beat = heartbeat_of(client.get_run(run.info.run_id))
         assert beat.slurm_job == f"{job}.0"
         beat.owner, beat.boot, beat.time = f"another-node:{beat.owner.split(':', 1)[1]}", "another-boot", time.time()
@@ -376,7 +367,9 @@ def test_a_job_killed_outright_is_noticed_and_resumes_when_launched_again(
     sweep = start_slurm_sweep(*command, **where)
     client = MlflowClient(tracking_server)
     try:
-        victim = wait_for(lambda: checkpointed_run(client, "slurm-vanished", residual="True"), 300, "checkpoint")
+        victim = wait_for(
+            lambda: checkpointed_run(client, "slurm-vanished", residual="True"), 300, "checkpoint", interval=0.5
+        )
         job = victim.data.tags["slurm_job_id"]
         subprocess.run(["scancel", "--signal=KILL", job], check=True)
         killed = time.monotonic()

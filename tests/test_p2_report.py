@@ -10,7 +10,7 @@ from harness.report import report_runs
 from harness.stats import CLAIM_ROWS, ClaimRow, claims, p2_shortcuts_vs_identity
 from harness.tracking.runs import load_runs
 
-from test_report import log_run, store, table_row
+from test_report import experiment_store, log_run, table_row
 
 # Final training error and test error (%) per seed 0, 1, 2 of each ResNet-56 variant.
 SHORTCUTS = {
@@ -34,7 +34,7 @@ def study_section(report: str, title: str) -> str:
 @pytest.fixture(scope="module")
 def shortcut_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("p2-shortcuts")
-    client, experiment_id = store(folder)
+    client, experiment_id = experiment_store(folder)
     for net, train, test in SHORTCUTS.values():
         for seed in range(3):
             log_run(client, experiment_id, 56, True, seed, train[seed], test[seed], net=net)
@@ -71,7 +71,7 @@ def test_the_shortcut_study_has_its_section_with_p2s_numbers_and_verdicts(shortc
 
 
 def test_the_unit_study_has_its_section_and_the_two_claims_of_table_2(tmp_path):
-    client, experiment_id = store(tmp_path)
+    client, experiment_id = experiment_store(tmp_path)
     for unit, (train, test) in UNITS.items():
         for seed in range(3):
             log_run(client, experiment_id, 56, True, seed, train[seed], test[seed], net=(f"activation={unit}",))

@@ -23,7 +23,7 @@ from harness.lease import Heartbeat, Lease, LeaseLost, claimed
 from harness.record import HEARTBEAT
 from harness.tracking.mlflow_store import CheckpointError, CorruptCheckpoint, MlflowRun, interrupts_deferred
 
-from conftest import harness_command
+from conftest import harness_command, job_runs, wait_for
 
 # 100 iterations of ResNet-8 with a checkpoint every 10: long enough to be caught mid-run.
 RUN = [
@@ -305,19 +305,6 @@ def output(job: subprocess.Popen, cwd: Path) -> tuple[str, str]:
     return (cwd / f"{job.name}.out").read_text(), (cwd / f"{job.name}.err").read_text()
 
 
-def wait_for(condition, job: subprocess.Popen | None = None, timeout: float = 1200, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert job is None or job.poll() is None, f"the job ended before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def job_runs(client: MlflowClient):
-    experiment = client.get_experiment_by_name("degradation")
-    return client.search_runs([experiment.experiment_id], record.JOBS_FILTER) if experiment else []
-
-
 def steps(client: MlflowClient, run_id: str, key: str = "train_error") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
@@ -353,7 +340,7 @@ def test_a_second_launch_leaves_a_live_run_alone(tmp_path, store, filled_data_ro
     """While one launch trains, the same command again says `running elsewhere` and touches nothing."""
     args = [*RUN, "schedule.iterations=400", f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
     first = launch(args, tmp_path, "first", FAST_LEASE)
-    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), first, what="the first checkpoint")
+    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), job=first, what="the first checkpoint")
     second = launch(args, tmp_path, "second", FAST_LEASE)
     assert second.wait(timeout=1800) == 0, output(second, tmp_path)[1][-2000:]
     assert first.poll() is None, "the first launch ended before the second decided: make it longer"
@@ -417,7 +404,9 @@ def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(
         f"dataset.root={filled_data_root}",
     ]
     sweep = launch(args, tmp_path, "sweep", ignore_sigint=ignore_sigint)
-    wait_for(lambda: len(checkpoints(tmp_path / "mlruns" / "checkpoints")) == 2, sweep, what="both first checkpoints")
+    wait_for(
+        lambda: len(checkpoints(tmp_path / "mlruns" / "checkpoints")) == 2, job=sweep, what="both first checkpoints"
+    )
     workers = sweep_processes(sweep.pid)
     assert workers, "the joblib workers were not found"
     sweep.kill()
@@ -442,7 +431,7 @@ def test_kill_9_of_a_joblib_sweep_leaves_no_orphan_and_a_relaunch_resumes(
 def test_ctrl_c_of_a_sweep_marks_its_parent_killed_without_a_traceback(tmp_path, store, filled_data_root):
     args = [RUN[0], "-m", *RUN[1:], "seed=0,1", f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
     sweep = launch(args, tmp_path, "sweep")
-    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), sweep, what="the first checkpoint")
+    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), job=sweep, what="the first checkpoint")
     os.killpg(sweep.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     assert sweep.wait(timeout=600) == 130
     out, err = output(sweep, tmp_path)
@@ -478,7 +467,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_relaunch_resumes
 ):
     args = [*RUN, f"tracking.checkpoint_dir={small_disk}", f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
     job = launch(args, tmp_path, "full")
-    wait_for(lambda: checkpoints(small_disk), job, what="the first checkpoint")
+    wait_for(lambda: checkpoints(small_disk), job=job, what="the first checkpoint")
     with open(small_disk / "filler", "wb") as filler:  # the rest of the disk
         try:
             while True:
@@ -509,7 +498,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_relaunch_resumes
 def test_a_corrupt_checkpoint_is_set_aside_with_one_line_and_training_restarts(tmp_path, store, filled_data_root):
     args = [*RUN, f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
     job = launch(args, tmp_path, "killed")
-    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), job, what="the first checkpoint")
+    wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), job=job, what="the first checkpoint")
     job.kill()
     job.wait()
     (last,) = checkpoints(tmp_path / "mlruns" / "checkpoints")
@@ -612,7 +601,7 @@ def test_a_run_trains_on_while_the_store_is_down_and_sends_every_step_once(
             f"tracking.experiment={experiment}", f"dataset.root={filled_data_root}"]  # fmt: skip
     job = launch(args, tmp_path, "outage", FAST_LEASE)
     folder = tmp_path / "checkpoints"
-    wait_for(lambda: checkpoints(folder), job, what="the first checkpoint")
+    wait_for(lambda: checkpoints(folder), job=job, what="the first checkpoint")
     paths = server.Paths(tracking_server_state)
     outage(paths)
     down = time.monotonic()
@@ -642,7 +631,7 @@ def test_a_store_down_past_the_outage_limit_stops_the_run_non_zero_and_it_resume
     args = [*RUN, f"schedule.iterations={iterations}", "tracking=server", f"tracking.uri={tracking_server}",
             f"tracking.experiment={experiment}", f"dataset.root={filled_data_root}"]  # fmt: skip
     job = launch([*args, "tracking.outage_limit=3"], tmp_path, "first", FAST_LEASE)
-    wait_for(lambda: checkpoints(tmp_path / "checkpoints"), job, what="the first checkpoint")
+    wait_for(lambda: checkpoints(tmp_path / "checkpoints"), job=job, what="the first checkpoint")
     paths = server.Paths(tracking_server_state)
     stop_mlflow_server(paths)
     try:

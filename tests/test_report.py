@@ -24,11 +24,12 @@ from harness.stats import t_interval
 from harness.tracking.mlflow_store import MlflowRun
 from harness.tracking.runs import load_analysis, load_curves, load_runs, write_members
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 LAYERS = ["stem.conv", "s1.b01.conv1", "s2.b01.conv1", "s3.b01.conv1", "fc"]
 
 
-def store(folder: Path) -> tuple[MlflowClient, str]:
+def experiment_store(folder: Path) -> tuple[MlflowClient, str]:
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     return client, client.create_experiment("degradation", artifact_location=(folder / "artifacts").as_uri())
 
@@ -125,7 +126,7 @@ def name(residual: bool, depth: int) -> str:
 def three_seeds(tmp_path_factory):
     """One sweep of plain/residual 20/56, three seeds, with a clear gap (read only)."""
     folder = tmp_path_factory.mktemp("three-seeds")
-    client, experiment_id = store(folder)
+    client, experiment_id = experiment_store(folder)
     parent = sweep_run(client, experiment_id)
     for (residual, depth), (train, test) in CLEAR.items():
         for seed in range(3):
@@ -158,7 +159,7 @@ def cell(values) -> str:
 
 
 def test_runs_are_read_back_with_their_errors_in_percent(tmp_path):
-    client, experiment_id = store(tmp_path)
+    client, experiment_id = experiment_store(tmp_path)
     test_run = log_run(client, experiment_id, 56, False, seed=2, final_train=21.5, test=23.25, iterations=400)
     val_run = log_run(client, experiment_id, 20, True, final_train=9.0, test=11.5, split="validation", status="FAILED")
     runs = load_runs(client, [experiment_id]).set_index("run_id")
@@ -192,7 +193,7 @@ def test_runs_are_read_back_with_their_errors_in_percent(tmp_path):
 
 
 def test_two_recipes_get_two_sections_and_are_never_pooled(tmp_path):
-    client, experiment_id = store(tmp_path)
+    client, experiment_id = experiment_store(tmp_path)
     finals = {}  # (iterations, net) -> (final train errors, test errors) of seeds 0, 1
     for iterations, offset in ((1000, 0.0), (5000, -5.0)):
         for (residual, depth), (train, test) in CLEAR.items():
@@ -227,7 +228,7 @@ def test_two_recipes_get_two_sections_and_are_never_pooled(tmp_path):
 def test_the_budget_curve_draws_a_line_per_pair_of_nets(tmp_path):
     """At 2000 iterations plain-56 has not finished yet: C2 compares the 20-layer nets there, a
     line of its own, not joined to the 56-layer nets' C2 at 1000; Fig. 7 draws a line per depth."""
-    client, experiment_id = store(tmp_path)
+    client, experiment_id = experiment_store(tmp_path)
     for iterations in (1000, 2000):
         for (residual, depth), (train, test) in CLEAR.items():
             if (iterations, residual, depth) != (2000, False, 56):
@@ -261,7 +262,7 @@ def test_the_budget_curve_draws_a_line_per_pair_of_nets(tmp_path):
 
 
 def test_one_seed_with_tiny_gaps_is_never_reproduced(tmp_path):
-    client, experiment_id = store(tmp_path)
+    client, experiment_id = experiment_store(tmp_path)
     for (residual, depth), error in {
         (False, 20): 10.0,
         (False, 56): 10.05,
@@ -396,7 +397,7 @@ def test_figure_6_draws_each_net_as_its_mean_over_seeds(three_seeds):
 
 
 def test_a_run_without_its_probe_tables_is_named_as_incomplete(tmp_path):
-    client, experiment_id = store(tmp_path)
+    client, experiment_id = experiment_store(tmp_path)
     ids = {}
     for (residual, depth), (train, test) in CLEAR.items():
         ids[name(residual, depth)] = log_run(client, experiment_id, depth, residual, 0, train[0], test[0])
@@ -417,7 +418,7 @@ SIGNALS = {20: (0.001, "vanishing"), 32: (1000.0, "exploding"), 44: (0.5, "neith
 @pytest.fixture(scope="module")
 def signals(tmp_path_factory):
     """Plain nets whose backward signal, first unit over last, is 0.001, 1000 and 0.5; one residual net."""
-    client, experiment_id = store(tmp_path_factory.mktemp("signals"))
+    client, experiment_id = experiment_store(tmp_path_factory.mktemp("signals"))
     for depth, (ratio, _) in SIGNALS.items():
         log_run(client, experiment_id, depth, False, 0, signal_ratio=ratio)
     log_run(client, experiment_id, 20, True, 0, signal_ratio=0.5)
@@ -447,7 +448,7 @@ def test_the_sweep_report_covers_its_members_and_is_logged_to_the_parent(three_s
 
 
 def test_plot_command_selects_by_experiment_filter_and_parent(tmp_path):
-    client, experiment_id = store(tmp_path)
+    client, experiment_id = experiment_store(tmp_path)
     first = sweep_run(client, experiment_id, "first sweep")
     reused = {}
     for (residual, depth), (train, test) in CLEAR.items():

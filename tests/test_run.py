@@ -19,14 +19,9 @@ from harness.data.memory import load_data
 from harness.device import deterministic_kernels, device_name
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
-from harness.train import learning_rate, train
+from harness.train import get_lr, train
 
-from conftest import REPO, TINY, harness_command
-
-
-def job_runs(client: MlflowClient):
-    experiment = client.get_experiment_by_name("degradation")
-    return client.search_runs([experiment.experiment_id], record.JOBS_FILTER)
+from conftest import REPO, TINY, harness_command, job_runs
 
 
 @pytest.mark.integration
@@ -194,7 +189,8 @@ def test_experiments_compose():
 
 
 def test_learning_rate_drops_tenfold_at_half_and_three_quarters():
-    lrs = [learning_rate(step, 0.1, 64000, [0.5, 0.75]) for step in (0, 31999, 32000, 47999, 48000, 63999)]
+    cfg = compose_config("schedule.iterations=64000", "schedule.lr_drops=[0.5,0.75]", "optimizer.lr=0.1")
+    lrs = [get_lr(step, cfg, warming_up=False) for step in (0, 31999, 32000, 47999, 48000, 63999)]
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 

@@ -19,9 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import server
 
-from conftest import free_ports, server_state_folder, skip_without_postgres
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, free_ports, server_state_folder, skip_without_postgres
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -11,17 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from harness import record
 
-from conftest import TINY, harness_command
+from conftest import sweep
 
 pytestmark = pytest.mark.integration
-
-
-def sweep(tmp_path, store, data_root, *overrides: str):
-    result = harness_command(
-        "harness.run", "-m", *overrides, *TINY, f"tracking.uri={store}", f"dataset.root={data_root}", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def parent_of(result) -> str:

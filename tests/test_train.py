@@ -157,7 +157,7 @@ def test_a_compiled_training_step_trains_as_the_eager_one(data):
     first losses as the eager step, within float reordering."""
     _, _, eager, _ = run(data, "schedule.iterations=4", "schedule.log_every=1")
     _, _, compiled, _ = run(data, "schedule.iterations=4", "schedule.log_every=1", "compile=true")
-    for (step, loss), (step_c, loss_c) in zip(eager.history["train_loss"], compiled.history["train_loss"]):
+    for (step, loss), (step_c, loss_c) in zip(eager.history["train_loss"], compiled.history["train_loss"], strict=True):
         assert step == step_c and loss_c == pytest.approx(loss, rel=1e-3)
 
 
