@@ -417,9 +417,11 @@ def next_steps(found, more_seeds, confidence: float = 0.95, budget_curve: bool =
             )
         else:
             side = "excludes zero" if interval.mean > 0 else "lies wholly against the claim"
-            by_seeds.setdefault(max(needed, MIN_SEEDS, interval.n + 1), []).append(
-                f"{named} (about {needed} seeds give a {confidence:.0%} interval that {side} at the observed "
-                f"mean {interval.mean:+.2f} and sd {interval.sd:.2f}: a t-based estimate; it has {interval.n})"
+            seeds = max(needed, MIN_SEEDS, interval.n + 1)  # the report calls nothing with fewer than MIN_SEEDS
+            rule = f"; the report needs at least {MIN_SEEDS}" if needed < MIN_SEEDS else ""
+            by_seeds.setdefault(seeds, []).append(
+                f"{named} (about {seeds} seeds give a {confidence:.0%} interval that {side} at the observed "
+                f"mean {interval.mean:+.2f} and sd {interval.sd:.2f}: a t-based estimate{rule}; it has {interval.n})"
             )
     if one_seed:  # Fig7 comes once per depth
         by_seeds.setdefault(MIN_SEEDS, []).insert(

@@ -264,6 +264,9 @@ def test_next_steps_for_inconclusive_claims():
     )
     (curve,) = plan.next_steps([at_4000], more_seeds, budget_curve=True)
     assert curve.startswith("C3 resnet-56 vs resnet-20 at 4000 iterations (about ") and "budget_curve" not in curve
+    # Two seeds whose interval would exclude zero at 2: never fewer than the report's rule needs.
+    (two,) = plan.next_steps([claim("C2", [4.0, 4.2])], more_seeds)
+    assert two.startswith("C2 (about 3 seeds give") and "the report needs at least 3; it has 2" in two
 
 
 def test_plan_mode_trains_nothing_and_writes_nothing(tmp_path, data_root):

@@ -349,7 +349,7 @@ def test_a_killed_run_resumes_in_the_same_mlflow_run(tmp_path, data_root):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_the_default_budget_shows_both_effects(tmp_path):
-    """The card's command on the default budget and data (about 8 minutes on 2 cores): plain-56
+    """The card's command on the default budget and data (8 to 25 minutes on 2 cores, by host): plain-56
     trains at least 5 points worse than plain-20, ResNet-56 at least 5 points better than plain-56."""
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     result = harness_command(
