@@ -386,7 +386,7 @@ def p2_backward_signal(nets: pd.DataFrame, analysis: pd.DataFrame, title: str) -
     signal = analysis[(analysis["kind"] == "output_grad") & analysis["run_id"].isin(nets["run_id"])]
     if signal.empty:
         return None
-    colours = variant_colours(nets)
+    colours, predicted_any = variant_colours(nets), False
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, last, name in zip(axes, (False, True), ("first probe", "last probe")):
         steps = signal.groupby("run_id")["step"].transform("max" if last else "min")
@@ -399,14 +399,16 @@ def p2_backward_signal(nets: pd.DataFrame, analysis: pd.DataFrame, title: str) -
                 units = profile.index.max()
                 predicted = profile.iloc[-1] * factor ** (units - profile.index.to_numpy())
                 ax.plot(profile.index, predicted, color=colours[model], linestyle=":", linewidth=1.2)
+                predicted_any = True
         ax.set_yscale("log")
         ax.set_title(f"{name} (iteration {int(at['step'].max())})", fontsize=9)
         ax.set_xlabel("unit index (from the input)")
         ax.grid(alpha=0.3, which="both")
-    # Three decades below the lowest measured value: a prediction far below leaves the panel, its slope seen.
-    axes[0].set_ylim(bottom=signal["value"].min() / 1e3)
     axes[0].set_ylabel("RMS of dLoss/d(unit output)")
     handles, _ = axes[0].get_legend_handles_labels()
-    handles.append(Line2D([], [], color="grey", linestyle=":", label="P2: factor^(units to the last)"))
+    if predicted_any:
+        # Three decades below the lowest measured value: a prediction far below leaves the panel, its slope seen.
+        axes[0].set_ylim(bottom=signal["value"].min() / 1e3)
+        handles.append(Line2D([], [], color="grey", linestyle=":", label="P2: factor^(units to the last)"))
     axes[0].legend(handles=handles, fontsize=7, loc="best")
     return titled(fig, title, nets)

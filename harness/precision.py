@@ -178,12 +178,20 @@ def auto_decision(kind: str, measure=measure_step_ms) -> Decision:
         supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return Decision(machine, "bf16" if supported else "fp32", None, None)
     path = cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):  # two launches at once measure once, and not beside each other
-        if machine in (kept := read_cache()):
-            return Decision(**kept[machine])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock"):  # two launches at once measure once, and not beside each other
+            if machine in (kept := read_cache()):
+                return Decision(**kept[machine])
+            decision = choose(machine, *measure(kind))
+            write_cache(kept | {machine: asdict(decision)})
+    except OSError as error:  # a read-only home, say: this process decides alone, and says so
         decision = choose(machine, *measure(kind))
-        write_cache(kept | {machine: asdict(decision)})
+        print(
+            f"{decision.line()} (measured, but not kept: {path}: {error}; set HARNESS_CACHE_DIR to a writable "
+            "folder, or every launch measures again and a study may change precision halfway)"
+        )
+        return decision
     print(f"{decision.line()} (measured once for this machine, kept in {path})")
     return decision
 

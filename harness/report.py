@@ -97,7 +97,7 @@ def factor_tables(runs: pd.DataFrame) -> list[str]:
     sections = []
     for factor, title in (
         ("shortcut", "Shortcut options (zero_pad = A, projection = B, full_projection = C)"),
-        ("activation", "Post- vs pre-activation"),
+        ("activation", "Units: post (a), bn_after_add (b), relu_before_add (c), relu_only_pre (d), pre (e)"),
     ):
         if residual[factor].nunique() < 2:
             continue

@@ -48,7 +48,7 @@ def test_the_shortcut_study_has_its_section_with_p2s_numbers_and_verdicts(shortc
     written = report_runs(client, runs, tmp_path, "P2 shortcuts")
     report = (tmp_path / "report.md").read_text()
     section = study_section(report, "P2 Table 1: shortcuts")
-    assert table_row(section, "resnet-56")[5].startswith("6.61 (median of 5, P2 Table 1")
+    assert table_row(section, "resnet-56")[5].startswith("6.61 (median of 5, P2 Tables 1 and 2")
     assert table_row(section, "resnet-56-scale0.5")[5].startswith("fail (test error above 20%)")
     assert table_row(section, "resnet-56-C")[5].startswith("12.22")
     assert table_row(section, "resnet-56-exgate-6")[2].startswith("9.17 (")  # mean and its interval

@@ -101,3 +101,16 @@ def test_a_decision_measured_beside_other_work_says_so():
     busy = precision.choose("a CPU", 130.0, 150.0, busy_cores=1.4)
     assert "measured beside other work (1.4 cores busy)" in busy.line()
     assert "beside other work" not in precision.choose("a CPU", 130.0, 150.0, busy_cores=0.1).line()
+
+
+def test_a_cache_that_cannot_be_written_is_said_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(blocked / "cache"))  # under a file: not a folder anyone can make
+    auto_decision.cache_clear()
+    try:
+        assert auto_decision("cpu", measuring(130.0, 150.0, [])).precision == "fp32"
+    finally:
+        auto_decision.cache_clear()
+    said = capsys.readouterr().out
+    assert "measured, but not kept" in said and "HARNESS_CACHE_DIR" in said
