@@ -85,8 +85,8 @@ def log_run(
     fall = [3.0, 2.0, 1.0, 0.0]  # points above the final value
     for step, above in zip(steps, fall):
         if diverged_at is not None and step >= diverged_at:
-            run.sync()
             run.set_tags({record.FAILURE: record.DIVERGED, record.DIVERGED_AT: diverged_at})
+            run.sync()  # the tags are written beside the test, as a job's are: here before it goes on
             client.set_terminated(run.run_id, "FAILED")
             return run.run_id
         run.log_metrics(
