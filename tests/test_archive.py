@@ -97,12 +97,12 @@ def test_a_folder_that_is_no_archive_is_named_with_what_would_be_one(tmp_path, s
 
 def test_the_committed_archives_import_whole_into_one_store(tmp_path, store):
     """docs/results/* (the runs behind docs/results.md: the budget curve in fp32 on an AVX2 host and
-    in bf16 on an AVX512-BF16 one, then C3 at 4000 iterations with 5 seeds) stay readable by this
-    harness and land in one store as three sweeps: the precisions make the curves two studies, so a
-    relaunch goes on in the one its machine resolves; the C3 sweep's 6 runs reused from the bf16
-    curve are there already and are not imported twice."""
+    in bf16 on an AVX512-BF16 one, then C3 at 4000 iterations with 5 seeds, and P2's units study)
+    stay readable by this harness and land in one store as four sweeps: the precisions make the
+    curves two studies, so a relaunch goes on in the one its machine resolves; the C3 sweep's 6 runs
+    reused from the bf16 curve are there already and are not imported twice."""
     client = MlflowClient(store)
-    parents, archived = set(), {}
+    parents, archived, imported_runs = set(), {}, 0
     folders = sorted(path.parent for path in (REPO / "docs" / "results").glob(f"*/{archive.SWEEP_FILE}"))
     for folder in folders:
         files = [json.loads(path.read_text())["run"] for path in folder.glob("*_seed*_*.json")]
@@ -110,16 +110,15 @@ def test_the_committed_archives_import_whole_into_one_store(tmp_path, store):
         reused = 6 if folder.name == "c3_4000_5seeds" else 0
         assert (imported, there) == (len(files) - reused, reused) and imported >= 4, folder
         parents.add(parent)
-        archived |= {
-            data["tags"][record.FINGERPRINT]: data["metrics"][record.FINAL_TRAIN_ERROR][0][2] for data in files
-        }
-    assert [folder.name for folder in folders] == ["budget_curve", "budget_curve_bf16", "c3_4000_5seeds"]
-    assert len(parents) == 3
-    runs = load_runs(client, [client.get_experiment_by_name("degradation").experiment_id])
-    assert set(runs["status"]) == {"FINISHED"} and len(runs) == len(archived)
-    for run in runs.itertuples():
-        fingerprint = client.get_run(run.run_id).data.tags[record.FINGERPRINT]
-        assert run.final_train_error == pytest.approx(100 * archived[fingerprint])
+        archived |= {data["run_id"]: data["metrics"][record.FINAL_TRAIN_ERROR][0][2] for data in files}
+        imported_runs += imported
+    assert [folder.name for folder in folders] == ["budget_curve", "budget_curve_bf16", "c3_4000_5seeds", "p2_units"]
+    assert len(parents) == 4
+    runs = load_runs(client, [experiment.experiment_id for experiment in client.search_experiments()])
+    assert set(runs["status"]) == {"FINISHED"} and len(runs) == imported_runs
+    for run in runs.itertuples():  # each as it was archived (the same net may be in two experiments)
+        original = client.get_run(run.run_id).data.tags[archive.ARCHIVED_FROM]
+        assert run.final_train_error == pytest.approx(100 * archived[original])
 
 
 def test_a_run_that_diverged_is_archived_as_the_result_it_is(tmp_path):
