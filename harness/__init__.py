@@ -9,7 +9,7 @@ import sys
 # GOMP_SPINCOUNT loops (300,000 unless set) before it sleeps. Alone on the machine that spin
 # saves a wake-up; beside another busy process it holds a core that the other needs, and both
 # slow down far beyond their fair share: 10x instead of 2x beside one copy (docs/performance.md,
-# "The default budget's timing"). A short spin keeps the speed alone and the fair share beside others, and
+# "OpenMP spin on a shared machine"). A short spin keeps the speed alone and the fair share beside others, and
 # it changes no number: the threads do the same sums, only their waiting differs. libgomp reads
 # the variables once, when torch loads it, so they are set here, before any harness module
 # imports torch; a setting of the user's own wins.

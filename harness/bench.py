@@ -4,16 +4,16 @@ For each depth, on Fashion-MNIST with batch 128, images per second of
   (a) pure compute: forward, backward and SGD step on one fixed batch;
   (b) the harness loop (`harness.train.train`) with the default config: in-memory data and
       MLflow tracking into a temporary SQLite store, with the share of its time spent tracking;
-  (c) a seed-style loop: torchvision's FashionMNIST with per-image ToTensor and a DataLoader;
+  (c) the starting project's loop: torchvision's FashionMNIST with per-image ToTensor and a DataLoader;
 then the ratios b/a and b/c, the share of a default-budget run spent probing layer responses
 and gradients (`harness.analysis`), and the achieved GFLOP/s against the machine's own
 large-matmul rate measured in the same run. All in one process, so that
 ratios compare like with like on a noisy machine.
 
 With --resize N all three see N x N images: (b) resizes each batch on the device
-(dataset.resize=N), (c) runs the seed's own per-image Resize(N) before ToTensor. The seed's
+(dataset.resize=N), (c) runs the starting project's own per-image Resize(N) before ToTensor. Its
 experiment is `--depths 18 --resize 96`. With --precision bf16 all three train under bf16
-autocast (the seed itself trained fp32).
+autocast (the starting project itself trained fp32).
 
 With --whole-run: how close a default run comes to its compute, per depth and precision: the
 wall time of `python -m harness.run depth=D precision=P` from process start to exit (start-up,
@@ -51,6 +51,7 @@ from harness.analysis import PROBE_IMAGES, probe
 from harness.config import compose_config
 from harness.data.memory import load_data
 from harness.device import autocast
+from harness.identity import resolve
 from harness.job import torch_threads
 from harness.models.resnet import build_model
 from harness.precision import resolve_precision, step_seconds
@@ -105,7 +106,7 @@ def pure_compute(depth: int, steps: int, size: int, precision: str) -> float:
     return timed_steps(((images, labels) for _ in iter(int, 1)), new_model(depth), steps, precision)
 
 
-def seed_style(depth: int, steps: int, root: Path, resize: int | None, precision: str) -> float:
+def starting_project_loop(depth: int, steps: int, root: Path, resize: int | None, precision: str) -> float:
     pipeline = [transforms.ToTensor()]
     if resize:
         pipeline.insert(0, transforms.Resize(resize))
@@ -147,12 +148,11 @@ def harness_loop(depth: int, steps: int, data, run: MlflowRun, precision: str) -
         *common,
     )
     model = new_model(depth)
-    train(
-        compose_config("schedule.iterations=3", *common), model, data, MemoryTracker(), torch.device("cpu")
-    )  # warm-up
+    warm_up = resolve(compose_config("schedule.iterations=3", *common))
+    train(warm_up, model, data, MemoryTracker(), torch.device("cpu"))
     tracker = TimedTracker(run)
     start = time.perf_counter()
-    train(cfg, model, data, tracker, torch.device("cpu"))
+    train(resolve(cfg), model, data, tracker, torch.device("cpu"))
     tracker.finish()  # the last flush belongs to the run's cost
     seconds = time.perf_counter() - start
     return steps * BATCH / seconds, tracker.seconds / seconds
@@ -345,13 +345,13 @@ def whole_run_line(depth: int, precision: str, cfg, step: float, seconds: float,
     )
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56])
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
     parser.add_argument("--root", type=Path, default=Path("data"), help="Fashion-MNIST root, as dataset.root")
     parser.add_argument(
-        "--resize", type=int, default=None, help="images resized to N x N, as dataset.resize (the seed: 96)"
+        "--resize", type=int, default=None, help="images resized to N x N, as dataset.resize (the starting project: 96)"
     )
     parser.add_argument("--contention", action="store_true", help="the default job alone and beside 1 and 3 copies")
     parser.add_argument(
@@ -383,7 +383,11 @@ def main() -> None:
     )
     parser.add_argument("--contention-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-worker", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     if args.contention_worker:
         return contention_worker()
     if args.gpu or args.gpu_worker:
@@ -403,23 +407,27 @@ def main() -> None:
         settings = {f"{OPENMP_WAIT} (harness)": {}}
         settings |= {setting: dict(item.split("=", 1) for item in setting.split()) for setting in args.compare}
         return contention(args.steps, args.repeats, settings)
+    return loop_table(args.depths, args.steps, args.root, args.resize, args.precision)
 
+
+def loop_table(depths: list[int], steps: int, root: Path, resize: int | None, precision: str) -> None:
+    """(a) the bare compute, (b) the harness's loop and (c) the starting project's, per depth."""
     # A 128-image evaluation split keeps the loop's closing evaluation out of the timing.
-    data = load_data("fashion_mnist", args.root, True, 128, torch.device("cpu"), resize=args.resize)
+    data = load_data("fashion_mnist", root, True, 128, torch.device("cpu"), resize=resize)
     size = data.image_size
     gemm = matmul_gflops()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul 2048^3: {gemm:.1f} GFLOP/s; "
-        f"{size}x{size} images, {args.precision}"
+        f"{size}x{size} images, {precision}"
     )
-    print("depth  pure(a) img/s  harness(b)  seed-style(c)    b/a    b/c  tracking  analysis  GFLOP/s (% of matmul)")
+    print("depth  pure(a) img/s  harness(b)  starting(c)    b/a    b/c  tracking  analysis  GFLOP/s (% of matmul)")
     with tempfile.TemporaryDirectory() as store:
         client, experiment_id = connect(f"sqlite:///{store}/mlflow.db", "bench")
-        for depth in args.depths:
-            a = pure_compute(depth, args.steps, size, args.precision)
+        for depth in depths:
+            a = pure_compute(depth, steps, size, precision)
             run = MlflowRun.start(client, experiment_id, f"bench-{depth}", {})
-            b, tracking = harness_loop(depth, args.steps, data, run, args.precision)
-            c = seed_style(depth, args.steps, args.root, args.resize, args.precision)
+            b, tracking = harness_loop(depth, steps, data, run, precision)
+            c = starting_project_loop(depth, steps, root, resize, precision)
             gflops = step_flops(depth, size) * a / BATCH / 1e9
             analysis = analysis_share(depth, data, b)
             print(

@@ -25,7 +25,8 @@ import torch
 from harness.config import compose_config
 from harness.data.memory import random_data
 from harness.device import deterministic_kernels
-from harness.models.resnet import build_from_config
+from harness.identity import resolve
+from harness.models.resnet import build_for
 from harness.train import train
 
 WARMUP = 60  # iterations before timing: compilation, CUDA graphs' capture, cuDNN's choice
@@ -92,12 +93,12 @@ def measure(
     )  # fmt: skip
     deterministic_kernels(cfg.deterministic)
     torch.manual_seed(0)
-    model = build_from_config(cfg, 3, 10)
-    model = model.to(device, memory_format=torch.channels_last)
+    job = resolve(cfg)
+    model = build_for(job, 3, 10).to(device, memory_format=torch.channels_last)
     tracker = tracker or RateTracker(seconds)
     torch.cuda.reset_peak_memory_stats(device)
     try:
-        train(cfg, model, random_data("cifar10", 50000, device), tracker, device)
+        train(job, model, random_data("cifar10", 50000, device), tracker, device)
     except Stop:
         pass
     return tracker.rate(), torch.cuda.max_memory_allocated(device) / 2**20

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from harness import plan, record
+from harness import identity, plan, record
 from harness.config import compose_config
 from harness.device import device_name
 from harness.tracking.mlflow_store import MlflowRun, connect
@@ -26,8 +26,9 @@ def finished_run(client, experiment_id: str, overrides: list[str], machine_name:
     """A finished run as a job logs it: its tags and params through the record's writers, its curve."""
     cfg = compose_config(*overrides, "precision=fp32", "threads=2", "device=cpu")
     machine = record.Machine(threads=2, device_name=machine_name)
-    run = MlflowRun.start(client, experiment_id, record.net_name(cfg), record.job_tags(cfg, machine, "unknown"), None)
-    run.log_params(record.job_params(cfg, machine))
+    job = identity.resolve(cfg)
+    run = MlflowRun.start(client, experiment_id, job.name, record.job_tags(job, machine, "unknown"), None)
+    run.log_params(record.job_params(job, machine))
     for step in range(20, cfg.schedule.iterations + 1, 20):
         run.log_metrics({record.TRAIN_ERROR: 0.1, record.TRAIN_LOSS: 0.3}, step)
     run.log_metrics({record.SECONDS_PER_ITERATION: 0.3}, cfg.schedule.iterations)

@@ -63,11 +63,13 @@ class DatasetConfig:
     validation_size: int | None = option(
         None, "hold out this many training images and evaluate on them; null: the test split"
     )
-    resize: int | None = option(None, "resize every image to this many pixels square, on the device (the seed: 96)")
+    resize: int | None = option(
+        None, "resize every image to this many pixels square, on the device (the starting project: 96)"
+    )
     normalize: str = option(
         "per_pixel_mean",
-        "per_pixel_mean: P1 subtracts the per-pixel mean; none: pixels in [0, 1] (the seed's ToTensor)",
-        valid="per_pixel_mean (P1) or none (pixels in [0, 1], the seed's ToTensor)",
+        "per_pixel_mean: P1 subtracts the per-pixel mean; none: pixels in [0, 1] (the starting project's ToTensor)",
+        valid="per_pixel_mean (P1) or none (pixels in [0, 1], the starting project's ToTensor)",
     )
 
     def check(self) -> None:

@@ -4,12 +4,21 @@ and a net two sweeps share is trained once), its recipe (what a study holds fixe
 nets: a report never pools runs of different recipes) and a sweep's study (all its nets).
 """
 
+import copy
 import hashlib
 import json
+from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.models import PARAMETER_KEYS, SHORTCUT_PARAMETERS, resolve_family, resolve_shortcut
+from harness.models import (
+    PARAMETER_KEYS,
+    SHORTCUT_PARAMETERS,
+    model_name,
+    resolve_family,
+    resolve_shortcut,
+    shortcut_parameters,
+)
 from harness.precision import resolve_precision
 
 # Where and how a run is executed, tracked and reported, not what it trains.
@@ -88,7 +97,49 @@ def _hash(tree: dict) -> str:
 
 def fingerprint(cfg: DictConfig) -> str:
     """One net, as a short hash of what it trains."""
-    return _hash(_drop(effective_config(cfg)[0], PRESENTATION_KEYS))
+    return resolve(cfg).fingerprint
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's config resolved once, at its start: what the run's life passes on, so that
+    nothing downstream derives it again."""
+
+    cfg: DictConfig  # as composed: how the job runs (schedule, tracking, threads, ...)
+    trained: dict  # the effective config: `auto` values resolved, unused keys removed
+    unused: dict[str, str]  # key -> why it has no effect here
+    fingerprint: str
+    recipe: str
+    name: str  # the paper's name of the net: the run's name
+
+    @property
+    def precision(self) -> str:
+        return self.trained["precision"]
+
+    @property
+    def family(self) -> str:
+        return self.trained["family"]
+
+    @property
+    def shortcut(self) -> str:
+        return self.trained["shortcut"]
+
+    @property
+    def parameters(self) -> dict[str, float]:
+        return shortcut_parameters(self.trained)
+
+
+def resolve(cfg: DictConfig) -> Job:
+    trained, unused = effective_config(cfg)
+    name = model_name(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, **shortcut_parameters(trained))
+    return Job(
+        cfg=cfg,
+        trained=trained,
+        unused=unused,
+        fingerprint=_hash(_drop(copy.deepcopy(trained), PRESENTATION_KEYS)),
+        recipe=recipe(cfg),
+        name=name,
+    )
 
 
 def recipe_of(tree: dict) -> str:
@@ -132,5 +183,4 @@ def unused_notes(cfg: DictConfig, overridden: list[str]) -> list[str]:
     """A note for every key the user set (in `overridden`, Hydra's override strings) that this
     config does not use."""
     keys = {override.split("=", 1)[0].lstrip("+~") for override in overridden}
-    _, unused = effective_config(cfg)
-    return [f"note: {key} has no effect here: {why}." for key, why in unused.items() if key in keys]
+    return [f"note: {key} has no effect here: {why}." for key, why in resolve(cfg).unused.items() if key in keys]

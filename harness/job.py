@@ -1,22 +1,21 @@
 """One run's life. What the store holds of a net decides what a launch does with it (`decide`:
 skip, running elsewhere, resume, new run); the launch claims the run, trains it, and closes
 it through one table of outcomes (finished, Ctrl-C, scheduler stop, lease lost, diverged,
-environment failure, bug), each with its status, failure tag and exit code.
+environment failure, bug, ...), each with its status, failure tag and exit code. The job ends
+by returning its `Outcome`: harness.run says it and chooses the exit.
 """
 
 import contextlib
 import gc
 import logging
 import os
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,10 +23,10 @@ from harness import OPENMP_WAIT, config, identity, record
 from harness.data import DataError
 from harness.data.memory import Data, load_data
 from harness.device import deterministic_kernels, device_name, pick_device
-from harness.launchers import SchedulerStop, cpus_per_job, orphaned, placement_tags, watch_sweep
+from harness.identity import Job
+from harness.launchers import SchedulerStop, cpus_per_job, placement_tags, watch_sweep
 from harness.lease import Heartbeat, Lease, LeaseLost, claimed, generation_of, heartbeat_of
-from harness.models import resolve_family
-from harness.models.resnet import build_from_config
+from harness.models.resnet import build_for
 from harness.tracking.mlflow_store import (
     CheckpointError,
     CorruptCheckpoint,
@@ -103,15 +102,15 @@ def look(client, experiment_id: str, fingerprint: str, folder: Path | None) -> S
     )
 
 
-def say(decision: Decision, name: str) -> None:
+def said(decision: Decision, name: str) -> str:
+    """Why a launch leaves a net alone (SKIP, ELSEWHERE)."""
     stored = decision.run
     if decision.action == SKIP:
         ended = "FINISHED" if stored.status == "FINISHED" else "diverged (a result: the same seed diverges again)"
-        print(f"skip {name}: already {ended} as MLflow run {stored.run_id} (rerun=true trains it again)")
-    elif decision.action == ELSEWHERE:
-        beat = stored.heartbeat
-        age = f"heartbeat {beat.age():.0f} s ago" if beat else "no heartbeat yet"
-        print(f"running elsewhere: {name} (MLflow run {stored.run_id}, {age}); not touched")
+        return f"skip {name}: already {ended} as MLflow run {stored.run_id} (rerun=true trains it again)"
+    beat = stored.heartbeat
+    age = f"heartbeat {beat.age():.0f} s ago" if beat else "no heartbeat yet"
+    return f"running elsewhere: {name} (MLflow run {stored.run_id}, {age}); not touched"
 
 
 # What a job needs around the loop.
@@ -182,27 +181,34 @@ def resume(client, stored: Stored, name: str, folder: Path | None, **writer_limi
         state = stopped.read_checkpoint()
     except CorruptCheckpoint as error:
         aside = stopped.set_checkpoint_aside()
-        print(
-            f"corrupt checkpoint: {error}; {name} (MLflow run {stopped.run_id}) cannot resume from it. "
-            f"Set it aside as {aside}; training restarts from iteration 0 in a new run."
+        log.warning(
+            "corrupt checkpoint: %s; %s (MLflow run %s) cannot resume from it. Set it aside as %s; training restarts "
+            "from iteration 0 in a new run.",
+            error,
+            name,
+            stopped.run_id,
+            aside,
         )
         stopped.lease.release()
         stopped.writer.close()
         return False
-    print(f"resume {name}: MLflow run {stored.run_id} from its last checkpoint (iteration {state['iteration']})")
+    log.info(
+        "resume %s: MLflow run %s from its last checkpoint (iteration %d)", name, stored.run_id, state["iteration"]
+    )
     stopped.reopen()
     stopped.set_tags(placement_tags())  # the SLURM job or Ray node that trains it now
     return stopped
 
 
 def open_run(
-    cfg: DictConfig, client, experiment_id: str, machine: record.Machine, first: Decision, stored: Stored | None
-) -> tuple[MlflowRun | None, bool]:
-    """(run, resumed): the run that trains this config, with this process's lease on it, or None.
+    job: Job, client, experiment_id: str, machine: record.Machine, first: Decision, stored: Stored | None
+) -> tuple[MlflowRun | str, bool]:
+    """(run, resumed): the run that trains this job, with this process's lease on it; or why
+    the launch leaves it alone (another launch has it).
 
     Two launches that decide at the same moment both claim what they saw (harness.lease.claimed):
     one wins; the other looks again and finds the winner's live run."""
-    name, fingerprint, folder = record.net_name(cfg), identity.fingerprint(cfg), checkpoint_dir(cfg)
+    cfg, name, fingerprint, folder = job.cfg, job.name, job.fingerprint, checkpoint_dir(job.cfg)
     writer_limits = {"outage_limit": cfg.tracking.outage_limit, "buffer_points": cfg.tracking.buffer_points}
     decision = first
     for attempt in range(CLAIM_ATTEMPTS):
@@ -211,8 +217,7 @@ def open_run(
             stored = look(client, experiment_id, fingerprint, folder)
             decision = decide(stored, cfg.rerun)
         if decision.action in (SKIP, ELSEWHERE):
-            say(decision, name)
-            return None, False
+            return said(decision, name), False
         if decision.action == RESUME:
             resumed = resume(client, decision.run, name, folder, **writer_limits)
             if resumed is None:
@@ -226,7 +231,7 @@ def open_run(
             if not won:
                 continue
             heartbeat = Heartbeat.now(1)
-            tags = {**record.job_tags(cfg, machine, record.source_commit()), record.HEARTBEAT: heartbeat.encode()}
+            tags = {**record.job_tags(job, machine, record.source_commit()), record.HEARTBEAT: heartbeat.encode()}
             run = MlflowRun.start(
                 client,
                 experiment_id,
@@ -240,37 +245,38 @@ def open_run(
         if decision.run is not None:
             supersede(client, decision.run.run, run.run_id)
         return run, False
-    print(
-        f"running elsewhere: {name}: other launches claimed it {CLAIM_ATTEMPTS} times at the same moment; not touched"
+    return (
+        f"running elsewhere: {name}: other launches claimed it {CLAIM_ATTEMPTS} times at the same moment; not touched",
+        False,
     )
-    return None, False
 
 
 # Training it.
 
 
 def execute(
-    cfg: DictConfig, run: MlflowRun, device: torch.device, machine: record.Machine, resumed: bool, data: Data
+    job: Job, run: MlflowRun, device: torch.device, machine: record.Machine, resumed: bool, data: Data
 ) -> Result:
+    cfg = job.cfg
     if not resumed:  # a resumed run has its params already, and MLflow never changes a param
-        run.log_params(record.job_params(cfg, machine))
+        run.log_params(record.job_params(job, machine))
         run.log_text(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)), record.CONFIG_FILE)
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         run.log_text(OmegaConf.to_yaml(overrides), record.OVERRIDES_FILE)
 
-    if resolve_family(cfg.depth, cfg.family) == "imagenet" and data.image_size < SMALLEST_IMAGENET_INPUT:
+    if job.family == "imagenet" and data.image_size < SMALLEST_IMAGENET_INPUT:
         # The 7x7/2 stem and max pool shrink a 28-pixel image to 7, and stage 4 convolves 1x1 maps.
         log.warning(
             "%s: an ImageNet-style net on %dx%d inputs (under %d pixels): its last stage sees 1x1 maps; "
-            "dataset.resize=96 gives the seed's setting",
+            "dataset.resize=96 gives the starting project's setting",
             run.name,
             data.image_size,
             data.image_size,
             SMALLEST_IMAGENET_INPUT,
         )
         run.set_tags({record.SMALL_INPUT: data.image_size})
-    model = build_from_config(cfg, data.in_channels, data.num_classes).to(device, memory_format=torch.channels_last)
-    result = train(cfg, model, data, run, device)
+    model = build_for(job, data.in_channels, data.num_classes).to(device, memory_format=torch.channels_last)
+    result = train(job, model, data, run, device)
 
     run.log_json({"run": run.name, **vars(result)}, record.SUMMARY_FILE)
     if cfg.tracking.log_model:
@@ -278,28 +284,51 @@ def execute(
     return result
 
 
-# Closing it: one row per way a run can end.
+# Closing it: one row per way a job can end.
 
 # Failures of the machine, not of the run: disk, tracking store, data. A run stopped by one
 # resumes from its checkpoint when launched again; any other failure trains it anew.
 ENVIRONMENT_ERRORS = (OSError, CheckpointError, StoreError, StoreOutage, DataError, MlflowException)
 
+# How a person is told a job's last word (harness.run says it): INFO, a log line; NOTE, a
+# line on stdout; STDERR, a plain line on stderr; ERROR, "error: ..." alone and a logged error
+# in a sweep, whose summary names the job.
+INFO, NOTE, STDERR, LOG, ERROR = "info", "note", "stderr", "log", "error"
+
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str | None  # the run's last status; None: left to the launch that took it over
+    """How a job ended: its run's last status (None: left as it was, or no run), the failure
+    tag, the command's exit code when the job runs alone, and what a person reads."""
+
+    status: str | None
     failure: str | None  # record.FAILURE
-    exit_code: int  # of the command, alone; in a sweep, the sweep's summary names the run instead
+    exit_code: int
+    said_as: str  # INFO, NOTE, STDERR, LOG or ERROR
+    kind: str = ""
+    message: str = ""
+    eval_error: float | None = None  # a finished run's final test (or validation) error
+    error: BaseException | None = None  # a bug's own exception: alone, it ends with its traceback
+
+    def said(self, message: str, **values) -> "Outcome":
+        return replace(self, message=message, **values)
 
 
 OUTCOMES = {
-    "finished": Outcome("FINISHED", None, 0),
-    "Ctrl-C": Outcome("KILLED", None, 130),  # resumes from its last checkpoint
-    "scheduler stop": Outcome("KILLED", None, 1),  # SLURM's time limit is near: stopped like Ctrl-C, not failed
-    "lease lost": Outcome(None, None, 1),  # another launch trains the run
-    "diverged": Outcome("FAILED", record.DIVERGED, 1),  # a result: a relaunch keeps it
-    "environment failure": Outcome("FAILED", record.ENVIRONMENT, 1),  # resumes from its last checkpoint
-    "bug": Outcome("FAILED", record.RUN, 1),  # alone: with its traceback
+    kind: replace(outcome, kind=kind)
+    for kind, outcome in {
+        "finished": Outcome("FINISHED", None, 0, INFO),
+        "skipped": Outcome(None, None, 0, NOTE),  # finished or diverged before, or trained elsewhere now
+        "Ctrl-C": Outcome("KILLED", None, 130, STDERR),  # resumes from its last checkpoint
+        "scheduler stop": Outcome("KILLED", None, 1, LOG),  # SLURM's time limit is near: stopped, not failed
+        "lease lost": Outcome(None, None, 1, STDERR),  # another launch trains the run
+        "diverged": Outcome("FAILED", record.DIVERGED, 1, ERROR),  # a result: a relaunch keeps it
+        "environment failure": Outcome("FAILED", record.ENVIRONMENT, 1, ERROR),  # resumes from its checkpoint
+        "bug": Outcome("FAILED", record.RUN, 1, ERROR),  # alone: with its traceback
+        "not closed": Outcome(None, None, 1, ERROR),  # trained to its end, but the store did not take the end
+        "not opened": Outcome(None, None, 1, ERROR),  # its data or the store failed before the run opened
+        "bad config": Outcome(None, None, 2, ERROR),
+    }.items()
 }
 
 
@@ -353,97 +382,64 @@ def record_failure(run: MlflowRun, error: BaseException, outcome: Outcome) -> st
     return message
 
 
-def close(run: MlflowRun, result: Result | None, error: BaseException | None, in_sweep: bool) -> float | None:
-    """Close the run as its outcome says; the final test error of a finished run, else None
-    (or the command's exit, alone)."""
+def then(run: MlflowRun) -> str:
+    """What the same command does next with a run that stopped."""
+    if run.has_checkpoint():
+        return "the same command resumes it from its last checkpoint"
+    return "the same command trains it again"
+
+
+def close(run: MlflowRun, result: Result | None, error: BaseException | None) -> Outcome:
+    """Close the run as its outcome says, and say how it ended."""
     kind = outcome_of(error)
     outcome = OUTCOMES[kind]
-    if kind == "scheduler stop":
-        error = scheduler_stop(error)
     if kind == "finished":
         try:
             run.finish("FINISHED")
         except (LeaseLost, *ENVIRONMENT_ERRORS) as error:  # trained, but its last writes did not reach the store
-            return unfinished(run, error, in_sweep)
-        log.info(
-            "%s: final training error %.2f%%, %s error %.2f%% in %.0f s",
-            run.name,
-            100 * result.final_train_error,
-            result.eval_split,
-            100 * result.eval_error,
-            result.seconds,
+            return OUTCOMES["not closed"].said(
+                f"{run.name} (MLflow run {run.run_id}) trained to its end but was not closed as FINISHED: {error}; "
+                f"{then(run)}"
+            )
+        return outcome.said(
+            f"{run.name}: final training error {100 * result.final_train_error:.2f}%, {result.eval_split} error "
+            f"{100 * result.eval_error:.2f}% in {result.seconds:.0f} s",
+            eval_error=result.eval_error,
         )
-        return result.eval_error
     if kind == "lease lost":
         run.abandon()
-        print(f"{run.name}: {error}", file=sys.stderr)
-        if in_sweep:
-            return None
-        raise SystemExit(outcome.exit_code)
-    if outcome.status == "KILLED":
+        return outcome.said(f"{run.name}: {error}")
+    if kind == "scheduler stop":
+        with contextlib.suppress(LeaseLost):
+            run.finish("KILLED", scheduler_stop(error))
+        return outcome.said(
+            f"{run.name} (MLflow run {run.run_id}) stopped by SLURM and marked KILLED ({scheduler_stop(error)}); "
+            f"{then(run)}"
+        )
+    if kind == "Ctrl-C":
         with contextlib.suppress(LeaseLost):
             run.finish("KILLED", error)
-        if kind == "scheduler stop":
-            then = "resumes it from its last checkpoint" if run.has_checkpoint() else "trains it again"
-            log.error(
-                "%s (MLflow run %s) stopped by SLURM and marked KILLED (%s); the same command %s",
-                run.name,
-                run.run_id,
-                error,
-                then,
+        if not run.has_checkpoint():
+            return outcome.said(
+                f"stopped {run.name}: MLflow run {run.run_id} marked KILLED before its first checkpoint; "
+                "the same command trains it again."
             )
-            if in_sweep:
-                return None
-            raise SystemExit(outcome.exit_code)
-        if orphaned():  # the sweep that started this job is gone: so is the job
-            os._exit(1)
-        if in_sweep:  # the sweep says what it stopped
-            raise error
         at = f" at iteration {run.saved_iteration}" if run.saved_iteration else ""
-        print(
+        return outcome.said(
             f"stopped {run.name}: MLflow run {run.run_id} marked KILLED; the same command resumes it from its last "
             f"checkpoint{at}."
-            if run.has_checkpoint()
-            else f"stopped {run.name}: MLflow run {run.run_id} marked "
-            "KILLED before its first checkpoint; the same command trains it again.",
-            file=sys.stderr,
         )
-        raise SystemExit(outcome.exit_code) from None
-    message = record_failure(run, error, outcome)
-    if in_sweep:
-        log.error("%s", message)
-        return None
-    if kind == "bug":
-        raise error
-    config.fail(message, code=outcome.exit_code)
-
-
-def unfinished(run: MlflowRun, error: BaseException, in_sweep: bool) -> None:
-    """A run that trained to its end but could not be closed: the store stayed unreachable past
-    the outage limit, or another launch took the run meanwhile."""
-    then = (
-        "the same command resumes it from its last checkpoint"
-        if run.has_checkpoint()
-        else "the same command trains it again"
-    )
-    message = f"{run.name} (MLflow run {run.run_id}) trained to its end but was not closed as FINISHED: {error}; {then}"
-    if in_sweep:
-        log.error("%s", message)
-        return None
-    config.fail(message, code=1)
+    return outcome.said(record_failure(run, error, outcome), error=error if kind == "bug" else None)
 
 
 # The whole life.
 
 
-def setup(cfg: DictConfig) -> tuple[Any, str, torch.device]:
-    """Checks, the store, and this process's torch settings; a bad config ends the command here."""
-    try:
-        config.check(cfg)
-        device = pick_device(cfg.device)
-        client, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment)
-    except (config.ConfigError, StoreError) as error:
-        config.fail(str(error))
+def setup(job: Job) -> tuple[Any, str, torch.device]:
+    """The store, and this process's torch settings."""
+    cfg = job.cfg
+    device = pick_device(cfg.device)
+    client, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment)
     watch_sweep()  # a job that a sweep's launcher started ends when the sweep's process is gone
     deterministic_kernels(cfg.deterministic)
     torch.manual_seed(cfg.seed)
@@ -455,29 +451,22 @@ def setup(cfg: DictConfig) -> tuple[Any, str, torch.device]:
     return client, experiment_id, device
 
 
-def in_a_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def run_job(cfg: DictConfig) -> float | None:
-    """Check the config, then train and track one net; returns its final test error. Inside a
-    sweep a failed run is recorded and None returned, so that the other jobs go on; alone, the
-    error ends the command."""
-    client, experiment_id, device = setup(cfg)
-    in_sweep = in_a_sweep()
-    if HydraConfig.initialized() and not in_sweep:  # a sweep's callback says these once for all its jobs
-        for note in identity.unused_notes(cfg, list(HydraConfig.get().overrides.task)):
-            print(note)
-
-    name = record.net_name(cfg)
+def run_job(cfg: DictConfig) -> Outcome:
+    """Check the config, then train and track one net: how it ended. Nothing here prints or
+    exits: harness.run says the outcome, and a sweep goes on to its other jobs."""
     try:
-        stored = look(client, experiment_id, identity.fingerprint(cfg), checkpoint_dir(cfg))
+        config.check(cfg)
+        job = identity.resolve(cfg)
+        client, experiment_id, device = setup(job)
+    except (config.ConfigError, StoreError) as error:
+        return OUTCOMES["bad config"].said(str(error))
+    try:
+        stored = look(client, experiment_id, job.fingerprint, checkpoint_dir(cfg))
         decision = decide(stored, cfg.rerun)
         if decision.action in (SKIP, ELSEWHERE):
-            say(decision, name)
-            return None
+            return OUTCOMES["skipped"].said(said(decision, job.name))
         data = job_data(cfg, device)  # before anything of this run is stored
-        run, resumed = open_run(cfg, client, experiment_id, machine_of(device), decision, stored)
+        run, resumed = open_run(job, client, experiment_id, machine_of(device), decision, stored)
     except (DataError, MlflowException, OSError) as error:
         message = (
             str(error)
@@ -487,15 +476,12 @@ def run_job(cfg: DictConfig) -> float | None:
                 f"{type(error).__name__}: {str(error)[:300]}"
             )
         )
-        if in_sweep:  # the sweep's summary names the job
-            log.error("%s", message)
-            return None
-        config.fail(message, code=1)
-    if run is None:
-        return None
+        return OUTCOMES["not opened"].said(message)
+    if isinstance(run, str):  # another launch has it
+        return OUTCOMES["skipped"].said(run)
     log.info("%s: MLflow run %s in %s", run.name, run.run_id, cfg.tracking.uri)
     try:
-        result = execute(cfg, run, device, machine_of(device), resumed, data)
+        result = execute(job, run, device, machine_of(device), resumed, data)
     except (KeyboardInterrupt, Exception) as error:
-        return close(run, None, error, in_sweep)
-    return close(run, result, None, in_sweep)
+        return close(run, None, error)
+    return close(run, result, None)

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, open_dict, read_write
 from submitit.core import utils as submitit_utils
 from submitit.core.utils import UncompletedJobError
 
-from harness.lease import BOOT, HOST, process_start
+from harness import record
+from harness.lease import BOOT, HOST, heartbeat_of, process_start
 
 log = logging.getLogger(__name__)
 # What submitit raises in a SLURM job when SLURM signals it before its time limit (`signal_delay_s`)
@@ -176,22 +177,114 @@ class SubmititJobs:
             pass
         return self.paths(job_id).result_pickle.exists()
 
-    def job_number(self, job_id: str) -> int | None:
-        """The job's number in the sweep (hydra.job.num), from its pickled call; None if unreadable."""
+    def job_call(self, job_id: str) -> tuple[int | None, list[str]]:
+        """The job's number in the sweep (hydra.job.num) and its overrides, from its pickled call
+        (the launcher's `__call__(overrides, job_dir_key, job_num, ...)`); (None, []) if unreadable."""
         try:
-            return int(submitit_utils.DelayedSubmission.load(self.paths(job_id).submitted_pickle).args[2])
+            args = submitit_utils.DelayedSubmission.load(self.paths(job_id).submitted_pickle).args
+            return int(args[2]), list(args[0])
         except Exception:  # a pickle half written or from another version: the job goes unnamed
-            return None
+            return None, []
 
     def end_vanished(self, job_id: str) -> None:
-        """Write the result that the job could not: what a job whose run failed returns in a sweep
-        (harness.job.run_job: None, the failure recorded in the store), so that the launcher stops
+        """Write the result that the job could not: a completed job without a value (its failure is
+        recorded in the store, where the sweep's summary reads it), so that the launcher stops
         waiting for it and the sweep goes on to its summary. An error result would instead make
         Hydra abandon the whole sweep, summary and report included."""
         from hydra.core.utils import JobReturn, JobStatus
 
         with submitit_utils.temporary_save_path(self.paths(job_id).result_pickle) as temporary:
             submitit_utils.cloudpickle_dump(("success", JobReturn(status=JobStatus.COMPLETED)), temporary)
+
+
+class VanishedJobs:
+    """A SLURM job killed outright (scancel --signal=KILL, the kernel's OOM killer, a node lost)
+    writes no result, and without SLURM accounting submitit never learns that it ended. A job
+    that squeue did not list at two looks in a row, without a result, is ended for it: its run,
+    if its heartbeat stopped too, is marked FAILED (environment: resumable), and the job's
+    result written, so that the sweep goes on to its summary."""
+
+    def __init__(self, submitit_folder: str, client, experiment_id: str):
+        self.jobs = SubmititJobs(submitit_folder)
+        self.client, self.experiment_id = client, experiment_id
+        self.unlisted: set[str] = set()  # jobs without a result that squeue did not list at the last look
+        self.failing = False
+
+    def look(self, parent_run_id: str, vanished: dict[int, str]) -> None:
+        """End the sweep's vanished jobs; those that vanished before opening their run go into
+        `vanished` (job number -> SLURM job). A failing look is said once; the next tries again."""
+        try:
+            self.end_vanished(parent_run_id, vanished)
+            self.failing = False
+        except Exception as error:  # the store or squeue
+            if not self.failing:
+                log.warning("The sweep could not look for vanished SLURM jobs: %s: %s", type(error).__name__, error)
+            self.failing = True
+
+    def end_vanished(self, parent_run_id: str, vanished: dict[int, str]) -> None:
+        waiting = self.jobs.unfinished()
+        listed = squeue_lists(waiting)
+        if listed is None:  # squeue cannot say: no conclusion from silence
+            return
+        unlisted = set(waiting) - listed
+        confirmed, self.unlisted = unlisted & self.unlisted, unlisted
+        if not confirmed:
+            return
+        children = self.client.search_runs([self.experiment_id], record.children_filter(parent_run_id))
+        runs = {run.data.tags.get("slurm_job_id"): run for run in children}  # the job that trains each now
+        for job in sorted(confirmed):
+            if self.jobs.has_result(job):
+                continue  # it ended meanwhile
+            run = runs.get(job)
+            if run is None:
+                self.note_vanished_before_its_run(job, vanished)
+            else:
+                run = self.client.get_run(run.info.run_id)  # as fresh as can be: another launch may resume it
+                beat = heartbeat_of(run)
+                if run.info.status != "RUNNING":
+                    log.error(
+                        "The SLURM job %s vanished after it closed %s (MLflow run %s, %s): no result; the sweep stops "
+                        "waiting for it.",
+                        job,
+                        run.info.run_name,
+                        run.info.run_id,
+                        run.info.status,
+                    )
+                elif beat is not None and beat.alive():
+                    continue  # on another node a stopped heartbeat counts as such after lease.MISSED intervals
+                else:
+                    self.mark_vanished(run, job, beat)
+            self.jobs.end_vanished(job)
+
+    def mark_vanished(self, run, job: str, beat) -> None:
+        then = (
+            "the same command resumes it from its last checkpoint"
+            if record.CHECKPOINT in run.data.tags
+            else "the same command trains it again"
+        )
+        stopped = f"its heartbeat stopped {beat.age():.0f} s ago" if beat else "it has no heartbeat"
+        reason = (
+            f"the SLURM job {job} vanished: squeue no longer lists it, it wrote no result and {stopped} (killed "
+            "outright: scancel --signal=KILL, out of memory, a node lost; its log may say which)"
+        )
+        self.client.set_tag(run.info.run_id, record.FAILURE, record.ENVIRONMENT)
+        self.client.set_tag(run.info.run_id, record.ERROR, f"JobVanished: {reason}")
+        self.client.set_terminated(run.info.run_id, "FAILED")
+        log.error(
+            "%s (MLflow run %s): %s; marked FAILED (environment); %s.", run.info.run_name, run.info.run_id, reason, then
+        )
+
+    def note_vanished_before_its_run(self, job: str, vanished: dict[int, str]) -> None:
+        number, overrides = self.jobs.job_call(job)
+        if number is not None:
+            vanished[number] = job
+        log.error(
+            "The SLURM job %s%s vanished before it opened its run: squeue no longer lists it and it wrote no result; "
+            "the sweep stops waiting for it. Its log: %s",
+            job,
+            f" ({' '.join(overrides)})" if overrides else "",
+            self.jobs.paths(job).stdout,
+        )
 
 
 class RayObjectStore(Callback):

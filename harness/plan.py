@@ -26,7 +26,7 @@ from harness.device import device_name
 from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
 from harness.launchers import jobs_at_once
 from harness.lease import process_start
-from harness.precision import BUSY_CORES, busy_cores, others_busy, resolve_precision
+from harness.precision import BUSY_CORES, busy_cores, others_busy
 from harness.stats import MIN_SEEDS
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
@@ -114,16 +114,16 @@ def speed_key(model, family, dataset, resize, batch_size, precision, device, nam
     return tuple(str(part) for part in (model, family, dataset, resize, batch_size, precision, device, name, threads))
 
 
-def job_key(cfg: DictConfig, device, name: str, threads: int) -> tuple[str, ...]:
+def job_key(job: identity.Job, device, name: str, threads: int) -> tuple[str, ...]:
     """The speed key of a job on `device`, named `name` (harness.device.device_name)."""
-    trained, _ = identity.effective_config(cfg)
+    cfg = job.cfg
     return speed_key(
-        record.net_name(cfg),
-        trained["family"],
+        job.name,
+        job.family,
         cfg.dataset.name,
         cfg.dataset.resize,
         cfg.schedule.batch_size,
-        trained["precision"],
+        job.precision,
         device.type,
         name,
         threads,
@@ -195,10 +195,11 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
 
     from harness.data.memory import random_data
     from harness.device import deterministic_kernels
-    from harness.models.resnet import build_from_config
+    from harness.models.resnet import build_for
     from harness.tracking import MemoryTracker
     from harness.train import eval_batch, evaluate, train
 
+    job = identity.resolve(cfg)
     evaluated = eval_batch(device)
     data = random_data(cfg.dataset.name, max(2 * cfg.schedule.batch_size, evaluated), device, cfg.dataset.resize)
     images, labels = data.eval_images[:evaluated], data.eval_labels[:evaluated]
@@ -211,20 +212,19 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
     torch.set_num_threads(threads)
     deterministic_kernels(cfg.deterministic)
     try:
-        model = build_from_config(cfg, data.in_channels, data.num_classes).to(device, memory_format=torch.channels_last)
+        model = build_for(job, data.in_channels, data.num_classes).to(device, memory_format=torch.channels_last)
 
         def seconds(iterations: int) -> float:
             short = {"iterations": iterations, "eval_every": iterations + 1, "final_train_subset": 1}
             run = OmegaConf.merge(cfg, {"schedule": short, "analysis": False})
             start = time.perf_counter()
-            train(run, model, data, MemoryTracker(), device)
+            train(identity.resolve(run), model, data, MemoryTracker(), device)
             return time.perf_counter() - start
 
         step = (seconds(2 + CALIBRATION_STEPS) - seconds(2)) / CALIBRATION_STEPS
-        precision = resolve_precision(cfg.precision, device.type)
-        evaluate(model, data, images, labels, precision)  # warm-up
+        evaluate(model, data, images, labels, job.precision)  # warm-up
         start = time.perf_counter()
-        evaluate(model, data, images, labels, precision)
+        evaluate(model, data, images, labels, job.precision)
         return max(step, 0.0), (time.perf_counter() - start) / evaluated
     finally:
         torch.set_num_threads(settings[0])
@@ -277,11 +277,12 @@ def make_plan(
     here = device_name(device)
     nets, seen, rates, calibrated = [], set(), {}, {}
     for cfg in configs:
-        fingerprint = identity.fingerprint(cfg)
+        job = identity.resolve(cfg)
+        fingerprint = job.fingerprint
         if fingerprint in seen:
             continue
         seen.add(fingerprint)
-        name = f"{record.net_name(cfg)} seed {cfg.seed}"
+        name = f"{job.name} seed {cfg.seed}"
         stored = look(client, experiment_id, fingerprint, checkpoint_dir(cfg)) if experiment_id else None
         decision = decide(stored, cfg.rerun)
         if decision.action not in (NEW, RESUME):
@@ -291,7 +292,7 @@ def make_plan(
         iterations = cfg.schedule.iterations
         if decision.action == RESUME:
             iterations = iterations_left(client, decision.run, cfg)
-        key = job_key(cfg, device, here, threads)
+        key = job_key(job, device, here, threads)
         if key not in rates:
             rates[key] = measured_rates(client, key)
         if rates[key]:
@@ -483,6 +484,24 @@ class Progress:
             else:
                 queued.append(scale * seconds)
         return makespan(running + queued, self.at_once)
+
+    def lines(self, runs) -> list[str]:
+        """From the sweep's runs as the store holds them now: which are running, and one line for
+        each job that ended since the last look."""
+        self.running = {
+            run.data.tags.get(record.FINGERPRINT): run.info.start_time / 1000
+            for run in runs
+            if run.info.status == "RUNNING"
+        }
+        ended = []
+        for run in sorted(runs, key=lambda run: run.info.end_time or 0):
+            info = run.info
+            if info.status not in ("FINISHED", "FAILED", "KILLED") or not info.end_time:
+                continue
+            fingerprint = run.data.tags.get(record.FINGERPRINT)
+            if self.finish(fingerprint, self.run_seconds(fingerprint, run), info.end_time / 1000):
+                ended.append((info.run_name, info.status, fingerprint))
+        return [self.line(name, status, fingerprint) for name, status, fingerprint in ended]
 
     def line(self, name: str, status: str, fingerprint: str | None = None) -> str:
         """The line of a job that ended (by default the latest counted). The time left comes on the

@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from omegaconf import DictConfig
-
 from harness import identity
-from harness.models import PARAMETER_KEYS, model_name, resolve_shortcut
+from harness.models import PARAMETER_KEYS, model_name, resolve_shortcut, shortcut_parameters
 from harness.palette import SWEEP_COLOUR, run_colour
 from harness.precision import auto_decision
 
@@ -187,34 +185,22 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def shortcut_parameters(values: dict) -> dict[str, float]:
-    """P2's shortcut parameters that a net uses (its effective config, or its run's tags)."""
-    return {key: float(values[key]) for key in PARAMETER_KEYS if key in values}
-
-
-def net_name(cfg: DictConfig) -> str:
-    """The paper's name of the net a config trains (the run's name): resnet-56, plain-20, ..."""
-    trained = identity.effective_config(cfg)[0]
-    return model_name(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, **shortcut_parameters(trained))
-
-
-def job_tags(cfg: DictConfig, machine: Machine, commit: str) -> dict[str, str]:
+def job_tags(job: identity.Job, machine: Machine, commit: str) -> dict[str, str]:
     """A training run's tags, as it is opened."""
-    trained, _ = identity.effective_config(cfg)
-    family, shortcut, parameters = trained["family"], trained["shortcut"], shortcut_parameters(trained)
+    cfg, family, shortcut = job.cfg, job.family, job.shortcut
     default_shortcut = resolve_shortcut("auto", cfg.depth, family)
     tags = {
         ROLE: JOB,
-        "model": model_name(cfg.depth, cfg.residual, shortcut, cfg.activation, **parameters),
+        "model": job.name,
         "family": family,
         "depth": cfg.depth,
         "residual": cfg.residual,
         "shortcut": shortcut,
-        **parameters,
+        **job.parameters,
         "activation": cfg.activation,
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
-        "precision": trained["precision"],
+        "precision": job.precision,
         **(auto_decision(machine.device).tags() if cfg.precision == "auto" else {}),
         "git_commit": commit,
         "torch_version": machine.torch_version,
@@ -223,18 +209,17 @@ def job_tags(cfg: DictConfig, machine: Machine, commit: str) -> dict[str, str]:
         "threads": machine.threads,
         "openmp_wait": machine.openmp_wait,
         **machine.placement,
-        RECIPE: identity.recipe(cfg),
+        RECIPE: job.recipe,
         RUN_COLOUR: run_colour(cfg.depth, cfg.residual, shortcut, cfg.activation, default_shortcut),
         **source_tags(commit),
-        FINGERPRINT: identity.fingerprint(cfg),
+        FINGERPRINT: job.fingerprint,
     }
     return {key: str(value) for key, value in tags.items()}
 
 
-def job_params(cfg: DictConfig, machine: Machine) -> dict[str, Any]:
+def job_params(job: identity.Job, machine: Machine) -> dict[str, Any]:
     """A training run's params: the effective config, flat, with the device and thread count."""
-    trained, _ = identity.effective_config(cfg)
-    return flatten({**trained, "device": machine.device, "threads": machine.threads})
+    return flatten({**job.trained, "device": machine.device, "threads": machine.threads})
 
 
 def sweep_tags(study: str, sweep_dir: str, jobs: int, overrides: str, commit: str) -> dict[str, str]:

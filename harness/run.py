@@ -2,35 +2,81 @@
 
     python -m harness.run -m depth=20,56 residual=true,false
 
-The command line only: the run's life is `harness.job`, a sweep's is `harness.sweep`.
+The command line only: a run's life is `harness.job`, which ends in an `Outcome`; this module
+says it and chooses the command's exit. A sweep's callbacks are `harness.sweep`.
 """
 
 import gc
+import logging
+import os
 import sys
+from dataclasses import replace
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness import config, plan
-from harness.job import run_job
-from harness.launchers import INTERRUPT_HOOKS
+from harness import config, identity, plan
+from harness.job import ERROR, INFO, LOG, NOTE, Outcome, run_job
+from harness.launchers import INTERRUPT_HOOKS, orphaned
 
 config.register()
 # What is loaded by now (torch, MLflow, Hydra: about a million objects) lives as long as the
 # process: the collector need never scan it again. Unfrozen, its full collections cost a
 # default run about 2 s, 1.5 s of them at exit (docs/performance.md, "Where a run's time goes").
 gc.freeze()
+log = logging.getLogger("harness.job")  # a job's lines, under one name wherever they are said
+
+
+def in_a_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def say(outcome: Outcome, in_sweep: bool) -> None:
+    """A job's last word. In a sweep an error is a logged line: the sweep's summary names the job."""
+    if outcome.said_as == INFO:
+        log.info("%s", outcome.message)
+    elif outcome.said_as == NOTE:
+        print(outcome.message)
+    elif outcome.said_as == LOG or (outcome.said_as == ERROR and in_sweep):
+        log.error("%s", outcome.message)
+    elif outcome.said_as == ERROR:
+        print(f"error: {outcome.message}", file=sys.stderr)
+    else:
+        print(outcome.message, file=sys.stderr)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> Outcome | None:
+    """One job: alone, its outcome ends the command with its exit code; in a sweep, the job's
+    outcome is its return value (Hydra's JobReturn) and the sweep goes on, but for Ctrl-C."""
     if cfg.plan:  # a sweep's callback plans all its jobs before any starts, and stops the command
         try:
             config.check(cfg)
         except config.ConfigError as error:
             config.fail(str(error))
         return plan.show([cfg], None)
-    return run_job(cfg)
+    in_sweep = in_a_sweep()
+    if HydraConfig.initialized() and not in_sweep:  # a sweep's callback says these once for all its jobs
+        for note in identity.unused_notes(cfg, list(HydraConfig.get().overrides.task)):
+            print(note)
+    outcome = run_job(cfg)
+    if outcome.kind == "Ctrl-C" and orphaned():  # the sweep that started this job is gone: so is the job
+        os._exit(1)
+    if outcome.kind == "bad config":  # in a sweep too: its callback checked every job before any started
+        config.fail(outcome.message, code=outcome.exit_code)
+    if in_sweep:
+        if outcome.kind == "Ctrl-C":  # the sweep stops, and says what it stopped
+            raise KeyboardInterrupt
+        say(outcome, in_sweep)
+        return replace(outcome, error=None)  # what a launcher sends back to the sweep must pickle
+    if outcome.error is not None:  # a bug, alone: its traceback
+        raise outcome.error
+    say(outcome, in_sweep)
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
+    return outcome
 
 
 def cli() -> None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from harness import analysis, record
 from harness.data.memory import BatchSampler, Data, augment
 from harness.device import autocast
-from harness.precision import resolve_precision
+from harness.identity import Job
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -180,9 +180,25 @@ def restore_state(state: dict, model: nn.Module, optimizer, sampler: BatchSample
     return state["iteration"], state["warming_up"]
 
 
-def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, device: torch.device) -> Result:
+def final_metrics(model: nn.Module, data: Data, subset: int, precision: str) -> dict[str, float]:
+    """The last point of the test curve, always on the whole evaluation split, and the final
+    training error. The running error averages a window of a moving model, in training mode: the
+    claims about training error compare the final model itself, on a fixed sample of the
+    training split."""
+    eval_loss, eval_error = evaluate(model, data, data.eval_images, data.eval_labels, precision)
+    train_images, train_labels = data.train_images[:subset], data.train_labels[:subset]
+    final_train_loss, final_train_error = evaluate(model, data, train_images, train_labels, precision)
+    return {
+        record.eval_metric(data.eval_split, "loss"): eval_loss,
+        record.eval_metric(data.eval_split): eval_error,
+        record.FINAL_TRAIN_LOSS: final_train_loss,
+        record.FINAL_TRAIN_ERROR: final_train_error,
+    }
+
+
+def train(job: Job, model: nn.Module, data: Data, tracker: Tracker, device: torch.device) -> Result:
+    cfg, precision = job.cfg, job.precision
     schedule = cfg.schedule
-    precision = resolve_precision(cfg.precision, device.type)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     sampler = BatchSampler(len(data.train_images), schedule.batch_size, generator)
     optimizer = make_optimizer(cfg.optimizer, model)
@@ -268,20 +284,8 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
             tracker.checkpoint(training_state(iteration, warming_up, model, optimizer, sampler))
         progress_log.update(iteration, train_error)
 
-    # The last point of the test curve is always measured on the whole evaluation split.
-    eval_loss, eval_error = evaluate(model, data, data.eval_images, data.eval_labels, precision)
-    # The running error averages a window of a moving model, in training mode: the claims about
-    # training error compare the final model itself, on a fixed sample of the training split.
-    subset = schedule.final_train_subset
-    train_images, train_labels = data.train_images[:subset], data.train_labels[:subset]
-    final_train_loss, final_train_error = evaluate(model, data, train_images, train_labels, precision)
+    final = final_metrics(model, data, schedule.final_train_subset, precision)
     seconds = time.perf_counter() - start_time
-    final = {
-        eval_loss_key: eval_loss,
-        eval_error_key: eval_error,
-        record.FINAL_TRAIN_LOSS: final_train_loss,
-        record.FINAL_TRAIN_ERROR: final_train_error,
-    }
     if schedule.iterations > start:
         final[record.SECONDS_PER_ITERATION] = seconds / (schedule.iterations - start)
     final |= peak_memory(device)
@@ -290,10 +294,10 @@ def train(cfg: DictConfig, model: nn.Module, data: Data, tracker: Tracker, devic
     return Result(
         train_error=train_error,
         train_loss=train_loss,
-        final_train_error=final_train_error,
-        final_train_loss=final_train_loss,
-        eval_error=eval_error,
-        eval_loss=eval_loss,
+        final_train_error=final[record.FINAL_TRAIN_ERROR],
+        final_train_loss=final[record.FINAL_TRAIN_LOSS],
+        eval_error=final[eval_error_key],
+        eval_loss=final[eval_loss_key],
         eval_split=data.eval_split,
         iterations=schedule.iterations,
         seconds=seconds,

@@ -3,7 +3,7 @@ jobs submitted by `hydra/launcher=slurm` through sbatch, tracked by the shared t
 
 The cluster has no accounting database (slurmdbd), so `sacct` fails; submitit then says
 "Bypassing sacct error" and learns that a job ended from its result file alone, which a job
-killed outright never writes (the sweep then writes it: harness.sweep.end_vanished_jobs).
+killed outright never writes (the sweep then writes it: harness.launchers.VanishedJobs).
 
 The tests marked `integration` and `cluster` start the cluster; the others are unit tests of
 what the harness makes of SLURM's environment."""
@@ -452,7 +452,7 @@ def test_a_requeued_job_counts_its_earlier_incarnations_heartbeat_as_dead(monkey
 def test_a_vanished_jobs_result_lets_submitit_and_hydra_go_on(tmp_path):
     """The result the sweep writes for a vanished job is one submitit reads back as the job's
     return, and Hydra's sweeper as a completed job: no exception that would end the sweep before
-    its summary. The job's number comes from its pickled call."""
+    its summary. The job's number and overrides come from its pickled call."""
     folder = str(tmp_path / ".submitit" / "%j")
     earlier = SubmititJobs(folder)
     (tmp_path / ".submitit" / "16_0").mkdir(parents=True)  # an earlier launch into the same sweep folder
@@ -463,7 +463,7 @@ def test_a_vanished_jobs_result_lets_submitit_and_hydra_go_on(tmp_path):
     DelayedSubmission(print, ["depth=8"], "hydra.sweep.dir", 3, "job_id_for_3", {}).dump(
         jobs.paths("17_3").submitted_pickle
     )
-    assert jobs.unfinished() == ["17_3"] and jobs.job_number("17_3") == 3
+    assert jobs.unfinished() == ["17_3"] and jobs.job_call("17_3") == (3, ["depth=8"])
     jobs.end_vanished("17_3")
     assert jobs.unfinished() == []
     [result] = SlurmJob(folder=folder, job_id="17_3").results()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import record
+from harness import identity, record
 from harness.config import ConfigError, check_values, compose_config, reference
 from harness.identity import effective_config, fingerprint, recipe, unused_notes
 from harness.precision import resolve_precision
@@ -206,7 +206,9 @@ def test_precision_is_resolved_and_tells_nets_and_recipes_apart():
 
 def test_compile_and_deterministic_are_how_a_net_is_run_not_which():
     assert fp("compile=true") == fp() == fp("deterministic=false") == fp("compile=max-autotune")
-    params = record.job_params(compose_config("compile=reduce-overhead", "deterministic=false"), record.Machine())
+    params = record.job_params(
+        identity.resolve(compose_config("compile=reduce-overhead", "deterministic=false")), record.Machine()
+    )
     assert params["compile"] == "reduce-overhead" and params["deterministic"] is False
 
 

@@ -1,6 +1,6 @@
 """Behaviour of harness.data: reading CIFAR-10/100 and Fashion-MNIST from their original files,
 the validation hold-out, normalisation, resizing, augmentation and the batch sampler; and the
-seed's experiment config.
+starting project's experiment config.
 
 CIFAR is faked with tiny folders in CIFAR's own python format; Fashion-MNIST is the real data
 from Debian's dataset-fashion-mnist package (skipped where that is not installed).
@@ -20,6 +20,7 @@ from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
 import harness.data.sources as sources
+from harness import identity
 from harness.config import check_values, compose_config
 from harness.data import NORMALIZATIONS, DataError
 from harness.data.memory import BatchSampler, augment, load_data
@@ -171,7 +172,7 @@ def test_normalise_subtracts_the_mean_only(cifar10):
 
 
 def test_normalize_none_gives_pixels_in_0_1(cifar10):
-    """normalize="none" is torchvision's ToTensor, the seed's pipeline: the uint8 pixels divided by 255."""
+    """normalize="none" is torchvision's ToTensor, the starting project's pipeline: the uint8 pixels divided by 255."""
     root, _ = cifar10
     data = load_data("cifar10", root, download=False, validation_size=None, device=CPU, normalize="none")
     for images in (data.train_images, data.eval_images):
@@ -215,7 +216,7 @@ def test_every_batch_the_model_sees_is_resized(cifar10):
         model = build_model(20)
         shapes = set()
         model.register_forward_pre_hook(lambda _, inputs: shapes.add(tuple(inputs[0].shape)))
-        train(cfg, model, data, MemoryTracker(), CPU)
+        train(identity.resolve(cfg), model, data, MemoryTracker(), CPU)
         # 16-image training batches, the 8-image test split and probe batch, the final 16 training images
         assert shapes == {(16, 3, size, size), (8, 3, size, size)}
 
@@ -307,8 +308,8 @@ def test_fashion_mnist_pixels_and_labels_match_the_idx_files(fashion_mnist):
 
 @needs_fashion_mnist
 @pytest.mark.parametrize("size", [96, 20])
-def test_resize_matches_the_seeds_torchvision_pipeline(fashion_mnist, size):
-    """normalize="none" with resize=96 gives the seed's Resize(96) + ToTensor on PIL images, within
+def test_resize_matches_the_starting_projects_torchvision_pipeline(fashion_mnist, size):
+    """normalize="none" with resize=96 gives the starting project's Resize(96) + ToTensor on PIL images, within
     one grey level: PIL resamples 8-bit images in fixed point and rounds to uint8, so it may differ
     from the exact float result by up to 1/255 (measured: at most 1/255, on average 0.17/255).
     Downsampling (20) matches too, which needs antialias (without it: up to 89/255)."""
@@ -492,10 +493,10 @@ def test_batch_sampler_refuses_batches_larger_than_the_data():
     assert sorted(sampler.next().tolist()) == list(range(10))
 
 
-# --- the seed's experiment ----------------------------------------------------------------------
+# --- the starting project's experiment ----------------------------------------------------------------------
 
 
-def test_seed_experiment_composes_to_the_seeds_recipe():
+def test_the_starting_projects_experiment_composes_to_its_recipe():
     """+experiment=seed_resnet18_fmnist: ResNet-18 with option B, Fashion-MNIST at 96x96 in [0, 1],
     unaugmented, Adam lr 1e-3, batch 256, 5 epochs of 234 iterations, the whole test set every epoch."""
     cfg = compose_config("+experiment=seed_resnet18_fmnist")

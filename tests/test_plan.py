@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy import stats
 
-from harness import plan, record
+from harness import identity, plan, record
 from harness.config import compose_config
 from harness.device import device_name
 from harness.stats import make_claim
@@ -41,8 +41,9 @@ def finished_run(client, experiment_id: str, *overrides: str, seconds_per_iterat
     machine, unless another's name is given)."""
     cfg = compose_config(*overrides)
     machine = record.Machine(threads=2, device_name=machine_name or device_name(torch.device("cpu")))
-    run = MlflowRun.start(client, experiment_id, record.net_name(cfg), record.job_tags(cfg, machine, "unknown"), None)
-    run.log_params(record.job_params(cfg, machine))
+    job = identity.resolve(cfg)
+    run = MlflowRun.start(client, experiment_id, job.name, record.job_tags(job, machine, "unknown"), None)
+    run.log_params(record.job_params(job, machine))
     run.log_metrics({record.SECONDS_PER_ITERATION: seconds_per_iteration}, cfg.schedule.iterations)
     run.sync()
     client.set_terminated(run.run_id, "FINISHED")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import harness.device
-from harness import precision, record
+from harness import identity, precision, record
 from harness.config import compose_config
 from harness.device import device_name
 from harness.precision import BF16_MIN_SPEEDUP, auto_decision, resolve_precision
@@ -89,11 +89,13 @@ def test_resolve_precision_leaves_an_explicit_choice_alone(own_cache):
 def test_a_run_records_the_decision_and_its_timings(own_cache):
     auto_decision("cpu", measuring(130.0, 150.0, []))
     auto_decision.cache_clear()  # the run's process reads the kept decision
-    tags = record.job_tags(compose_config("device=cpu"), record.Machine(), "unknown")
+    tags = record.job_tags(identity.resolve(compose_config("device=cpu")), record.Machine(), "unknown")
     assert tags["precision"] == "fp32"
     assert tags["precision_fp32_ms"] == "130.0" and tags["precision_bf16_ms"] == "150.0"
     assert "bf16 0.87x fp32 here" in tags["precision_auto"]
-    forced = record.job_tags(compose_config("device=cpu", "precision=bf16"), record.Machine(), "unknown")
+    forced = record.job_tags(
+        identity.resolve(compose_config("device=cpu", "precision=bf16")), record.Machine(), "unknown"
+    )
     assert forced["precision"] == "bf16" and "precision_auto" not in forced
 
 

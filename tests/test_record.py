@@ -60,7 +60,7 @@ def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path,
         f"dataset.root={data_root}",
         "tracking.log_model=false",
     )
-    run_job(cfg)
+    assert run_job(cfg).kind == "finished"
     client = MlflowClient(store)
     experiment_id = client.get_experiment_by_name("degradation").experiment_id
     (row,) = load_runs(client, [experiment_id]).to_dict("records")
@@ -80,7 +80,7 @@ def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path,
     assert row["recipe"] == identity.recipe(cfg)
     run = client.get_run(row["run_id"])
     assert run.data.tags[record.FINGERPRINT] == identity.fingerprint(cfg)
-    assert run.data.tags[record.ROLE] == record.JOB and run.info.run_name == record.net_name(cfg)
+    assert run.data.tags[record.ROLE] == record.JOB and run.info.run_name == identity.resolve(cfg).name
     precision = resolve_precision("auto", "cpu")  # what precision=auto is here
     assert run.data.tags["precision"] == run.data.params["precision"] == row["precision"] == precision
     assert set(run.data.metrics) == set(EXPECTED_STEPS)  # every metric the loop and the probes write
@@ -115,9 +115,9 @@ def test_runs_of_an_earlier_version_parse_and_keep_their_identity(tmp_path):
     assert sorted(runs.index) == ["plain-20", "resnet-20"] and set(runs["status"]) == {"FINISHED"}
     for residual in (True, False):
         cfg = compose_config(f"residual={residual}", *LEGACY_SWEEP[1:], "precision=fp32")
-        stored = client.get_run(runs.loc[record.net_name(cfg), "run_id"]).data.tags
+        stored = client.get_run(runs.loc[identity.resolve(cfg).name, "run_id"]).data.tags
         assert stored[record.FINGERPRINT] == identity.fingerprint(cfg)
-        assert stored[record.RECIPE] == identity.recipe(cfg) == runs.loc[record.net_name(cfg), "recipe"]
+        assert stored[record.RECIPE] == identity.recipe(cfg) == runs.loc[identity.resolve(cfg).name, "recipe"]
     (parent,) = client.search_runs([client.get_experiment_by_name("degradation").experiment_id], record.SWEEPS_FILTER)
     fingerprints = [
         identity.fingerprint(compose_config(f"residual={r}", *LEGACY_SWEEP[1:], "precision=fp32"))

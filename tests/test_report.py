@@ -16,7 +16,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from mlflow.tracking import MlflowClient
 
-from harness import figures, plot, record
+from harness import figures, identity, plot, record
 from harness.config import compose_config
 from harness.identity import recipe
 from harness.report import budget_table, report_runs, report_sweep, signal_verdicts
@@ -79,8 +79,9 @@ def log_run(
     ] + (["dataset.validation_size=5000"] if split == "validation" else [])
     cfg = compose_config(*overrides)
     machine = record.Machine()
-    run = MlflowRun.start(client, experiment_id, record.net_name(cfg), record.job_tags(cfg, machine, "unknown"), parent)
-    run.log_params(record.job_params(cfg, machine))
+    job = identity.resolve(cfg)
+    run = MlflowRun.start(client, experiment_id, job.name, record.job_tags(job, machine, "unknown"), parent)
+    run.log_params(record.job_params(job, machine))
     steps = [iterations // 4 * k for k in (1, 2, 3, 4)]
     fall = [3.0, 2.0, 1.0, 0.0]  # points above the final value
     for step, above in zip(steps, fall):

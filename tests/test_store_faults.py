@@ -1,6 +1,7 @@
 """The tracking store when it fails: a damaged SQLite file, and a server whose replies get lost."""
 
 import http.client
+import logging
 import sqlite3
 import threading
 import urllib.parse
@@ -12,8 +13,10 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-# Imported, the harness's store module also sets MLflow's client retries: the tests run under them.
-from harness.tracking.mlflow_store import connect, store_error
+# Imported, the harness's store module (mlflow_store) also sets MLflow's client retries: the tests run under them.
+from harness.tracking import writer
+from harness.tracking.mlflow_store import MlflowRun, connect, store_error
+from harness.tracking.writer import StoreOutage
 
 from conftest import harness_command
 
@@ -68,6 +71,30 @@ def test_the_advice_for_a_damaged_file_is_told_by_sqlites_error_not_its_type(tmp
         message = str(store_error(f"sqlite:///{database}", wrapped, "used"))
     assert (f"The SQLite file {database} of the MLflow tracking store is damaged" in message) == damaged
     assert ("Start the tracking server" in message) == (not damaged)
+
+
+def test_a_store_failure_the_harness_reports_is_its_line_not_mlflows_tracebacks(store, caplog, capfd):
+    """A store that refuses every write (here a read-only view of the file; a full disk fails the
+    same way: sqlite3.OperationalError inside MLflow's SQLAlchemy store, issue 38) reaches the
+    reader as the writer's one warning and the StoreOutage that stops the run, each with the
+    error's type and message, not as MLflow's log of the same error with its tracebacks."""
+    writable, experiment_id = connect(store, "degradation")
+    run_id = writable.create_run(experiment_id).info.run_id
+    database = store.removeprefix("sqlite:///")
+    read_only = MlflowClient(f"sqlite:///file:{database}?mode=ro&uri=true")
+    run = MlflowRun(read_only, run_id, "resnet-8", outage_limit=0)
+    capfd.readouterr()
+    caplog.set_level(logging.WARNING, logger=writer.__name__)
+    run.log_metrics({"train_error": 0.5}, 10)
+    with pytest.raises(StoreOutage) as stopped:
+        run.sync()
+    run.abandon()
+    (said,) = [record.getMessage() for record in caplog.records if record.name == writer.__name__]
+    for line in (said, str(stopped.value)):  # what the reader sees: the error's type and SQLite's words
+        assert "MlflowException: " in line and "(sqlite3.OperationalError) attempt to write a readonly database" in line
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out and "SQLAlchemy database error" not in printed.err
+    assert writable.get_metric_history(run_id, "train_error") == []
 
 
 class ReplyDroppingProxy(ThreadingHTTPServer):

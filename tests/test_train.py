@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness import identity
 from harness.config import compose_config
 from harness.data.memory import load_data
 from harness.models.resnet import build_model
@@ -26,7 +27,7 @@ def run(data, *overrides: str, depth: int = 8):
     torch.manual_seed(0)
     model = build_model(depth, in_channels=1)
     tracker = MemoryTracker()
-    result = train(cfg, model, data, tracker, CPU)
+    result = train(identity.resolve(cfg), model, data, tracker, CPU)
     return cfg, model, tracker, result
 
 
@@ -138,7 +139,7 @@ def test_precision_is_the_arithmetic_of_the_convolutions_and_the_weights_stay_fp
     model = build_model(8, in_channels=1)
     outputs = set()
     model.stem[0].register_forward_hook(lambda module, inputs, output: outputs.add(output.dtype))
-    result = train(cfg, model, data, MemoryTracker(), torch.device("cpu"))
+    result = train(identity.resolve(cfg), model, data, MemoryTracker(), torch.device("cpu"))
     assert outputs == {dtype}  # in training and in the evaluations
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert {b.dtype for name, b in model.named_buffers() if "running" in name} == {torch.float32}

@@ -3,7 +3,7 @@ normalisations, and whether a folder holds a complete copy. `harness.data.memory
 into memory; `harness.data.sources` reads their original files.
 
 P1's CIFAR recipe subtracts the per-pixel mean, pads 4 pixels, crops and flips; Fashion-MNIST
-gets the same treatment (our documented analogue). The seed fed Fashion-MNIST at 96x96 in
+gets the same treatment (our documented analogue). The starting project fed Fashion-MNIST at 96x96 in
 [0, 1] (`Resize(96)` + `ToTensor`): `resize` and `normalize="none"` give that.
 """
 
@@ -68,7 +68,7 @@ DATASETS = {
     ),
 }
 # per_pixel_mean: P1 subtracts the training images' per-pixel mean; none: pixels in [0, 1], as
-# torchvision's ToTensor (the seed's pipeline).
+# torchvision's ToTensor (the starting project's pipeline).
 NORMALIZATIONS = ("per_pixel_mean", "none")
 SMALLEST_RESIZE = 8  # pixels square; the CIFAR nets halve an image twice
 

@@ -114,6 +114,11 @@ UNIT_SUFFIXES = {"post": "", "bn_after_add": "-bnadd", "relu_before_add": "-relu
 SHORTCUT_DEFAULTS = {"shortcut_lambda": 0.5, "gate_bias": -6.0, "shortcut_dropout": 0.5}  # P2's Table 1
 
 
+def shortcut_parameters(values: dict) -> dict[str, float]:
+    """P2's shortcut parameters that a net uses (its effective config, or its run's tags)."""
+    return {key: float(values[key]) for key in PARAMETER_KEYS if key in values}
+
+
 def model_name(
     depth: int | None,
     residual: bool,

@@ -332,10 +332,10 @@ def build_model(
 ) -> ResNet:
     """The plain (residual=False) or residual net of P1/P2 with this many weighted layers.
     `parameters`: P2's shortcut_lambda, gate_bias and shortcut_dropout, where the shortcut uses them."""
-    shortcut = resolve_shortcut(shortcut, depth, family)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not valid; use {VALID_ACTIVATIONS}.")
-    options = {"shortcut": shortcut if residual else None, "parameters": parameters}
+    shortcut = resolve_shortcut(shortcut, depth, family) if residual else None
+    options = {"shortcut": shortcut, "parameters": parameters}
     options |= {"in_channels": in_channels, "num_classes": num_classes}
     if resolve_family(depth, family) == "cifar":
         n = (depth - 2) // 6
@@ -344,9 +344,9 @@ def build_model(
     return ResNet(DESIGNS[kind, activation], blocks_per_stage, IMAGENET_WIDTHS, imagenet_stem=True, **options)
 
 
-def build_from_config(cfg, in_channels: int, num_classes: int) -> ResNet:
-    """The net a job's config trains."""
-    parameters = {key: cfg[key] for key in SHORTCUT_DEFAULTS}
+def build_for(job, in_channels: int, num_classes: int) -> ResNet:
+    """The net a job (a harness.identity.Job, which builds on this package) trains."""
+    cfg = job.cfg
     return build_model(
-        cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, in_channels, num_classes, cfg.family, **parameters
+        cfg.depth, cfg.residual, job.shortcut, cfg.activation, in_channels, num_classes, job.family, **job.parameters
     )

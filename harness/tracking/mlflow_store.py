@@ -9,6 +9,7 @@ import errno
 import functools
 import io
 import json
+import logging
 import os
 import shlex
 import signal
@@ -38,6 +39,28 @@ STOPPED_WAIT = 10.0  # seconds a stopped run waits for the store: its checkpoint
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+class RaisedStoreErrorLog(logging.Filter):
+    """MLflow's SQLAlchemy store (mlflow.store.db.utils) logs each database error (a full disk, a
+    locked SQLite file, a database that went away) with its whole traceback, then raises it as an
+    MlflowException whose message and cause are that same error. The harness says each store
+    failure itself, in one line with the error's type and message (the writer's "cannot be
+    reached", the run's "error:" line), and an error nobody catches still prints the whole chain:
+    the log is a second copy, three or four tracebacks and about 90 lines before the harness's
+    line on a full disk. Dropped, unless MLflow logs at DEBUG (MLFLOW_LOGGING_LEVEL=DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        raised = any(
+            cls.__module__ == "sqlalchemy.exc" and cls.__name__ == "OperationalError" for cls in type(error).__mro__
+        )
+        return not raised or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+STORE_ERROR_LOGGER = logging.getLogger("mlflow.store.db.utils")
+if not any(isinstance(f, RaisedStoreErrorLog) for f in STORE_ERROR_LOGGER.filters):
+    STORE_ERROR_LOGGER.addFilter(RaisedStoreErrorLog())
 
 
 class StoreError(RuntimeError):

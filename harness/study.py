@@ -1,0 +1,242 @@
+"""A sweep's study in the store, as plain functions of an MLflow client: the parent run that
+holds it, its members (the runs it trained and those it reused from earlier sweeps), the jobs
+that never opened a run, what to run next, and how the study ends. The sweep's callbacks
+(harness.sweep) call them; a test calls them without Hydra."""
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness import identity, plan, record
+from harness.identity import Job
+from harness.lease import heartbeat_of
+from harness.stats import claims
+from harness.tracking.mlflow_store import find_run
+from harness.tracking.runs import finished, load_runs, write_members
+from harness.tracking.ui import closing_lines, describe_sweep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One job of a sweep: the overrides Hydra's sweeper gave it, and its config resolved."""
+
+    overrides: tuple[str, ...]
+    job: Job
+
+
+@dataclass
+class Study:
+    """A sweep as the store holds it: its parent run, and the jobs that make it."""
+
+    client: object
+    experiment_id: str
+    parent_run_id: str
+    jobs: list[SweepJob]
+    vanished: dict[int, str] = dataclasses.field(default_factory=dict)  # job number -> SLURM job that vanished
+    estimate: float | None = None  # the sweep's wall time as planned, seconds from the process's start
+
+
+def other_precision_notes(client, experiment_id: str, jobs: list[Job]) -> list[str]:
+    """Where `precision=auto` resolves otherwise than on the machine that trained the store's
+    runs of these nets, those runs are not reused: one note per pair of precisions."""
+    others: dict[tuple[str, str], set[str]] = {}
+    for job in jobs:
+        if job.cfg.precision != "auto" or find_run(client, experiment_id, job.fingerprint):
+            continue
+        for other in ("fp32", "bf16"):
+            if other != job.precision and find_run(
+                client, experiment_id, identity.fingerprint(identity.with_precision(job.cfg, other))
+            ):
+                others.setdefault((job.precision, other), set()).add(job.name)
+    return [
+        f"note: precision=auto is {resolved} on this machine; {len(names)} net(s) of this sweep have {other} runs in "
+        f"the store (from a machine where auto is {other}, or from before the key), which it does not reuse: "
+        f"{', '.join(sorted(names))}; precision={other} reuses them."
+        for (resolved, other), names in others.items()
+    ]
+
+
+def open_parent_run(
+    client, experiment_id: str, jobs: list[SweepJob], sweep_dir: str, overrides: str, rerun: bool
+) -> str:
+    """The sweep's parent run: the one of the same study launched before (after a kill, say),
+    which goes on, unless `rerun`; else a new one."""
+    fingerprints = [sweep_job.job.fingerprint for sweep_job in jobs]
+    study = identity.study(fingerprints)
+    earlier = (
+        None
+        if rerun
+        else client.search_runs(
+            [experiment_id], record.study_filter(study), order_by=["attributes.start_time DESC"], max_results=1
+        )
+    )
+    if earlier:
+        run_id = earlier[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, record.SWEEP_DIR, sweep_dir)
+        log.info("Sweep of %d jobs goes on in MLflow parent run %s", len(jobs), run_id)
+        return run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"sweep {overrides}"[:250],
+        tags=record.sweep_tags(study, sweep_dir, len(fingerprints), overrides, record.source_commit()),
+    )
+    log.info("Sweep of %d jobs: MLflow parent run %s", len(jobs), run.info.run_id)
+    return run.info.run_id
+
+
+def distinct(jobs: list[SweepJob]) -> list[tuple[int, SweepJob]]:
+    """(job number, job) of the first job of each net: jobs that train the same net share it."""
+    seen: set[str] = set()
+    first = []
+    for number, sweep_job in enumerate(jobs):
+        if sweep_job.job.fingerprint not in seen:
+            seen.add(sweep_job.job.fingerprint)
+            first.append((number, sweep_job))
+    return first
+
+
+def members(study: Study) -> pd.DataFrame:
+    """One row per distinct net of the sweep: the run that holds it now (trained by this sweep,
+    or reused from an earlier one), with its status and the job overrides that asked for it.
+    A job that failed before it could open a run has none."""
+    rows = []
+    for _, sweep_job in distinct(study.jobs):
+        run = find_run(study.client, study.experiment_id, sweep_job.job.fingerprint)
+        if run is not None:
+            rows.append(record.member_row(run, study.parent_run_id, " ".join(sweep_job.overrides)))
+    return pd.DataFrame(rows, columns=record.MEMBER_COLUMNS)
+
+
+def not_started(study: Study) -> list[dict]:
+    """The jobs of this sweep whose net has no run at all: they failed before opening one."""
+    rows = []
+    for number, sweep_job in distinct(study.jobs):
+        if find_run(study.client, study.experiment_id, sweep_job.job.fingerprint) is None:
+            vanished = study.vanished.get(number)
+            rows.append(
+                {
+                    "run_id": "none",
+                    "name": sweep_job.job.name,
+                    "seed": None,
+                    "status": f"NOT STARTED (its SLURM job {vanished} vanished)" if vanished else "NOT STARTED",
+                    "role": "trained",
+                    "overrides": " ".join(sweep_job.overrides),
+                }
+            )
+    return rows
+
+
+def stopped_as(client, row) -> str:
+    """How a run of the sweep that did not finish stands: its status and the kind of failure."""
+    failure = None if row.run_id == "none" else client.get_run(row.run_id).data.tags.get(record.FAILURE)
+    return f"{row.status} ({failure})" if failure else row.status
+
+
+def next_steps(
+    study: Study, runs: pd.DataFrame, min_effect: float, confidence: float, more_seeds: Callable
+) -> list[str]:
+    """What to run next for the claims that this sweep's runs leave inconclusive, with the time
+    more seeds would take here (`more_seeds(n)`: the command that trains seeds 0..n-1 and its
+    estimated seconds)."""
+    runs = finished(runs)
+    if runs.empty:
+        return []
+    budget_curve = runs["iterations"].nunique() > 1
+    found = []
+    for _, nets in runs.groupby(["recipe", "family"]):
+        budget = f" at {nets['iterations'].iloc[0]} iterations" if budget_curve else ""
+        found += [
+            dataclasses.replace(claim, nets=claim.nets + budget) for claim in claims(nets, min_effect, confidence)
+        ]
+    return list(dict.fromkeys(plan.next_steps(found, more_seeds, confidence, budget_curve)))
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a sweep ended: what it says, and the error that ends the command, if any."""
+
+    lines: list[str]
+    failure: str | None
+
+
+def conclude(
+    study: Study, folder: Path, uri: str, report, more_seeds: Callable, figures: bool, wall_time: str
+) -> Ending:
+    """Record the study's members on its parent run, report on them (figures and report into
+    `folder`), close the parent run and say how the sweep ended."""
+    client, parent = study.client, study.parent_run_id
+    held = members(study)
+    if not held.empty:
+        write_members(client, parent, held, folder)
+    failed = held[held["status"] != "FINISHED"]
+    missing = not_started(study)
+    if missing:
+        failed = pd.concat([failed, pd.DataFrame(missing, columns=held.columns)], ignore_index=True)
+    trained = int((held["role"] == "trained").sum())
+    for key, value in record.sweep_result_tags(len(held), trained).items():
+        client.set_tag(parent, key, value)
+    runs = load_runs(client, [study.experiment_id], run_ids=list(held["run_id"]))
+    steps = next_steps(study, runs, report.min_effect, report.confidence, more_seeds) if not held.empty else []
+    written = []
+    if figures:
+        from harness.report import report_sweep  # figures load matplotlib: not in every job's process
+
+        written = report_sweep(
+            client, parent, folder / record.FIGURES_FOLDER, report.min_effect, report.confidence, steps
+        )
+    client.set_terminated(parent, "FAILED" if len(failed) else "FINISHED")
+    reports = [path.resolve() for path in written if path.name in ("report.html", "report.md")]
+    report_file = max(reports, key=lambda path: path.suffix == ".html", default=None)  # html where there is one
+    describe_sweep(client, parent, held, report_file, steps)
+
+    lines = [
+        f"Sweep done: {len(held)} runs: {trained} trained, {len(held) - trained} reused from earlier sweeps, "
+        f"{len(failed)} not finished (MLflow parent run {parent}).",
+        wall_time,
+    ]
+    if steps:
+        lines += ["What to run next:", *(f"  {line}" for line in steps)]
+    if written:
+        lines.append(f"Figures and report: {(folder / record.FIGURES_FOLDER).resolve()}")
+    lines += closing_lines(uri, study.experiment_id, parent, report_file)
+    if not len(failed):
+        return Ending(lines, None)
+    names = ", ".join(
+        f"{row.name} (run {row.run_id}, {row.overrides}): {stopped_as(client, row)}" for row in failed.itertuples()
+    )
+    return Ending(
+        lines, f"{len(failed)} run(s) did not finish: {names}; their errors are in the MLflow tag harness.error."
+    )
+
+
+def interrupted(study: Study, grace_seconds: float = 15.0) -> list[str]:
+    """Ctrl-C: each run of this sweep that did not finish, marked KILLED where its process died
+    before it could (jobs in other processes mark theirs), and the parent run KILLED; one line each."""
+    client = study.client
+    deadline = time.monotonic() + grace_seconds
+    while True:
+        held = members(study)
+        ours = held[(held["role"] == "trained") & (held["status"] != "FINISHED")]
+        running = [client.get_run(run_id) for run_id in ours[ours["status"] == "RUNNING"]["run_id"]]
+        if not any(beat and beat.alive() for beat in map(heartbeat_of, running)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lines = []
+    for row in ours.itertuples():
+        run = client.get_run(row.run_id)
+        beat = heartbeat_of(run)
+        alive = run.info.status == "RUNNING" and beat is not None and beat.alive()
+        if run.info.status == "RUNNING" and not alive:
+            client.set_terminated(row.run_id, "KILLED")  # its process died before it could
+        state = "still RUNNING in another process" if alive else "KILLED"
+        lines.append(f"stopped {row.name} (run {row.run_id}, {row.overrides}): {state}")
+    client.set_terminated(study.parent_run_id, "KILLED")
+    return lines

@@ -1,0 +1,69 @@
+"""A sweep's study as plain functions of an MLflow client (harness.study), without Hydra: its
+parent run, its members, the jobs that never opened a run, and how it ends."""
+
+import pytest
+
+from harness import identity, record, study
+from harness.config import compose_config
+from harness.tracking.mlflow_store import MlflowRun, connect
+
+OVERRIDES = [
+    ("depth=8", "residual=true"),
+    ("depth=8", "residual=false"),
+    ("depth=8", "residual=true", "shortcut=zero_pad"),
+]
+
+
+@pytest.fixture
+def opened(tmp_path):
+    """A sweep of three jobs (two of them one net) whose parent run is open and whose first net
+    trained; the plain net never opened a run."""
+    client, experiment_id = connect(f"sqlite:///{tmp_path}/mlflow.db", "degradation")
+    jobs = [study.SweepJob(overrides, identity.resolve(compose_config(*overrides))) for overrides in OVERRIDES]
+    parent = study.open_parent_run(client, experiment_id, jobs, str(tmp_path), "depth=8 residual=true,false", False)
+    job = jobs[0].job
+    run = MlflowRun.start(client, experiment_id, job.name, record.job_tags(job, record.Machine(), "unknown"), parent)
+    run.log_metrics({record.FINAL_TRAIN_ERROR: 0.1, record.eval_metric("test"): 0.12}, 20)
+    run.sync()
+    client.set_terminated(run.run_id, "FINISHED")
+    return study.Study(client, experiment_id, parent, jobs), run.run_id
+
+
+def test_jobs_that_train_one_net_are_one_member(opened):
+    sweep, run_id = opened
+    assert [number for number, _ in study.distinct(sweep.jobs)] == [0, 1]
+    members = study.members(sweep)
+    assert list(members["run_id"]) == [run_id] and list(members["role"]) == ["trained"]
+    assert members["overrides"].iloc[0] == "depth=8 residual=true"
+
+
+def test_a_job_without_a_run_is_not_started_and_a_vanished_slurm_job_is_named(opened):
+    sweep, _ = opened
+    (row,) = study.not_started(sweep)
+    assert (row["name"], row["status"], row["overrides"]) == ("plain-8", "NOT STARTED", "depth=8 residual=false")
+    sweep.vanished[1] = "17_1"
+    assert study.not_started(sweep)[0]["status"] == "NOT STARTED (its SLURM job 17_1 vanished)"
+
+
+def test_the_same_study_goes_on_in_its_parent_run_unless_rerun(opened, tmp_path):
+    sweep, _ = opened
+    again = study.open_parent_run(sweep.client, sweep.experiment_id, sweep.jobs, str(tmp_path), "same", False)
+    assert again == sweep.parent_run_id
+    other = study.open_parent_run(sweep.client, sweep.experiment_id, sweep.jobs, str(tmp_path), "same", True)
+    assert other != sweep.parent_run_id
+
+
+def test_a_sweep_with_a_job_that_never_started_ends_failed_and_names_it(opened, tmp_path):
+    sweep, run_id = opened
+    report = compose_config().report
+    ending = study.conclude(sweep, tmp_path, "sqlite:///x", report, lambda n: ("cmd", 1.0), False, "Wall time: 0:01.")
+    assert ending.lines[0] == (
+        "Sweep done: 1 runs: 1 trained, 0 reused from earlier sweeps, 1 not finished "
+        f"(MLflow parent run {sweep.parent_run_id})."
+    )
+    assert ending.lines[1] == "Wall time: 0:01."
+    assert ending.failure.startswith("1 run(s) did not finish: plain-8 (run none, depth=8 residual=false): NOT STARTED")
+    parent = sweep.client.get_run(sweep.parent_run_id)
+    assert parent.info.status == "FAILED"
+    assert (parent.data.tags[record.MEMBERS], parent.data.tags[record.TRAINED]) == ("1", "1")
+    assert (tmp_path / record.MEMBERS_TABLE).exists()
