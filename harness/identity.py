@@ -179,8 +179,8 @@ def study(fingerprints: list[str]) -> str:
     return hashlib.sha256(" ".join(sorted(fingerprints)).encode()).hexdigest()[:16]
 
 
-def unused_notes(cfg: DictConfig, overridden: list[str]) -> list[str]:
+def unused_notes(job: Job, overridden: list[str]) -> list[str]:
     """A note for every key the user set (in `overridden`, Hydra's override strings) that this
-    config does not use."""
+    job does not use."""
     keys = {override.split("=", 1)[0].lstrip("+~") for override in overridden}
-    return [f"note: {key} has no effect here: {why}." for key, why in resolve(cfg).unused.items() if key in keys]
+    return [f"note: {key} has no effect here: {why}." for key, why in job.unused.items() if key in keys]

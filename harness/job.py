@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from harness import OPENMP_WAIT, config, identity, record
+from harness import OPENMP_WAIT, config, record
 from harness.data import DataError
 from harness.data.memory import Data, load_data
 from harness.device import deterministic_kernels, device_name, pick_device
@@ -451,12 +451,11 @@ def setup(job: Job) -> tuple[Any, str, torch.device]:
     return client, experiment_id, device
 
 
-def run_job(cfg: DictConfig) -> Outcome:
-    """Check the config, then train and track one net: how it ended. Nothing here prints or
-    exits: harness.run says the outcome, and a sweep goes on to its other jobs."""
+def run_job(job: Job) -> Outcome:
+    """Train and track the net of a checked config: how it ended. Nothing here prints or exits:
+    harness.run says the outcome, and a sweep goes on to its other jobs."""
+    cfg = job.cfg
     try:
-        config.check(cfg)
-        job = identity.resolve(cfg)
         client, experiment_id, device = setup(job)
     except (config.ConfigError, StoreError) as error:
         return OUTCOMES["bad config"].said(str(error))

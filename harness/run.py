@@ -51,17 +51,18 @@ def say(outcome: Outcome, in_sweep: bool) -> None:
 def main(cfg: DictConfig) -> Outcome | None:
     """One job: alone, its outcome ends the command with its exit code; in a sweep, the job's
     outcome is its return value (Hydra's JobReturn) and the sweep goes on, but for Ctrl-C."""
+    try:
+        config.check(cfg)
+    except config.ConfigError as error:
+        config.fail(str(error))
     if cfg.plan:  # a sweep's callback plans all its jobs before any starts, and stops the command
-        try:
-            config.check(cfg)
-        except config.ConfigError as error:
-            config.fail(str(error))
         return plan.show([cfg], None)
+    job = identity.resolve(cfg)
     in_sweep = in_a_sweep()
     if HydraConfig.initialized() and not in_sweep:  # a sweep's callback says these once for all its jobs
-        for note in identity.unused_notes(cfg, list(HydraConfig.get().overrides.task)):
+        for note in identity.unused_notes(job, list(HydraConfig.get().overrides.task)):
             print(note)
-    outcome = run_job(cfg)
+    outcome = run_job(job)
     if outcome.kind == "Ctrl-C" and orphaned():  # the sweep that started this job is gone: so is the job
         os._exit(1)
     if outcome.kind == "bad config":  # in a sweep too: its callback checked every job before any started

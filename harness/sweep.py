@@ -111,7 +111,7 @@ class Study(SweepCallback):
             except ConfigError as error:
                 fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
             jobs.append(study.SweepJob(tuple(overrides), identity.resolve(cfg)))
-        notes = [note for sweep_job in jobs for note in identity.unused_notes(sweep_job.job.cfg, sweep_job.overrides)]
+        notes = [note for sweep_job in jobs for note in identity.unused_notes(sweep_job.job, sweep_job.overrides)]
         for note in dict.fromkeys(notes):  # once for the sweep, not once per job
             print(note)
         if (distinct := len(study.distinct(jobs))) < len(jobs):

@@ -7,7 +7,7 @@ import pytest
 
 from harness import identity, record
 from harness.config import ConfigError, check_values, compose_config, reference
-from harness.identity import effective_config, fingerprint, recipe, unused_notes
+from harness.identity import effective_config, fingerprint, recipe, resolve, unused_notes
 from harness.precision import resolve_precision
 
 
@@ -114,15 +114,15 @@ def test_the_warmup_rule_is_part_of_the_recipe_even_for_nets_it_skips():
 
 def test_notes_name_what_the_user_set_and_this_net_does_not_use():
     overrides = ["residual=false", "shortcut=projection"]
-    notes = unused_notes(compose_config(*overrides), overrides)
+    notes = unused_notes(resolve(compose_config(*overrides)), overrides)
     assert len(notes) == 1
     assert "note: shortcut has no effect" in notes[0] and "plain net" in notes[0]
     assert (
-        unused_notes(compose_config("residual=false"), ["residual=false"]) == []
+        unused_notes(resolve(compose_config("residual=false")), ["residual=false"]) == []
     )  # the user said nothing of shortcuts
-    assert unused_notes(compose_config("residual=true", "shortcut=projection"), ["shortcut=projection"]) == []
+    assert unused_notes(resolve(compose_config("residual=true", "shortcut=projection")), ["shortcut=projection"]) == []
     adam = ["optimizer=adam", "optimizer.momentum=0.5"]
-    (note,) = unused_notes(compose_config(*adam), adam)
+    (note,) = unused_notes(resolve(compose_config(*adam)), adam)
     assert "optimizer.momentum" in note and "adam" in note
 
 
@@ -147,7 +147,7 @@ def test_p2s_shortcut_parameters_count_only_where_the_shortcut_uses_them():
     ],
 )
 def test_a_p2_parameter_the_net_does_not_use_gets_a_note(overrides, key, why):
-    (note,) = unused_notes(compose_config(*overrides), overrides)
+    (note,) = unused_notes(resolve(compose_config(*overrides)), overrides)
     assert note.startswith(f"note: {key} has no effect here") and why in note
 
 

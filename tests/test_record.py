@@ -60,7 +60,7 @@ def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path,
         f"dataset.root={data_root}",
         "tracking.log_model=false",
     )
-    assert run_job(cfg).kind == "finished"
+    assert run_job(identity.resolve(cfg)).kind == "finished"
     client = MlflowClient(store)
     experiment_id = client.get_experiment_by_name("degradation").experiment_id
     (row,) = load_runs(client, [experiment_id]).to_dict("records")
