@@ -156,14 +156,12 @@ def run_rate(run) -> float | None:
     return (run.info.end_time - run.info.start_time) / 1000 / iterations
 
 
-def measured_rates(client, key: tuple[str, ...]) -> list[float]:
-    """Seconds per iteration of the store's finished training runs of this speed key. The store is
-    asked for this machine's runs of this net only: its cost does not grow with the store."""
-    if client is None:
-        return []
+def measured_rates(client, experiments: list[str], key: tuple[str, ...]) -> list[float]:
+    """Seconds per iteration of the finished training runs of this speed key in these experiments
+    of the store. The store is asked for this machine's runs of this net only: its cost does not
+    grow with the store."""
     model, _, dataset, _, _, _, _, name, _ = key
     wanted = f"tags.model = '{model}' AND tags.dataset = '{dataset}' AND tags.device_name = '{name}'"
-    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     rates = []
     for start in range(0, len(experiments), 100):  # search_runs takes at most 100 experiments
         runs = client.search_runs(
@@ -276,6 +274,7 @@ def make_plan(
     threads = torch_threads(configs[0], launcher)
     here = device_name(device)
     nets, seen, rates, calibrated = [], set(), {}, {}
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()] if client else []
     for cfg in configs:
         job = identity.resolve(cfg)
         fingerprint = job.fingerprint
@@ -294,7 +293,7 @@ def make_plan(
             iterations = iterations_left(client, decision.run, cfg)
         key = job_key(job, device, here, threads)
         if key not in rates:
-            rates[key] = measured_rates(client, key)
+            rates[key] = measured_rates(client, experiments, key)
         if rates[key]:
             seconds = iterations * statistics.median(rates[key])
             source = f"measured: {len(rates[key])} finished run(s) here"
