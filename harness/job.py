@@ -369,8 +369,7 @@ def record_failure(run: MlflowRun, error: BaseException, outcome: Outcome) -> st
         message += "; the same command resumes it from its last checkpoint"
     try:
         run.check_lease()
-        run.set_tags(tags)
-        run.finish("FAILED", error, resumable=resumable)
+        run.finish("FAILED", error, resumable=resumable, tags=tags)
     except LeaseLost as lost:
         message = f"{run.name}: {lost}"
     except Exception as store_error:  # the store itself is what failed

@@ -227,3 +227,32 @@ def test_the_store_keeps_one_copy_of_a_point_logged_twice(tracking_uri):
     assert sorted((point.step, point.timestamp, point.value) for point in history) == sorted(
         (point.step, point.timestamp, point.value) for point in points(0) + points(1)
     )
+
+
+def test_a_failure_behind_writes_the_store_refuses_is_recorded_with_its_kind(tmp_path, monkeypatch):
+    """A full disk can refuse the writer's queued metrics for good while a small write still goes
+    through: the failure's kind goes to the store beside the FAILED status, not behind that queue,
+    or the next launch would train the net anew instead of resuming it from its checkpoint."""
+    from mlflow.exceptions import MlflowException
+
+    from harness import record
+    from harness.job import OUTCOMES, record_failure
+    from harness.tracking import mlflow_store
+
+    monkeypatch.setattr(mlflow_store, "STOPPED_WAIT", 0.5)
+    client, experiment_id = connect(f"sqlite:///{tmp_path}/mlflow.db", "degradation")
+    run = MlflowRun.start(client, experiment_id, "resnet-8", {}, checkpoint_dir=tmp_path / "checkpoints")
+    run.checkpoint({"iteration": 10})
+
+    def refused(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database or disk is full")
+
+    monkeypatch.setattr(client, "log_batch", refused)
+    run.log_metrics({record.TRAIN_ERROR: 0.5}, step=20)
+    run.flush()
+    record_failure(run, OSError(28, "No space left on device"), OUTCOMES["environment failure"])
+
+    stored = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run.run_id)
+    assert stored.info.status == "FAILED"
+    assert stored.data.tags[record.FAILURE] == record.ENVIRONMENT
+    assert stored.data.tags[record.ERROR].startswith("OSError: [Errno 28] No space left on device")

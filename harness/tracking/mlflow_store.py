@@ -477,11 +477,18 @@ class MlflowRun:
         if self.lease is not None:
             self.lease.release()
 
-    def finish(self, status: str = "FINISHED", error: BaseException | None = None, resumable: bool = False) -> None:
+    def finish(
+        self,
+        status: str = "FINISHED",
+        error: BaseException | None = None,
+        resumable: bool = False,
+        tags: dict[str, Any] | None = None,
+    ) -> None:
         """Send what is logged and close the run; a failed run keeps its error as a tag. A KILLED
         run keeps its checkpoint and sends nothing past it: it resumes from there. A run whose
         lease another launch took is left to that launch (LeaseLost). A `resumable` failure
-        (disk, store, data) is kept like a KILLED run: it resumes from its checkpoint.
+        (disk, store, data) is kept like a KILLED run: it resumes from its checkpoint. `tags`
+        (what the next launch decides by: the failure's kind) are written with the status.
 
         A finished run waits for the store up to the writer's outage limit (past it, StoreOutage:
         the run keeps its checkpoint and resumes from it); a stopped one waits STOPPED_WAIT
@@ -492,11 +499,14 @@ class MlflowRun:
             if kept:
                 self.pending = []
             self.flush()
-            if error is not None:
-                self.set_tags({record.ERROR: f"{type(error).__name__}: {error}"})
             self.writer.drain(STOPPED_WAIT if kept else None)
             if status == "FINISHED" and self.has_checkpoint():
                 self.checkpoint_path.unlink()
+            # Past the writer's queue, which a full disk can hold up for good: a status without its
+            # failure's kind would make the next launch train the net anew instead of resuming it.
+            closing = (tags or {}) | ({record.ERROR: f"{type(error).__name__}: {error}"} if error is not None else {})
+            for key, value in closing.items():
+                self.client.set_tag(self.run_id, key, str(value)[:PARAM_VALUE_LIMIT])
             self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.from_string(status)))
         finally:
             self.abandon()
