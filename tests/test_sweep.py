@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import record
 
-from conftest import sweep
+from conftest import job_runs, sweep
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +19,6 @@ pytestmark = pytest.mark.integration
 def parent_of(result) -> str:
     (parent,) = re.findall(r"Sweep done: .*\(MLflow parent run (\w+)\)", result.stdout)
     return parent
-
-
-def job_runs(client: MlflowClient) -> list:
-    experiment = client.get_experiment_by_name("degradation")
-    return client.search_runs([experiment.experiment_id], record.JOBS_FILTER)
 
 
 def artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
