@@ -32,7 +32,7 @@ class SweepJob:
 
 
 @dataclass
-class Study:
+class Sweep:
     """A sweep as the store holds it: its parent run, and the jobs that make it."""
 
     client: object
@@ -103,24 +103,24 @@ def distinct(jobs: list[SweepJob]) -> list[tuple[int, SweepJob]]:
     return first
 
 
-def members(study: Study) -> pd.DataFrame:
+def members(sweep: Sweep) -> pd.DataFrame:
     """One row per distinct net of the sweep: the run that holds it now (trained by this sweep,
     or reused from an earlier one), with its status and the job overrides that asked for it.
     A job that failed before it could open a run has none."""
     rows = []
-    for _, sweep_job in distinct(study.jobs):
-        run = find_run(study.client, study.experiment_id, sweep_job.job.fingerprint)
+    for _, sweep_job in distinct(sweep.jobs):
+        run = find_run(sweep.client, sweep.experiment_id, sweep_job.job.fingerprint)
         if run is not None:
-            rows.append(record.member_row(run, study.parent_run_id, " ".join(sweep_job.overrides)))
+            rows.append(record.member_row(run, sweep.parent_run_id, " ".join(sweep_job.overrides)))
     return pd.DataFrame(rows, columns=record.MEMBER_COLUMNS)
 
 
-def not_started(study: Study) -> list[dict]:
+def not_started(sweep: Sweep) -> list[dict]:
     """The jobs of this sweep whose net has no run at all: they failed before opening one."""
     rows = []
-    for number, sweep_job in distinct(study.jobs):
-        if find_run(study.client, study.experiment_id, sweep_job.job.fingerprint) is None:
-            vanished = study.vanished.get(number)
+    for number, sweep_job in distinct(sweep.jobs):
+        if find_run(sweep.client, sweep.experiment_id, sweep_job.job.fingerprint) is None:
+            vanished = sweep.vanished.get(number)
             rows.append(
                 {
                     "run_id": "none",
@@ -140,9 +140,7 @@ def stopped_as(client, row) -> str:
     return f"{row.status} ({failure})" if failure else row.status
 
 
-def next_steps(
-    study: Study, runs: pd.DataFrame, min_effect: float, confidence: float, more_seeds: Callable
-) -> list[str]:
+def next_steps(runs: pd.DataFrame, min_effect: float, confidence: float, more_seeds: Callable) -> list[str]:
     """What to run next for the claims that this sweep's runs leave inconclusive, with the time
     more seeds would take here (`more_seeds(n)`: the command that trains seeds 0..n-1 and its
     estimated seconds)."""
@@ -168,23 +166,23 @@ class Ending:
 
 
 def conclude(
-    study: Study, folder: Path, uri: str, report, more_seeds: Callable, figures: bool, wall_time: str
+    sweep: Sweep, folder: Path, uri: str, report, more_seeds: Callable, figures: bool, wall_time: str
 ) -> Ending:
     """Record the study's members on its parent run, report on them (figures and report into
     `folder`), close the parent run and say how the sweep ended."""
-    client, parent = study.client, study.parent_run_id
-    held = members(study)
+    client, parent = sweep.client, sweep.parent_run_id
+    held = members(sweep)
     if not held.empty:
         write_members(client, parent, held, folder)
     failed = held[held["status"] != "FINISHED"]
-    missing = not_started(study)
+    missing = not_started(sweep)
     if missing:
         failed = pd.concat([failed, pd.DataFrame(missing, columns=held.columns)], ignore_index=True)
     trained = int((held["role"] == "trained").sum())
     for key, value in record.sweep_result_tags(len(held), trained).items():
         client.set_tag(parent, key, value)
-    runs = load_runs(client, [study.experiment_id], run_ids=list(held["run_id"]))
-    steps = next_steps(study, runs, report.min_effect, report.confidence, more_seeds) if not held.empty else []
+    runs = load_runs(client, [sweep.experiment_id], run_ids=list(held["run_id"]))
+    steps = next_steps(runs, report.min_effect, report.confidence, more_seeds) if not held.empty else []
     written = []
     if figures:
         from harness.report import report_sweep  # figures load matplotlib: not in every job's process
@@ -206,7 +204,7 @@ def conclude(
         lines += ["What to run next:", *(f"  {line}" for line in steps)]
     if written:
         lines.append(f"Figures and report: {(folder / record.FIGURES_FOLDER).resolve()}")
-    lines += closing_lines(uri, study.experiment_id, parent, report_file)
+    lines += closing_lines(uri, sweep.experiment_id, parent, report_file)
     if not len(failed):
         return Ending(lines, None)
     names = ", ".join(
@@ -217,13 +215,13 @@ def conclude(
     )
 
 
-def interrupted(study: Study, grace_seconds: float = 15.0) -> list[str]:
+def interrupted(sweep: Sweep, grace_seconds: float = 15.0) -> list[str]:
     """Ctrl-C: each run of this sweep that did not finish, marked KILLED where its process died
     before it could (jobs in other processes mark theirs), and the parent run KILLED; one line each."""
-    client = study.client
+    client = sweep.client
     deadline = time.monotonic() + grace_seconds
     while True:
-        held = members(study)
+        held = members(sweep)
         ours = held[(held["role"] == "trained") & (held["status"] != "FINISHED")]
         running = [client.get_run(run_id) for run_id in ours[ours["status"] == "RUNNING"]["run_id"]]
         if not any(beat and beat.alive() for beat in map(heartbeat_of, running)) or time.monotonic() > deadline:
@@ -238,5 +236,5 @@ def interrupted(study: Study, grace_seconds: float = 15.0) -> list[str]:
             client.set_terminated(row.run_id, "KILLED")  # its process died before it could
         state = "still RUNNING in another process" if alive else "KILLED"
         lines.append(f"stopped {row.name} (run {row.run_id}, {row.overrides}): {state}")
-    client.set_terminated(study.parent_run_id, "KILLED")
+    client.set_terminated(sweep.parent_run_id, "KILLED")
     return lines

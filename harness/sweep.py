@@ -36,10 +36,10 @@ from harness.tracking.mlflow_store import StoreError, connect
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0  # how often the sweep looks for jobs that ended
-_opened: study.Study | None = None  # the sweep this process runs, once `Study` has opened it
+_opened: study.Sweep | None = None  # the sweep this process runs, once `Study` has opened it
 
 
-def opened() -> study.Study | None:
+def opened() -> study.Sweep | None:
     return _opened
 
 
@@ -137,7 +137,7 @@ class Study(SweepCallback):
                 overrides = " ".join(config.hydra.overrides.task)
                 parent_run_id = study.open_parent_run(client, experiment_id, jobs, sweep_dir, overrides, config.rerun)
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{parent_run_id}'")
-        _opened = study.Study(client, experiment_id, parent_run_id, jobs)
+        _opened = study.Sweep(client, experiment_id, parent_run_id, jobs)
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

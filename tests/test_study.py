@@ -26,7 +26,7 @@ def opened(tmp_path):
     run.log_metrics({record.FINAL_TRAIN_ERROR: 0.1, record.eval_metric("test"): 0.12}, 20)
     run.sync()
     client.set_terminated(run.run_id, "FINISHED")
-    return study.Study(client, experiment_id, parent, jobs), run.run_id
+    return study.Sweep(client, experiment_id, parent, jobs), run.run_id
 
 
 def test_jobs_that_train_one_net_are_one_member(opened):
