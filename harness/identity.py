@@ -97,7 +97,12 @@ def _hash(tree: dict) -> str:
 
 def fingerprint(cfg: DictConfig) -> str:
     """One net, as a short hash of what it trains."""
-    return resolve(cfg).fingerprint
+    return fingerprint_of(effective_config(cfg)[0])
+
+
+def fingerprint_of(trained: dict) -> str:
+    """The fingerprint of an effective config (left as it is)."""
+    return _hash(_drop(copy.deepcopy(trained), PRESENTATION_KEYS))
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ def resolve(cfg: DictConfig) -> Job:
         cfg=cfg,
         trained=trained,
         unused=unused,
-        fingerprint=_hash(_drop(copy.deepcopy(trained), PRESENTATION_KEYS)),
+        fingerprint=fingerprint_of(trained),
         recipe=recipe(cfg),
         name=name,
     )
