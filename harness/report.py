@@ -90,30 +90,26 @@ def error_table(runs: pd.DataFrame, confidence: float) -> str:
     return "\n".join(lines)
 
 
-def factor_tables(runs: pd.DataFrame) -> list[str]:
-    """Shortcut options and post- vs pre-activation side by side at each depth, whenever the
-    residual runs vary them (mean final errors over seeds)."""
-    residual = runs[runs["residual"]]
-    sections = []
-    for factor, title in (
-        ("shortcut", "Shortcut options (zero_pad = A, projection = B, full_projection = C)"),
-        ("activation", "Units: post (a), bn_after_add (b), relu_before_add (c), relu_only_pre (d), pre (e)"),
-    ):
-        if residual[factor].nunique() < 2:
-            continue
-        wide = residual.pivot_table(index="depth", columns=factor, values="eval_error", aggfunc="mean")
-        lines = [
-            f"#### {title}, {figures.eval_name(runs)} error %",
-            "",
-            "| depth | " + " | ".join(map(str, wide.columns)) + " |",
-            "|---|" + "---|" * len(wide.columns),
-        ]
-        lines += [
-            f"| {depth} | " + " | ".join("–" if pd.isna(v) else f"{v:.2f}" for v in values) + " |"
-            for depth, values in wide.iterrows()
-        ]
-        sections.append("\n".join(lines))
-    return sections
+def variant_table(runs: pd.DataFrame) -> list[str]:
+    """The residual variants side by side at each depth (mean final errors over seeds), whenever
+    the runs have more than one. A column is one net without its depth (shortcut option, unit,
+    P2's shortcut and its parameter): a cell never pools two different nets."""
+    residual = runs[runs["residual"]].sort_values(["shortcut", "activation"], key=p2_order, kind="stable")
+    if residual["variant"].nunique() < 2:
+        return []
+    wide = residual.pivot_table(index="depth", columns="variant", values="eval_error", aggfunc="mean", sort=False)
+    lines = [
+        f"#### Residual variants (shortcut A = zero_pad, B, C; unit (a) post to (e) pre; P2's shortcuts), "
+        f"{figures.eval_name(runs)} error %",
+        "",
+        "| depth | " + " | ".join(map(str, wide.columns)) + " |",
+        "|---|" + "---|" * len(wide.columns),
+    ]
+    lines += [
+        f"| {depth} | " + " | ".join("–" if pd.isna(v) else f"{v:.2f}" for v in values) + " |"
+        for depth, values in wide.sort_index().iterrows()
+    ]
+    return ["\n".join(lines)]
 
 
 def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
@@ -327,7 +323,7 @@ def recipe_section(
         "",
         error_table(runs, confidence),
         "",
-        *[t + "\n" for t in factor_tables(runs)],
+        *[t + "\n" for t in variant_table(runs)],
         "### Figures",
         "",
     ]

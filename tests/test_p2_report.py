@@ -105,3 +105,26 @@ def test_p1_claims_are_not_made_of_p2_variants(shortcut_study):
     keys = {claim.key for claim in claims(runs)}
     assert keys == {"P2-T1"}
     assert pd.Series([c.nets for c in claims(runs)]).str.endswith(" vs resnet-56").all()
+
+
+def test_the_variant_table_gives_each_net_its_own_column(tmp_path):
+    """Shortcuts and units of one store side by side: every net its own column with its own
+    seeds' mean, never the mean of every net that shares a shortcut or a unit."""
+    client, experiment_id = experiment_store(tmp_path)
+    for net, _, test in SHORTCUTS.values():
+        for seed in range(3):
+            log_run(client, experiment_id, 56, True, seed, 10.0, test[seed], net=net)
+    for unit, (_, test) in UNITS.items():
+        if unit != "post":  # the identity shortcut's runs are the original unit's
+            for seed in range(3):
+                log_run(client, experiment_id, 56, True, seed, 10.0, test[seed], net=(f"activation={unit}",))
+    report_runs(client, load_runs(client, [experiment_id]), tmp_path / "out", "P2 both")
+    report = (tmp_path / "out" / "report.md").read_text()
+    table = report.split("#### Residual variants")[1].split("\n\n", 2)[1]
+    header, _, row = table.splitlines()[:3]
+    means = dict(zip(header.split("|")[2:-1], row.split("|")[2:-1], strict=True))
+    means = {variant.strip(): float(value) for variant, value in means.items()}
+    assert means == pytest.approx({
+        "resnet": 9.13, "resnet-bnadd": 12.3, "resnet-pre": 9.0,
+        "resnet-scale0.5": 15.5, "resnet-exgate-6": 9.97, "resnet-C": 13.03,
+    }, abs=0.01)  # fmt: skip

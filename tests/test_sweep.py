@@ -110,4 +110,4 @@ def test_a_plain_net_is_trained_once_whatever_shortcut_the_sweep_names(tmp_path,
     assert {"resnet-8", "resnet-8-B", "resnet-8-C"} <= {
         line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| resnet")
     }
-    assert "Shortcut options" in report
+    assert "Residual variants" in report
