@@ -1,4 +1,5 @@
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -122,23 +123,28 @@ def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-@pytest.fixture(scope="session")
-def store_template(tmp_path_factory) -> Path:
-    """An empty MLflow store, created once: MLflow's migrations take seconds, minutes on a busy
-    machine, and are MLflow's to test. (Tests that name their own store still create one.)"""
+@functools.cache
+def store_template() -> Path:
+    """An empty MLflow store, created once per test process: MLflow's migrations take seconds,
+    minutes on a busy machine, and are MLflow's to test."""
     from mlflow.tracking import MlflowClient
 
-    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    path = Path(tempfile.mkdtemp(prefix="harness-store-template-")) / "mlflow.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 
 
+def empty_store(path: Path) -> str:
+    """The URI of an empty SQLite store at `path` (a copy of the template)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(store_template(), path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
-def store(tmp_path, store_template) -> str:
+def store(tmp_path) -> str:
     """The default store's place in the test's folder (./mlruns/mlflow.db), empty."""
-    (tmp_path / "mlruns").mkdir()
-    shutil.copy(store_template, tmp_path / "mlruns" / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    return empty_store(tmp_path / "mlruns" / "mlflow.db")
 
 
 def wait_for(look, timeout: float = 1200, what: str = "", job: subprocess.Popen | None = None, interval: float = 0.02):

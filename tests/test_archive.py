@@ -2,7 +2,6 @@
 were, and the sweep's command launched against the new store skips them."""
 
 import json
-import shutil
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -11,7 +10,7 @@ from harness import archive, record
 from harness.tracking.runs import load_runs
 
 import test_report
-from conftest import REPO, sweep
+from conftest import REPO, empty_store, sweep
 
 NETS = ("depth=8", "residual=true,false")
 # Where the two stores must differ: the run's own id, its sweep's, and what says where it came from.
@@ -35,16 +34,8 @@ def held(client: MlflowClient) -> dict:
     return runs
 
 
-def fresh_store(tmp_path, store_template, name: str) -> str:
-    (tmp_path / name).mkdir()
-    shutil.copy(store_template, tmp_path / name / "mlflow.db")
-    return f"sqlite:///{tmp_path / name / 'mlflow.db'}"
-
-
 @pytest.mark.integration
-def test_a_sweep_moves_to_a_fresh_store_and_its_command_skips_what_it_finished(
-    tmp_path, store, store_template, data_root
-):
+def test_a_sweep_moves_to_a_fresh_store_and_its_command_skips_what_it_finished(tmp_path, store, data_root):
     sweep(tmp_path, store, data_root, *NETS, "tracking.figures=false")
     source = MlflowClient(store)
     folder = tmp_path / "archive"
@@ -56,7 +47,7 @@ def test_a_sweep_moves_to_a_fresh_store_and_its_command_skips_what_it_finished(
     assert all(record.probe_table(20) in data["artifacts"] for data in run_files)
 
     # The new store holds a killed run of plain-8 already: the imported finished one replaces it.
-    target = fresh_store(tmp_path, store_template, "moved")
+    target = empty_store(tmp_path / "moved" / "mlflow.db")
     client = MlflowClient(target)
     experiment_id = client.create_experiment("degradation")
     plain = next(data for data in run_files if data["name"] == "plain-8")

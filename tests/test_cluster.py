@@ -203,13 +203,13 @@ def job_logs(folder: Path, job_id: str) -> list[Path]:
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_slurm_runs_a_sweep_through_sbatch(slurm_cluster, tracking_server, data_root, tmp_path, monkeypatch):
-    """4 jobs of 1 CPU each through sbatch on a 2-core node: one parent run, every metric step
-    once, torch threads as the CPUs SLURM gave, and each run names its SLURM job and its logs."""
+    """2 jobs of 1 CPU each through sbatch on a 2-core node, both at once: one parent run, every
+    metric step once, torch threads as the CPUs SLURM gave, and each run names its SLURM job and
+    its logs."""
     monkeypatch.setenv("SLURM_CONF", slurm_cluster)
     result = slurm_sweep(
         "depth=8",
         "residual=true,false",
-        "seed=0,1",
         *TINY,
         data_root=data_root,
         tracking_uri=tracking_server,
@@ -217,16 +217,16 @@ def test_slurm_runs_a_sweep_through_sbatch(slurm_cluster, tracking_server, data_
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Sweep done: 4 runs: 4 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
-    children = check_sweep(MlflowClient(tracking_server), 4, experiment="slurm")
+    assert "Sweep done: 2 runs: 2 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
+    children = check_sweep(MlflowClient(tracking_server), 2, experiment="slurm")
     assert {run.data.tags["threads"] for run in children} == {"1"}
     job_ids = {run.data.tags.get("slurm_job_id") for run in children}
-    assert len(job_ids) == 4 and None not in job_ids
+    assert len(job_ids) == 2 and None not in job_ids
     for job_id in job_ids:
         assert len(job_logs(tmp_path, job_id)) == 1, job_id
 
 
-@pytest.mark.slow  # 4 minutes, most of it SLURM's 30-s ticks: a resumed run is the requeue test's too
+@pytest.mark.slow  # 4 minutes, most of it SLURM's 30-s ticks
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_a_run_that_slurm_stops_at_its_time_limit_resumes_when_launched_again(
@@ -302,6 +302,7 @@ def mid_run_sweep(residual: str, iterations: int) -> list[str]:
     return ["depth=8", f"residual={residual}", *TINY, *training, "analysis=false"]
 
 
+@pytest.mark.slow  # 2 minutes; what it resumes is the local resume (test_run), its lease takeover below
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_a_requeued_job_takes_over_its_own_run(slurm_cluster, tracking_server, data_root, tmp_path, monkeypatch):

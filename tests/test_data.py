@@ -213,7 +213,7 @@ def test_every_batch_the_model_sees_is_resized(cifar10):
             "schedule.final_train_subset=16",
             "analysis=true",
         )
-        model = build_model(20)
+        model = build_model(8)
         shapes = set()
         model.register_forward_pre_hook(lambda _, inputs: shapes.add(tuple(inputs[0].shape)))
         train(identity.resolve(cfg), model, data, MemoryTracker(), CPU)

@@ -39,23 +39,26 @@ def test_threads_per_job_follow_the_launcher(launcher, cores, expected):
 
 
 @pytest.mark.integration
-def test_joblib_runs_four_jobs_at_once_into_sqlite(tmp_path, data_root):
-    """The default store, written by 4 processes at once: no lost run or metric point, one
-    parent, and each job with a quarter of the 4 cores it is told it has (torch alone would
-    take 2 threads here)."""
+def test_joblib_runs_jobs_at_once_into_sqlite(tmp_path, data_root):
+    """The default store, written by 2 processes at once: no lost run or metric point, one
+    parent, and each job with one of the 2 cores it is told it has (torch alone would take 2
+    threads)."""
     result = harness_command(
         "harness.run",
-        *FOUR_JOBS,
+        "-m",
+        "depth=8",
+        "residual=true,false",
+        *TINY,
         "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=4",
-        "cores=4",
+        "hydra.launcher.n_jobs=2",
+        "cores=2",
         f"dataset.root={data_root}",
         "tracking.figures=false",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Sweep done: 4 runs: 4 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
-    children = check_sweep(MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"), 4)
+    assert "Sweep done: 2 runs: 2 trained, 0 reused from earlier sweeps, 0 not finished" in result.stdout
+    children = check_sweep(MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"), 2)
     assert {run.data.tags["threads"] for run in children} == {"1"}
     # The sweep's workers wait as the harness set it before torch loaded (issue 14).
     assert {run.data.tags["openmp_wait"] for run in children} == {f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"}
@@ -130,7 +133,9 @@ def ray_cluster(tmp_path_factory):
     subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
+@pytest.mark.slow  # a Ray cluster's start and its workers' imports, 4 to 5 minutes on 2 cores
 @pytest.mark.integration
+@pytest.mark.cluster
 def test_ray_runs_four_jobs_into_the_postgres_server(tmp_path, data_root, ray_cluster, tracking_server):
     """4 jobs on a Ray cluster, tracked by the MLflow server on PostgreSQL, with the artifacts
     served by it; relative paths and the sweep folder mean the launch directory's."""
@@ -184,7 +189,7 @@ def two_node_ray_cluster(tmp_path_factory, monkeypatch):
         cluster.shutdown()
 
 
-@pytest.mark.slow  # two raylets, 2 minutes; test_ray_runs_four_jobs_into_the_postgres_server is one cluster's
+@pytest.mark.slow  # two raylets, 2 minutes
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_ray_runs_jobs_on_two_nodes_under_one_parent(tmp_path, data_root, two_node_ray_cluster, tracking_server):

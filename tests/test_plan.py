@@ -22,7 +22,7 @@ from harness.device import device_name
 from harness.stats import make_claim
 from harness.tracking.mlflow_store import MlflowRun, connect
 
-from conftest import harness_command
+from conftest import empty_store, harness_command
 
 # Long enough to be calibrated (plan.CALIBRATED_FROM): a plan trains none of it.
 SWEEP = [
@@ -60,7 +60,7 @@ def test_the_estimate_is_the_measured_rate_times_the_iterations(tmp_path):
     """Three stored runs of plain-8 (0.02, 0.04 and 0.03 s an iteration): the median, 0.03, times
     the planned 600 iterations; a finished net of the plan is reused, not estimated; two jobs at
     a time share the work out in order."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = empty_store(tmp_path / "mlflow.db")
     client, experiment_id = connect(store, "degradation")
     common = ("depth=8", "residual=false", "threads=2", "device=cpu", "precision=fp32")
     finished_run(client, experiment_id, *common, "seed=5", seconds_per_iteration=0.02)
@@ -85,7 +85,7 @@ def test_the_estimate_is_the_measured_rate_times_the_iterations(tmp_path):
 def test_runs_of_another_machine_are_not_this_ones_measure(tmp_path):
     """An archive imported from an AVX2 host (or runs of a version that named no CPU) says
     nothing of this machine's speed: the net is calibrated here."""
-    client, experiment_id = connect(f"sqlite:///{tmp_path / 'mlflow.db'}", "degradation")
+    client, experiment_id = connect(empty_store(tmp_path / "mlflow.db"), "degradation")
     common = ("depth=8", "residual=false", "threads=2", "device=cpu", "precision=fp32", "schedule.iterations=600")
     finished_run(client, experiment_id, *common, "seed=5", seconds_per_iteration=9.0, machine_name="Other CPU (AVX2)")
     calls = []
@@ -103,7 +103,7 @@ def test_runs_of_another_machine_are_not_this_ones_measure(tmp_path):
 def test_the_plan_asks_the_store_for_this_machines_runs_of_its_nets_only(tmp_path):
     """A store of many machines and nets: the planner's rate query returns this machine's runs of
     the planned net and nothing else, so its cost does not grow with the store."""
-    client, experiment_id = connect(f"sqlite:///{tmp_path / 'mlflow.db'}", "degradation")
+    client, experiment_id = connect(empty_store(tmp_path / "mlflow.db"), "degradation")
     common = ("residual=false", "threads=2", "device=cpu", "precision=fp32", "schedule.iterations=600")
     finished_run(client, experiment_id, "depth=8", *common, "seed=5", seconds_per_iteration=0.03)
     finished_run(client, experiment_id, "depth=14", *common, "seed=5", seconds_per_iteration=0.05)

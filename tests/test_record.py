@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow.utils import mlflow_tags
 
-from harness import identity, precision, record
+from harness import identity, precision, record, study
 from harness.config import compose_config
 from harness.device import device_name
 from harness.job import run_job
@@ -151,11 +151,28 @@ def test_an_older_run_without_a_recipe_tag_gets_one_from_its_params():
     assert record.parse_job(other)["recipe"] == row["recipe"]  # the net's own keys leave the recipe
 
 
+@pytest.fixture
+def bf16_machine(tmp_path, monkeypatch):
+    """This machine, as one where precision=auto measured bf16 at 1.67x fp32 (for the commands
+    the test starts, and for this process from the moment the test calls it)."""
+
+    def become():
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        bf16_here = precision.choose(device_name(torch.device("cpu")), 250.0, 150.0)
+        (cache / "precision.json").write_text(json.dumps({bf16_here.machine: precision.asdict(bf16_here)}))
+        monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
+        precision.auto_decision.cache_clear()
+
+    yield become
+    precision.auto_decision.cache_clear()  # the next test reads the suite's own decision again
+
+
 @pytest.mark.integration
-def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_root, monkeypatch):
+def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_root, bf16_machine):
     """The same sweep launched against commit 3f14647's store at fp32 (what it trained) trains
-    nothing and goes on in its parent run; on a machine where precision=auto measured bf16, it
-    says once that those fp32 runs are not reused."""
+    nothing and goes on in its parent run; on a machine where precision=auto measured bf16, the
+    sweep notes that those fp32 runs are not reused (launched: the slow test below)."""
     store = legacy_store(tmp_path)
     sweep = ["harness.run", "-m", *LEGACY_SWEEP, f"tracking.uri={store}", f"dataset.root={data_root}"]
     result = harness_command(*sweep, "precision=fp32", cwd=tmp_path)
@@ -165,14 +182,25 @@ def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_roo
     client = MlflowClient(store)
     experiment_id = client.get_experiment_by_name("degradation").experiment_id
     assert len(client.search_runs([experiment_id], record.JOBS_FILTER)) == 2
-    cache = tmp_path / "cache"  # this machine, as one where bf16 measured 1.67x fp32
-    cache.mkdir()
-    bf16_here = precision.choose(device_name(torch.device("cpu")), 250.0, 150.0)
-    (cache / "precision.json").write_text(json.dumps({bf16_here.machine: precision.asdict(bf16_here)}))
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
+    bf16_machine()
+    nets = [compose_config(*LEGACY_SWEEP[1:], f"residual={residual}") for residual in (True, False)]
+    (note,) = study.other_precision_notes(client, experiment_id, [identity.resolve(cfg) for cfg in nets])
+    assert note.startswith("note: precision=auto is bf16 on this machine; 2 net(s) of this sweep have fp32 runs")
+
+
+@pytest.mark.slow  # trains 2 nets in bf16, which AVX2-only hosts emulate at a tenth of fp32's speed
+@pytest.mark.integration
+def test_a_bf16_machine_trains_anew_what_an_earlier_version_trained_in_fp32(tmp_path, data_root, bf16_machine):
+    """Launched on a machine where precision=auto measured bf16, the sweep of 3f14647's store
+    says once that its fp32 runs are not reused, and trains both nets in bf16."""
+    store = legacy_store(tmp_path)
+    bf16_machine()
+    sweep = ["harness.run", "-m", *LEGACY_SWEEP, f"tracking.uri={store}", f"dataset.root={data_root}"]
     result = harness_command(*sweep, "precision=auto", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     note = "note: precision=auto is bf16 on this machine; 2 net(s) of this sweep have fp32 runs in the store"
     assert result.stdout.count(note) == 1 and "skip " not in result.stdout
+    client = MlflowClient(store)
+    experiment_id = client.get_experiment_by_name("degradation").experiment_id
     bf16 = client.search_runs([experiment_id], f"{record.JOBS_FILTER} AND tags.precision = 'bf16'")
     assert len(bf16) == 2 and all(run.data.tags["precision_bf16_ms"] == "150.0" for run in bf16)

@@ -23,7 +23,7 @@ from harness.lease import Heartbeat, Lease, LeaseLost, claimed
 from harness.record import HEARTBEAT
 from harness.tracking.mlflow_store import CheckpointError, CorruptCheckpoint, MlflowRun, interrupts_deferred
 
-from conftest import harness_command, job_runs, wait_for
+from conftest import empty_store, harness_command, job_runs, wait_for
 
 # 100 iterations of ResNet-8 with a checkpoint every 10: long enough to be caught mid-run.
 RUN = [
@@ -62,8 +62,7 @@ def test_a_heartbeat_is_alive_while_fresh_and_its_local_owner_lives():
 
 
 def test_a_claim_is_won_by_exactly_one_of_simultaneous_claimers_and_leaves_nothing(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    MlflowClient(uri).search_experiments()  # the store's tables, created once
+    uri = empty_store(tmp_path / "mlflow.db")
     before, inside, results = threading.Barrier(6), threading.Barrier(6), []
 
     def contender():
@@ -96,7 +95,7 @@ def test_a_claim_is_won_by_exactly_one_of_simultaneous_claimers_and_leaves_nothi
 
 
 def test_a_lost_lease_stops_every_write(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(empty_store(tmp_path / "mlflow.db"))
     experiment = client.create_experiment("x")
     run = MlflowRun.start(client, experiment, "resnet-8", {}, checkpoint_dir=tmp_path / "ckpt")
     run.lease = Lease.take(client, run.run_id, 1)
@@ -117,7 +116,7 @@ def test_a_lost_lease_stops_every_write(tmp_path):
 
 
 def test_a_lapsed_lease_is_taken_again_before_the_next_write_if_nobody_took_the_run(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(empty_store(tmp_path / "mlflow.db"))
     run_id = client.create_run(client.create_experiment("x")).info.run_id
     held = Lease.take(client, run_id, 1)
     held.written -= 2 * held.heartbeat.interval + 1  # as if the store had been unreachable for 2 intervals
@@ -129,7 +128,7 @@ def test_a_lapsed_lease_is_taken_again_before_the_next_write_if_nobody_took_the_
 
 
 def test_a_lapsed_lease_whose_run_was_taken_meanwhile_stops_without_writing(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(empty_store(tmp_path / "mlflow.db"))
     run_id = client.create_run(client.create_experiment("x")).info.run_id
     held = Lease.take(client, run_id, 1)
     held.written -= 3 * held.heartbeat.interval + 1
@@ -597,7 +596,7 @@ def test_a_run_trains_on_while_the_store_is_down_and_sends_every_step_once(
     every step once. (Whether the lease lapses meanwhile depends on how long the heartbeat's own
     retries last; the lease's unit tests cover taking it again.)"""
     experiment = f"store-outage-{outage.__name__}"
-    args = [*RUN, "schedule.iterations=1500", "tracking=server", f"tracking.uri={tracking_server}",
+    args = [*RUN, "schedule.iterations=600", "tracking=server", f"tracking.uri={tracking_server}",
             f"tracking.experiment={experiment}", f"dataset.root={filled_data_root}"]  # fmt: skip
     job = launch(args, tmp_path, "outage", FAST_LEASE)
     folder = tmp_path / "checkpoints"
@@ -618,7 +617,7 @@ def test_a_run_trains_on_while_the_store_is_down_and_sends_every_step_once(
     assert said.count("the tracking store answers again") == 1, said[-3000:]
     client = MlflowClient(tracking_server)
     [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], record.JOBS_FILTER)
-    assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == list(range(5, 1501, 5))
+    assert run.info.status == "FINISHED" and steps(client, run.info.run_id) == list(range(5, 601, 5))
     print(f"store down for {outage:.0f} s; the run finished with every step once")
 
 
@@ -627,7 +626,7 @@ def test_a_store_down_past_the_outage_limit_stops_the_run_non_zero_and_it_resume
     tracking_server, tracking_server_state, tmp_path, filled_data_root
 ):
     experiment = "store-outage-past-limit"
-    iterations = 800  # the run stops 3 s into the outage: it must still train then
+    iterations = 400  # the run stops 3 s into the outage: it must still train then
     args = [*RUN, f"schedule.iterations={iterations}", "tracking=server", f"tracking.uri={tracking_server}",
             f"tracking.experiment={experiment}", f"dataset.root={filled_data_root}"]  # fmt: skip
     job = launch([*args, "tracking.outage_limit=3"], tmp_path, "first", FAST_LEASE)

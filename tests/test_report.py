@@ -24,13 +24,13 @@ from harness.stats import t_interval
 from harness.tracking.mlflow_store import MlflowRun
 from harness.tracking.runs import load_analysis, load_curves, load_runs, write_members
 
-from conftest import REPO
+from conftest import REPO, empty_store
 
 LAYERS = ["stem.conv", "s1.b01.conv1", "s2.b01.conv1", "s3.b01.conv1", "fc"]
 
 
 def experiment_store(folder: Path) -> tuple[MlflowClient, str]:
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    client = MlflowClient(empty_store(folder / "mlflow.db"))
     return client, client.create_experiment("degradation", artifact_location=(folder / "artifacts").as_uri())
 
 

@@ -18,7 +18,7 @@ from harness.tracking import writer
 from harness.tracking.mlflow_store import MlflowRun, connect, store_error
 from harness.tracking.writer import StoreOutage
 
-from conftest import harness_command
+from conftest import empty_store, harness_command
 
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 # Headers about one connection, not the request: the proxy's two connections set their own.
@@ -207,7 +207,7 @@ def tracking_uri(request, tmp_path: Path) -> str:
     """Each kind of store the harness writes to: a local SQLite file, and the PostgreSQL-backed server."""
     if request.param == "server":
         return request.getfixturevalue("tracking_server")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return empty_store(tmp_path / "mlflow.db")
 
 
 def test_the_store_keeps_one_copy_of_a_point_logged_twice(tracking_uri):
@@ -240,7 +240,7 @@ def test_a_failure_behind_writes_the_store_refuses_is_recorded_with_its_kind(tmp
     from harness.tracking import mlflow_store
 
     monkeypatch.setattr(mlflow_store, "STOPPED_WAIT", 0.5)
-    client, experiment_id = connect(f"sqlite:///{tmp_path}/mlflow.db", "degradation")
+    client, experiment_id = connect(empty_store(tmp_path / "mlflow.db"), "degradation")
     run = MlflowRun.start(client, experiment_id, "resnet-8", {}, checkpoint_dir=tmp_path / "checkpoints")
     run.checkpoint({"iteration": 10})
 

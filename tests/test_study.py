@@ -7,6 +7,8 @@ from harness import identity, record, study
 from harness.config import compose_config
 from harness.tracking.mlflow_store import MlflowRun, connect
 
+from conftest import empty_store
+
 OVERRIDES = [
     ("depth=8", "residual=true"),
     ("depth=8", "residual=false"),
@@ -18,7 +20,7 @@ OVERRIDES = [
 def opened(tmp_path):
     """A sweep of three jobs (two of them one net) whose parent run is open and whose first net
     trained; the plain net never opened a run."""
-    client, experiment_id = connect(f"sqlite:///{tmp_path}/mlflow.db", "degradation")
+    client, experiment_id = connect(empty_store(tmp_path / "mlflow.db"), "degradation")
     jobs = [study.SweepJob(overrides, identity.resolve(compose_config(*overrides))) for overrides in OVERRIDES]
     parent = study.open_parent_run(client, experiment_id, jobs, str(tmp_path), "depth=8 residual=true,false", False)
     job = jobs[0].job

@@ -85,6 +85,7 @@ def close_assistant(page) -> None:
         close.first.click()
 
 
+@pytest.mark.slow  # a sweep, then chromium on `mlflow ui`: 1.5 to 2.5 minutes on 2 cores
 @pytest.mark.integration
 def test_mlflow_ui_opens_on_the_study(tmp_path, store, data_root):
     """A tiny 4-net sweep, then `mlflow ui` on its store: the experiment's runs page in
