@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from scipy import stats
 
 from harness import identity, record
 from harness.analysis import PROBE_IMAGES
@@ -27,7 +26,7 @@ from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, lo
 from harness.launchers import jobs_at_once
 from harness.lease import process_start
 from harness.precision import BUSY_CORES, busy_cores, others_busy
-from harness.stats import MIN_SEEDS
+from harness.stats import MIN_SEEDS, half_width
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
 # A calibration costs about ten steps, an evaluation of a few hundred images and a net built:
@@ -377,7 +376,7 @@ def seeds_needed(mean: float, sd: float, confidence: float = 0.95) -> int | None
     if not math.isfinite(sd) or sd == 0:
         return 2
     for n in range(2, MAX_SEEDS + 1):
-        if stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) < abs(mean):
+        if half_width(sd, n, confidence) < abs(mean):
             return n
     return None
 

@@ -178,7 +178,7 @@ def test_analysis_does_not_change_the_training_curves(data_root):
         cfg = compose_config("schedule=smoke", "schedule.analysis_every=5", f"analysis={analysis}")
         torch.manual_seed(0)
         tracker = MemoryTracker()
-        train(identity.resolve(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
+        train(identity.resolve(cfg), build_model(8, in_channels=1), data, tracker, torch.device("cpu"))
         histories.append(tracker)
     with_probes, without = histories
     assert sorted(with_probes.tables) == [f"analysis/step-{s:07d}.csv" for s in (5, 10, 15, 20)]
