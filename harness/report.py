@@ -91,9 +91,10 @@ def error_table(runs: pd.DataFrame, confidence: float) -> str:
 
 
 def variant_table(runs: pd.DataFrame) -> list[str]:
-    """The residual variants side by side at each depth (mean final errors over seeds), whenever
-    the runs have more than one. A column is one net without its depth (shortcut option, unit,
-    P2's shortcut and its parameter): a cell never pools two different nets."""
+    """The lines of a table of the residual variants side by side at each depth (mean final
+    errors over seeds), whenever the runs have more than one; none otherwise. A column is one net
+    without its depth (shortcut option, unit, P2's shortcut and its parameter): a cell never
+    pools two different nets."""
     residual = runs[runs["residual"]].sort_values(["shortcut", "activation"], key=p2_order, kind="stable")
     if residual["variant"].nunique() < 2:
         return []
@@ -109,7 +110,7 @@ def variant_table(runs: pd.DataFrame) -> list[str]:
         f"| {depth} | " + " | ".join("–" if pd.isna(v) else f"{v:.2f}" for v in values) + " |"
         for depth, values in wide.sort_index().iterrows()
     ]
-    return ["\n".join(lines)]
+    return [*lines, ""]
 
 
 def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
@@ -323,7 +324,7 @@ def recipe_section(
         "",
         error_table(runs, confidence),
         "",
-        *[t + "\n" for t in variant_table(runs)],
+        *variant_table(runs),
         "### Figures",
         "",
     ]

@@ -182,7 +182,7 @@ def conclude(
     for key, value in record.sweep_result_tags(len(held), trained).items():
         client.set_tag(parent, key, value)
     runs = load_runs(client, [sweep.experiment_id], run_ids=list(held["run_id"]))
-    steps = next_steps(runs, report.min_effect, report.confidence, more_seeds) if not held.empty else []
+    steps = next_steps(runs, report.min_effect, report.confidence, more_seeds)
     written = []
     if figures:
         from harness.report import report_sweep  # figures load matplotlib: not in every job's process
