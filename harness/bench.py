@@ -49,10 +49,10 @@ from torchvision.datasets import FashionMNIST
 from harness import OPENMP_WAIT, OPENMP_WAIT_VARIABLES, record
 from harness.analysis import PROBE_IMAGES, probe
 from harness.config import compose_config
+from harness.cores import torch_threads
 from harness.data.memory import load_data
 from harness.device import autocast
 from harness.identity import resolve
-from harness.job import torch_threads
 from harness.models.resnet import build_model
 from harness.precision import resolve_precision, step_seconds
 from harness.stats import t_interval
@@ -299,8 +299,8 @@ WHOLE_RUN_TARGET = 1.15
 
 def bare_step_seconds(cfg, steps: int, image_size: int = 28) -> list[float]:
     """Seconds of each of `steps` training steps of the config's net, batch, threads and precision."""
-    torch.set_num_threads(torch_threads(cfg))
-    precision = resolve_precision(cfg.precision, "cpu")
+    torch.set_num_threads(threads := torch_threads(cfg))
+    precision = resolve_precision(cfg.precision, "cpu", threads)
     model = new_model(cfg.depth)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     batch = cfg.schedule.batch_size
@@ -337,9 +337,9 @@ def whole_run(depths: list[int], precisions: list[str], steps: int, root: Path, 
 
 def whole_run_line(depth: int, precision: str, cfg, step: float, seconds: float, loop: float) -> None:
     iterations = cfg.schedule.iterations
-    ratio = seconds / (iterations * step)
+    ratio, threads = seconds / (iterations * step), torch_threads(cfg)
     print(
-        f"{depth:5d}  {resolve_precision(precision, 'cpu'):>9}  {torch_threads(cfg):7d}  {1000 * step:12.1f}  "
+        f"{depth:5d}  {resolve_precision(precision, 'cpu', threads):>9}  {threads:7d}  {1000 * step:12.1f}  "
         f"{iterations:10d}  {seconds:11.1f}  {loop:6.1f}  {ratio:6.3f} (target <= {WHOLE_RUN_TARGET})",
         flush=True,
     )

@@ -193,6 +193,46 @@ class ReportConfig:
 
 
 @dataclass
+class DesignConfig:
+    looks: list[int] = option(
+        help="seeds at each look of a study: its claims are judged there, and a growing study stops at the last",
+        valid="increasing whole numbers, the first at least 3 (P2's archived studies have 3 seeds: look 1)",
+        factory=lambda: [3, 5, 8, 12],
+    )
+    alpha: float = option(
+        0.05, "the family-wise rate of false verdicts over all looks and claims", valid="0 < alpha < 0.5"
+    )
+    spending: str = option(
+        "obrien_fleming", "how alpha is spent over the looks", valid="obrien_fleming (strict early) or pocock (even)"
+    )
+    family: list[str] = option(
+        help="the claim rows one study tests together, Holm within them (P2-T1: its six shortcuts against identity)",
+        valid="keys of the claims table (harness/stats.py: C1, C2, C3, P2-T1, ...); empty: every row its nets give",
+        factory=list,
+    )
+
+    def check(self) -> None:
+        from harness.sequential import SPENDING_RULES
+        from harness.stats import CLAIM_ROWS
+
+        looks = list(self.looks)
+        need(
+            bool(looks) and looks[0] >= 3 and all(a < b for a, b in zip(looks, looks[1:])),
+            f"design.looks={looks} is not valid; use {_valid('design.looks')}, e.g. [3,5,8,12].",
+        )
+        need(0 < self.alpha < 0.5, f"design.alpha={self.alpha} is not valid; use {_valid('design.alpha')} (0.05).")
+        need(
+            self.spending in SPENDING_RULES,
+            f"design.spending={self.spending} is not valid; use {_valid('design.spending')}.",
+        )
+        rows = [row.key for row in CLAIM_ROWS]
+        unknown = [key for key in self.family if key not in rows]
+        need(
+            not unknown, f"design.family={list(self.family)} names {', '.join(unknown)}; use some of {', '.join(rows)}."
+        )
+
+
+@dataclass
 class Config:
     depth: int = option(20, "weighted layers", valid=VALID_DEPTHS)
     residual: bool = option(
@@ -233,6 +273,7 @@ class Config:
     schedule: ScheduleConfig = option(help="the budget (config group `schedule=`)", factory=ScheduleConfig)
     tracking: TrackingConfig = option(help="config group `tracking=`", factory=TrackingConfig)
     report: ReportConfig = option(help="the verdicts", factory=ReportConfig)
+    design: DesignConfig = option(help="a study's looks and error rate (docs/studies.md)", factory=DesignConfig)
 
     def check(self) -> None:
         try:
@@ -275,7 +316,7 @@ class Config:
             self.cores is None or self.cores > 0,
             f"cores={self.cores} must be a positive number of cores, or null for all.",
         )
-        for group in (self.dataset, self.optimizer, self.schedule, self.tracking, self.report):
+        for group in (self.dataset, self.optimizer, self.schedule, self.tracking, self.report, self.design):
             group.check()
         trainable = self.dataset.trainable_images()
         held_out = self.dataset.validation_size
@@ -385,6 +426,8 @@ def check_overrides(args: list[str]) -> None:
         if base not in TYPE_WORDS:
             continue
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        if typing.get_origin(kind) is list:  # design.looks=[3,5,8]: each element
+            values = [element for value in values for element in (value if isinstance(value, list) else [value])]
         for value in values:
             if (value is None and optional) or _parses_as(base, value):
                 continue

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.cores import torch_threads
 from harness.models import (
     PARAMETER_KEYS,
     SHORTCUT_PARAMETERS,
@@ -22,8 +23,8 @@ from harness.models import (
 from harness.precision import resolve_precision
 
 # Where and how a run is executed, tracked and reported, not what it trains.
-PRESENTATION_KEYS = ("tracking", "report", "threads", "cores", "device", "rerun", "analysis", "plan", "compile",
-                     "deterministic",
+PRESENTATION_KEYS = ("tracking", "report", "design", "threads", "cores", "device", "rerun", "analysis", "plan",
+                     "compile", "deterministic",
                      "dataset.root", "dataset.download", "schedule.checkpoint_every")  # fmt: skip
 # What tells the nets of one study apart; everything else that is trained is the study's recipe.
 NET_KEYS = ("depth", "residual", "shortcut", "activation", "family", "seed", *PARAMETER_KEYS)
@@ -42,7 +43,7 @@ def _drop(tree: dict, keys) -> dict:
 
 def _recipe_rules(trained: dict, unused: dict[str, str]) -> None:
     """`precision=auto` resolved for the device; keys that no net of the recipe uses leave it."""
-    trained["precision"] = resolve_precision(trained["precision"], trained["device"])
+    trained["precision"] = resolve_precision(trained["precision"], trained["device"], torch_threads(trained))
     if trained["optimizer"]["name"] != "sgd":
         unused["optimizer.momentum"] = f"optimizer={trained['optimizer']['name']} has no momentum parameter"
         _drop(trained, ["optimizer.momentum"])

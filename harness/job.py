@@ -8,7 +8,6 @@ by returning its `Outcome`: harness.run says it and chooses the exit.
 import contextlib
 import gc
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,11 +19,12 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from harness import OPENMP_WAIT, config, record
+from harness.cores import torch_threads, why_fewer
 from harness.data import DataError
 from harness.data.memory import Data, load_data
 from harness.device import deterministic_kernels, device_name, pick_device
 from harness.identity import Job
-from harness.launchers import SchedulerStop, cpus_per_job, placement_tags, watch_sweep
+from harness.launchers import SchedulerStop, placement_tags, watch_sweep
 from harness.lease import Heartbeat, Lease, LeaseLost, claimed, generation_of, heartbeat_of
 from harness.models.resnet import build_for
 from harness.tracking.mlflow_store import (
@@ -114,17 +114,6 @@ def said(decision: Decision, name: str) -> str:
 
 
 # What a job needs around the loop.
-
-
-def torch_threads(cfg: DictConfig, launcher: DictConfig | None = None) -> int:
-    """`threads` if set, else the job's share of the cores: jobs at once x threads <= cores. The
-    launcher is this job's (Hydra's), unless given."""
-    if cfg.threads:
-        return cfg.threads
-    cores = cfg.cores or len(os.sched_getaffinity(0))
-    if launcher is None and HydraConfig.initialized():
-        launcher = HydraConfig.get().launcher
-    return max(1, min(cores, cpus_per_job(launcher, cores)))
 
 
 def machine_of(device: torch.device) -> record.Machine:
@@ -442,7 +431,9 @@ def setup(job: Job) -> tuple[Any, str, torch.device]:
     watch_sweep()  # a job that a sweep's launcher started ends when the sweep's process is gone
     deterministic_kernels(cfg.deterministic)
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(torch_threads(cfg))
+    torch.set_num_threads(threads := torch_threads(cfg))
+    if fewer := why_fewer(cfg, threads):
+        log.info("%s", fewer)
     # What the job's start-up has loaded (the store's client, Hydra's plugins) lives to its end:
     # frozen like harness.run's imports, after a collection that leaves no earlier job's garbage.
     gc.collect()

@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import identity, record
 from harness.analysis import PROBE_IMAGES
+from harness.cores import BUSY_CORES, cpu_seconds, others_busy, torch_threads
 from harness.data import DATASETS
 from harness.device import device_name
-from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look, torch_threads
+from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look
 from harness.launchers import jobs_at_once
 from harness.lease import process_start
-from harness.precision import BUSY_CORES, busy_cores, others_busy
 from harness.stats import MIN_SEEDS, half_width
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
@@ -232,7 +232,7 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
 def calibrated_under_load(calibrate_nets, cfg: DictConfig, device, threads: int) -> tuple[float, float, float]:
     """(step, per image, cores that other processes kept busy meanwhile): a calibration beside
     other work measures their share of the machine, not the job's (1,193 ms against 220 ms alone)."""
-    before, start = busy_cores(), time.perf_counter()
+    before, start = cpu_seconds(), time.perf_counter()
     step, per_image = calibrate_nets(cfg, device, threads)
     return step, per_image, others_busy(before, time.perf_counter() - start)
 

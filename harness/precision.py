@@ -2,11 +2,15 @@
 
 A CPU's flags do not tell. bf16 ran 1.3-1.9x fp32 on an AMD EPYC with AVX512-BF16, and 0.84-0.91x
 on an Intel Xeon that lists `avx512_bf16` but has no AMX (docs/performance.md, "Precision"). So
-the first `auto` on a machine (as `harness.device.device_name` names it) times a few training steps
-of ResNet-20 at fp32 and at bf16, alternated in one process, and keeps the decision with both
-timings in a small cache file. Every later resolution on that machine reads it: a relaunch, each
-job of a sweep and the planner resolve `auto` alike, and a study never changes precision halfway.
-To measure again, delete the machine's entry (or the file): `python -m harness.precision --again`.
+the first `auto` on a machine times a few training steps of ResNet-20 at fp32 and at bf16,
+alternated in one process, with the threads the job will take (`harness.cores`), and keeps the
+decision with both timings in a small cache file, keyed by what the ratio depends on: the CPU as
+`harness.device.device_name` names it, torch's version and the threads. Every later resolution
+there reads it: a relaunch, each job of a sweep and the planner resolve `auto` alike, and a study
+never changes precision halfway. Beside other work the ratio says little (bf16 measured 0.21x
+fp32 beside a busy process on a host where it runs 1.55x quiet): such a decision is provisional,
+and the first launch that finds the machine quiet measures again. To measure again, delete the
+machine's entry (or the file): `python -m harness.precision --again`.
 
 On CUDA `auto` is the well-known answer, not a measurement: bf16 where torch says the GPU runs it
 (Ampere and later, whose tensor cores run bf16 at twice TF32's rate and eight times plain fp32's).
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from harness.cores import BUSY_CORES, cpu_seconds, others_busy, sample_load, torch_threads
 from harness.device import device_name, device_type
 
 # bf16 must save at least a tenth of a step. Alternated timings on a quiet 2-core machine differ by
@@ -33,18 +38,22 @@ BF16_MIN_SPEEDUP = 1.10
 WARMUP_STEPS = 2  # per precision: oneDNN picks and caches its kernels on a shape's first steps
 ROUNDS = 3  # of STEPS_A_ROUND steps at each precision in turn, so a change of load hits both
 STEPS_A_ROUND = 2
-# Other work on the machine while measuring: above this many busy cores the timings say so.
-BUSY_CORES = 0.5
 
 
 @dataclass(frozen=True)
 class Decision:
-    machine: str
+    machine: str  # what the timings depend on: the CPU or GPU, torch's version, the threads (`decision_key`)
     precision: str  # fp32 or bf16
     fp32_ms: float | None  # a ResNet-20 training step at each precision; None where not measured (CUDA)
     bf16_ms: float | None
     busy_cores: float = 0.0  # cores busy with other processes while it was measured
     measured: str = ""  # when (UTC)
+
+    @property
+    def provisional(self) -> bool:
+        """Measured beside other work: what launches read while the machine stays busy, until a
+        quiet one measures again."""
+        return self.busy_cores > BUSY_CORES
 
     @property
     def speedup(self) -> float | None:
@@ -76,27 +85,19 @@ def choose(machine: str, fp32_ms: float, bf16_ms: float, busy_cores: float = 0.0
     return Decision(machine, precision, fp32_ms, bf16_ms, busy_cores, when)
 
 
+def decision_key(kind: str, threads: int) -> str:
+    """The cache's key: the device as `device_name` names it, torch's version and the threads, each
+    of which changes the ratio (a home folder that nodes of several kinds share holds one entry
+    each)."""
+    import torch
+
+    return f"{device_name(torch.device(kind))}, torch {torch.__version__}, {threads} thread(s)"
+
+
 def cache_file() -> Path:
     """precision.json in $HARNESS_CACHE_DIR, by default the user's cache folder (~/.cache/harness)."""
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness"
     return Path(os.environ.get("HARNESS_CACHE_DIR") or default) / "precision.json"
-
-
-def busy_cores() -> tuple[float, float]:
-    """(all cores' busy seconds, this process's CPU seconds) so far: their differences over an
-    interval tell how much other processes worked in it."""
-    try:
-        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    idle = fields[3] + fields[4]  # idle and iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time()
-
-
-def others_busy(before: tuple[float, float], seconds: float) -> float:
-    """Cores that other processes kept busy since `before`, on average over `seconds`."""
-    after = busy_cores()
-    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds if seconds > 0 else 0.0
 
 
 def step_seconds(model, optimizer, images, labels, precision: str) -> float:
@@ -117,10 +118,21 @@ def step_seconds(model, optimizer, images, labels, precision: str) -> float:
     return time.perf_counter() - start
 
 
-def measure_step_ms(kind: str) -> tuple[float, float, float]:
+def measure_step_ms(kind: str, threads: int) -> tuple[float, float, float]:
     """(fp32 ms, bf16 ms, other processes' busy cores) of a ResNet-20 training step (forward,
     backward, SGD step; batch 64 of Fashion-MNIST's shape, channels_last) on a device of this
-    type with the current threads: the median of alternated rounds, after warm-up."""
+    type with the job's threads: the median of alternated rounds, after warm-up."""
+    import torch
+
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _alternated_medians(kind)
+    finally:
+        torch.set_num_threads(before_threads)
+
+
+def _alternated_medians(kind: str) -> tuple[float, float, float]:
     import torch
 
     from harness.models.resnet import build_model
@@ -139,7 +151,7 @@ def measure_step_ms(kind: str) -> tuple[float, float, float]:
         for _ in range(WARMUP_STEPS):
             step(precision)
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    before, start = busy_cores(), time.perf_counter()
+    before, start = cpu_seconds(), time.perf_counter()
     for _ in range(ROUNDS):
         for precision in times:
             times[precision] += [step(precision) for _ in range(STEPS_A_ROUND)]
@@ -168,52 +180,61 @@ def forget(machine: str) -> None:
 
 
 @functools.cache
-def auto_decision(kind: str, measure=measure_step_ms) -> Decision:
-    """The decision for a device of this type here: the cache file's for this machine, else
-    measured now, kept and said once."""
+def auto_decision(kind: str, threads: int, measure=measure_step_ms, load=sample_load) -> Decision:
+    """The decision for a device of this type and this many threads here: the cache file's, else
+    measured now, kept and said once. One measured beside other work is kept as provisional: read
+    while the machine is busy still (the jobs of the launch that measured it, beside each other),
+    measured again by the first launch that finds the machine quiet."""
     import torch
 
-    machine = device_name(torch.device(kind))
     if kind == "cuda":
         supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return Decision(machine, "bf16" if supported else "fp32", None, None)
-    path = cache_file()
+        return Decision(device_name(torch.device(kind)), "bf16" if supported else "fp32", None, None)
+    machine, path = decision_key(kind, threads), cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{path}.lock"):  # two launches at once measure once, and not beside each other
-            if machine in (kept := read_cache()):
-                return Decision(**kept[machine])
-            decision = choose(machine, *measure(kind))
+            kept = read_cache()
+            if machine in kept:
+                decision = Decision(**kept[machine])
+                if not decision.provisional or load() > BUSY_CORES:
+                    return decision
+            decision = choose(machine, *measure(kind, threads))
             write_cache(kept | {machine: asdict(decision)})
     except OSError as error:  # a read-only home, say: this process decides alone, and says so
-        decision = choose(machine, *measure(kind))
+        decision = choose(machine, *measure(kind, threads))
         print(
             f"{decision.line()} (measured, but not kept: {path}: {error}; set HARNESS_CACHE_DIR to a writable "
             "folder, or every launch measures again and a study may change precision halfway)"
         )
         return decision
-    print(f"{decision.line()} (measured once for this machine, kept in {path})")
+    kept_as = (
+        "kept as provisional while the machine is busy: the next quiet launch measures again"
+        if decision.provisional
+        else "measured once for this machine"
+    )
+    print(f"{decision.line()} ({kept_as}, kept in {path})")
     return decision
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """fp32 or bf16: `precision` with auto resolved for the `device` value."""
+def resolve_precision(precision: str, device: str, threads: int) -> str:
+    """fp32 or bf16: `precision` with auto resolved for the `device` value and the job's threads."""
     if precision != "auto":
         return precision
-    return auto_decision(device_type(device)).precision
+    return auto_decision(device_type(device), threads).precision
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.precision", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--again", action="store_true", help="forget this machine's decision and measure again")
+    parser.add_argument("--threads", type=int, help="a job's threads (default: a lone job's here now)")
     args = parser.parse_args()
     kind = device_type(args.device)
+    threads = args.threads or torch_threads({"threads": None, "cores": None})
     if args.again:
-        import torch
-
-        forget(device_name(torch.device(kind)))
-    decision = auto_decision(kind)
+        forget(decision_key(kind, threads))
+    decision = auto_decision(kind, threads)
     print(
         f"{decision.line()}; kept in {cache_file()} since {decision.measured}" if decision.measured else decision.line()
     )

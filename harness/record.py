@@ -62,6 +62,7 @@ SWEEP_DIR = "harness.sweep_dir"
 STUDY = "harness.study"  # harness.identity.study: all the sweep's nets
 JOBS = "harness.jobs"
 OVERRIDES = "harness.overrides"
+DESIGN = "harness.design"  # the study's design (harness.sequential.Design), JSON, from its first look
 MEMBERS = "harness.members"  # after the sweep: runs in its report, of them trained and reused
 TRAINED = "harness.trained"
 REUSED = "harness.reused"
@@ -201,7 +202,7 @@ def job_tags(job: identity.Job, machine: Machine, commit: str) -> dict[str, str]
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
         "precision": job.precision,
-        **(auto_decision(machine.device).tags() if cfg.precision == "auto" else {}),
+        **(auto_decision(machine.device, machine.threads).tags() if cfg.precision == "auto" else {}),
         "git_commit": commit,
         "torch_version": machine.torch_version,
         "device": machine.device,

@@ -2,13 +2,18 @@
 verdict that never says more than they support.
 
 Nets of one seed share the initialisation scheme, the data order and the probe batch, so each
-claim is a difference per seed (deeper minus shallower, plain minus residual, ...), and its
-verdict rests on the mean of those differences:
+claim is a difference per seed (deeper minus shallower, plain minus residual, ...), described by
+its mean and Student t interval. Its verdict is the study's design's (harness.sequential): judged
+only at the design's looks, at boundaries that keep the family-wise rate of false verdicts over
+all looks and claims at `design.alpha`:
 
-- reproduced: at least 3 seeds, the interval excludes zero and the mean reaches `min_effect`;
-- contradicted: the interval lies wholly on the other side of zero;
-- inconclusive otherwise, with the reason (one seed gives a direction only, the interval
-  spans zero, the effect is smaller than the stated minimum).
+- reproduced: the claim's t crossed its boundary as claimed and the mean reaches `min_effect`;
+- contradicted: t crossed it the other way;
+- open: neither yet; the next look is at more seeds;
+- inconclusive: neither at the design's last look (final).
+
+`verdict`, the single-look 95% rule of earlier versions, stays for what it is good for: the
+simulation that shows why a growing study cannot use it (tests/test_sequential.py).
 """
 
 import math
@@ -17,6 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from harness import sequential
+from harness.sequential import Design
 
 MIN_SEEDS = 3
 
@@ -68,6 +76,30 @@ def verdict(interval: Interval, min_effect: float) -> tuple[str, str]:
     return "reproduced", ""
 
 
+@dataclass(frozen=True)
+class Look:
+    """Where a claim stands in its study's design: judged at look `number` of `looks` (0: no look
+    complete yet), on that look's seeds, its t against the boundary it met there."""
+
+    number: int
+    looks: int
+    seeds: int
+    statistic: float
+    boundary: float
+    next_seeds: int | None  # the next look's seeds; None after the last
+
+    def said(self, verdict: str) -> str:
+        if self.number == 0:
+            return f"the first look is at {self.next_seeds} seeds"
+        where = f"look {self.number} of {self.looks}, {self.seeds} seeds"
+        test = f"|t| {abs(self.statistic):.2f} against the boundary {self.boundary:.2f}"
+        if verdict == "open":
+            return f"{where}: {test}; the next look is at {self.next_seeds} seeds"
+        if verdict == "inconclusive":
+            return f"final, {where}: {test}"
+        return f"{where}: {test}"
+
+
 @dataclass
 class Claim:
     key: str  # C1, C1b, C2, C3, C3-test, Fig7
@@ -79,6 +111,9 @@ class Claim:
     reason: str
     nets: str = ""  # the nets compared, "resnet-56 vs plain-56": a claim's key names other nets where others are there
     failed: dict = field(default_factory=dict)  # net: the seeds in which it diverged (claimed worse first)
+    kind: str = "worse"  # or "no worse": the second net's error exceeds the first's by less than the margin
+    pair: tuple[str, str] = ("", "")  # the two nets' names, as the runs have them
+    look: Look | None = None  # its study design's judgement; None: outside the study's family
 
     def line(self, confidence: float = 0.95) -> str:
         i = self.interval
@@ -306,6 +341,7 @@ def evaluate_row(row: ClaimRow, runs: pd.DataFrame, min_effect: float, confidenc
             differences -= residual_gap - per_seed(runs, names["second_residual"], row.column)
             nets = f"depth {depths[0]} vs {depths[1]}"
         claim = make_claim(row.key, row.text.format(**names), row.unit, differences, min_effect, confidence, nets)
+        claim.kind, claim.pair = row.kind, (first, second)
         if row.kind == "no worse":
             claim.verdict, claim.reason = no_worse_verdict(claim.interval, min_effect)
         found.append(with_failures(claim, {first: failed_to_train(runs, first), second: failed_to_train(runs, second)}))
@@ -330,7 +366,87 @@ def with_failures(claim: Claim, failed: dict[str, pd.Index]) -> Claim:
     return claim
 
 
-def claims(runs: pd.DataFrame, min_effect: float = 1.0, confidence: float = 0.95, rows=CLAIM_ROWS) -> list[Claim]:
+def claims(
+    runs: pd.DataFrame,
+    min_effect: float = 1.0,
+    confidence: float = 0.95,
+    rows=CLAIM_ROWS,
+    design: Design = Design(),
+) -> list[Claim]:
     """Each row's claims for runs of ONE recipe and family (errors in %): the runs that finished,
-    and those that diverged (a result)."""
-    return [claim for row in rows for claim in evaluate_row(row, runs, min_effect, confidence)]
+    and those that diverged (a result), judged by the study's design, the rows of its family
+    together (every row, where it names none)."""
+    found = [claim for row in rows for claim in evaluate_row(row, runs, min_effect, confidence)]
+    tested = [claim for claim in found if not design.family or claim.key in design.family]
+    for claim in found:
+        if claim not in tested:
+            claim.verdict = "not judged"
+            claim.reason = f"outside the study's family (design.family={list(design.family)})"
+    return judge_family(tested, design, min_effect) + [claim for claim in found if claim not in tested]
+
+
+def judge_family(family: list[Claim], design: Design, min_effect: float) -> list[Claim]:
+    """The claims of one family judged together at the last look that all of them complete: its
+    seeds 0, 1, ... for every claim. A claim whose nets diverged in every seed has no differences:
+    `with_failures` said what it is."""
+    failed = [claim for claim in family if claim.interval.n == 0 and any(map(len, claim.failed.values()))]
+    family = [claim for claim in family if claim not in failed]
+    if not family:
+        return failed
+    seeds = min(_leading_seeds(claim.differences) for claim in family)
+    looks = design.looks_reached(seeds)
+    next_seeds = design.looks[looks] if looks < len(design.looks) else None
+    if looks == 0:
+        for claim in family:
+            _open_before_first_look(claim, Look(0, len(design.looks), seeds, math.nan, math.nan, next_seeds))
+        return family + failed
+    last = design.looks[looks - 1]
+    differences = np.full((1, len(family), last), np.nan)
+    for index, claim in enumerate(family):
+        values = claim.differences.reindex(range(last))
+        differences[0, index] = values.to_numpy(dtype=float)
+    no_worse = [claim.kind == "no worse" for claim in family]
+    judged = sequential.judge(differences, design, looks, min_effect, no_worse)
+    for index, claim in enumerate(family):
+        verdict = {sequential.REPRODUCED: "reproduced", sequential.CONTRADICTED: "contradicted"}.get(
+            int(judged.verdict[0, index]), "open" if next_seeds else "inconclusive"
+        )
+        settled_at = int(judged.look[0, index]) or looks
+        look = Look(
+            settled_at,
+            len(design.looks),
+            design.looks[settled_at - 1],
+            float(judged.statistic[0, index]),
+            float(judged.boundary[0, index]),
+            next_seeds,
+        )
+        claim.verdict, claim.look = verdict, look
+        claim.reason = "; ".join(filter(None, [look.said(verdict), *_failures(claim)]))
+    return family + failed
+
+
+def _leading_seeds(differences: pd.Series) -> int:
+    """How many of seeds 0, 1, 2, ... in order have a value."""
+    have = set(differences.dropna().index)
+    count = 0
+    while count in have:
+        count += 1
+    return count
+
+
+def _open_before_first_look(claim: Claim, look: Look) -> None:
+    n, mean = claim.interval.n, claim.interval.mean
+    direction = (
+        f"{n} seed(s): the direction only, {'as claimed' if mean > 0 else 'against the claim'}"
+        if n
+        else "no paired seed"
+    )
+    claim.verdict, claim.look = "open", look
+    claim.reason = "; ".join(filter(None, [f"{look.said('open')}; {direction}", *_failures(claim)]))
+
+
+def _failures(claim: Claim) -> list[str]:
+    """What with_failures said of diverged seeds, kept beside the design's reason."""
+    return [
+        f"{net} diverged in seed(s) {', '.join(map(str, seeds))}" for net, seeds in claim.failed.items() if len(seeds)
+    ]

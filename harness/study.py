@@ -4,6 +4,7 @@ that never opened a run, what to run next, and how the study ends. The sweep's c
 (harness.sweep) call them; a test calls them without Hydra."""
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -13,8 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from harness import identity, plan, record
+from harness.config import ConfigError
 from harness.identity import Job
 from harness.lease import heartbeat_of
+from harness.sequential import Design
 from harness.stats import claims
 from harness.tracking.mlflow_store import find_run
 from harness.tracking.runs import finished, load_runs, write_members
@@ -41,6 +44,7 @@ class Sweep:
     jobs: list[SweepJob]
     vanished: dict[int, str] = dataclasses.field(default_factory=dict)  # job number -> SLURM job that vanished
     estimate: float | None = None  # the sweep's wall time as planned, seconds from the process's start
+    progress: plan.Progress | None = None  # the jobs it trains now (a growing study's: its look's), as planned
 
 
 def other_precision_notes(client, experiment_id: str, jobs: list[Job]) -> list[str]:
@@ -64,10 +68,11 @@ def other_precision_notes(client, experiment_id: str, jobs: list[Job]) -> list[s
 
 
 def open_parent_run(
-    client, experiment_id: str, jobs: list[SweepJob], sweep_dir: str, overrides: str, rerun: bool
+    client, experiment_id: str, jobs: list[SweepJob], sweep_dir: str, overrides: str, rerun: bool, design: Design
 ) -> str:
     """The sweep's parent run: the one of the same study launched before (after a kill, say),
-    which goes on, unless `rerun`; else a new one."""
+    which goes on, unless `rerun`; else a new one. Either holds the study's design from its first
+    look on, and a launch that asks for another is refused (ConfigError) before anything changes."""
     fingerprints = [sweep_job.job.fingerprint for sweep_job in jobs]
     study = identity.study(fingerprints)
     earlier = (
@@ -79,6 +84,7 @@ def open_parent_run(
     )
     if earlier:
         run_id = earlier[0].info.run_id
+        declare(client, earlier[0], design)
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, record.SWEEP_DIR, sweep_dir)
         log.info("Sweep of %d jobs goes on in MLflow parent run %s", len(jobs), run_id)
@@ -88,8 +94,30 @@ def open_parent_run(
         run_name=f"sweep {overrides}"[:250],
         tags=record.sweep_tags(study, sweep_dir, len(fingerprints), overrides, record.source_commit()),
     )
+    declare(client, run, design)
     log.info("Sweep of %d jobs: MLflow parent run %s", len(jobs), run.info.run_id)
     return run.info.run_id
+
+
+def declare(client, parent, design: Design) -> None:
+    """Record the study's design on its parent run, unless it holds one; refuse another."""
+    recorded = parent.data.tags.get(record.DESIGN)
+    if recorded is None:
+        client.set_tag(parent.info.run_id, record.DESIGN, json.dumps(design.as_dict()))
+        return
+    kept = Design.of(json.loads(recorded))
+    if kept != design:
+        keys = " ".join(
+            f"design.{key}=" + (f"[{','.join(map(str, value))}]" if isinstance(value, list) else f"{value}")
+            for key, value in kept.as_dict().items()
+        )
+        raise ConfigError(
+            f"this study (MLflow parent run {parent.info.run_id}) declared its design at its first look: "
+            f"{kept.describe()}; this launch asks for {design.describe()}. A design changed after a look no longer "
+            f"keeps its error rate. Go on with the recorded one ({keys}), or start a new study on new seeds in another "
+            "experiment "
+            "(tracking.experiment=NAME)."
+        )
 
 
 def distinct(jobs: list[SweepJob]) -> list[tuple[int, SweepJob]]:
@@ -138,6 +166,30 @@ def stopped_as(client, row) -> str:
     """How a run of the sweep that did not finish stands: its status and the kind of failure."""
     failure = None if row.run_id == "none" else client.get_run(row.run_id).data.tags.get(record.FAILURE)
     return f"{row.status} ({failure})" if failure else row.status
+
+
+def judged_claims(sweep: Sweep, min_effect: float, confidence: float, design: Design) -> list:
+    """The claims of the sweep's runs that finished (or diverged: a result), judged by its
+    design, for each recipe and family of nets."""
+    held = members(sweep)
+    runs = finished(load_runs(sweep.client, [sweep.experiment_id], run_ids=list(held["run_id"])))
+    return [
+        claim
+        for _, nets in runs.groupby(["recipe", "family"])
+        for claim in claims(nets, min_effect, confidence, design=design)
+    ]
+
+
+def not_finished(sweep: Sweep, jobs: list[SweepJob]) -> list[str]:
+    """The jobs whose nets have no FINISHED run, nor one that diverged (a result), one phrase each."""
+    missing = []
+    for sweep_job in jobs:
+        run = find_run(sweep.client, sweep.experiment_id, sweep_job.job.fingerprint)
+        diverged = run is not None and record.DIVERGED_AT in run.data.tags
+        if run is None or (run.info.status != "FINISHED" and not diverged):
+            state = "no run" if run is None else run.info.status
+            missing.append(f"{sweep_job.job.name} seed {sweep_job.job.cfg.seed}: {state}")
+    return missing
 
 
 def next_steps(runs: pd.DataFrame, min_effect: float, confidence: float, more_seeds: Callable) -> list[str]:

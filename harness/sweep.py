@@ -32,6 +32,7 @@ from harness.config import ConfigError, check, fail
 from harness.device import pick_device
 from harness.launchers import INTERRUPT_HOOKS, SLURM_LAUNCHER, VanishedJobs, jobs_at_once, mark_sweep_process
 from harness.lease import INTERVAL
+from harness.sequential import Design
 from harness.tracking.mlflow_store import StoreError, connect
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,12 @@ class Study(SweepCallback):
             parent_run_id = config.tracking.parent_run_id  # the user's own parent run, if given
             if not parent_run_id:
                 overrides = " ".join(config.hydra.overrides.task)
-                parent_run_id = study.open_parent_run(client, experiment_id, jobs, sweep_dir, overrides, config.rerun)
+                try:
+                    parent_run_id = study.open_parent_run(
+                        client, experiment_id, jobs, sweep_dir, overrides, config.rerun, Design.of(config.design)
+                    )
+                except ConfigError as error:
+                    fail(f"{error} (no job was started)")
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{parent_run_id}'")
         _opened = study.Sweep(client, experiment_id, parent_run_id, jobs)
 
@@ -211,7 +217,7 @@ class Progress(SweepCallback):
         if at_once:
             print(plan.summary(made))
             sweep.estimate = made.wall_seconds if math.isfinite(made.wall_seconds) else None
-        self.progress = plan.Progress(made)
+        sweep.progress = plan.Progress(made)
         self.watcher = Repeating(self.look, PROGRESS_SECONDS, "sweep-progress")
         self.watcher.start()
 
@@ -220,7 +226,7 @@ class Progress(SweepCallback):
             runs = _opened.client.search_runs([_opened.experiment_id], record.children_filter(_opened.parent_run_id))
         except Exception:  # the store's trouble is the jobs' to report; the count waits
             return
-        for line in self.progress.lines(runs):
+        for line in _opened.progress.lines(runs):
             tqdm.write(line)
 
     @stop_on_error

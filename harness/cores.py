@@ -1,0 +1,94 @@
+"""How many torch threads a job takes here: its launcher's share of the cores, and no more cores
+than other work leaves free.
+
+On these 2-core machines a job gains little from its second thread and loses much when the
+cores are oversubscribed: two default jobs of 2 threads each took 1.6x (fp32) and 8.1x (bf16)
+their time alone, where one thread each took 1.06-1.08x (docs/performance.md, "Threads"). So
+unless `threads` or `cores` says otherwise, a launch looks at the load once, as it starts, and
+its jobs take the cores that are free, at least one. Once: 1 and 2 threads do not give the same
+numbers (a reduction split in two adds in another order), so a run keeps the threads it started
+with and records them (the tag `threads`).
+"""
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+
+log = logging.getLogger(__name__)
+
+# Other processes' work, in cores, above which a core counts as taken (and a timing as measured
+# beside other work): a shell, a tracking server or an editor stay below it.
+BUSY_CORES = 0.5
+LOAD_SAMPLE_SECONDS = 0.25
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(all cores' busy seconds, this process's CPU seconds) so far: their differences over an
+    interval tell how much other processes worked in it."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def others_busy(before: tuple[float, float], seconds: float) -> float:
+    """Cores that other processes kept busy since `before`, on average over `seconds`."""
+    after = cpu_seconds()
+    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds if seconds > 0 else 0.0
+
+
+def sample_load(seconds: float = LOAD_SAMPLE_SECONDS) -> float:
+    """Cores that other processes keep busy now, over a short look."""
+    before = cpu_seconds()
+    time.sleep(seconds)
+    return others_busy(before, seconds)
+
+
+@functools.cache
+def load_at_launch() -> float:
+    """The load this process saw once, the first time it asked: every job it starts and the
+    planner read the same look, so that a launch decides its threads once."""
+    return sample_load()
+
+
+def free_cores(cores: int, busy: float) -> int:
+    """The cores that `busy` cores of other work leave free (rounded: 0.4 busy cores take none, 0.6
+    one), at least one."""
+    return max(1, cores - int(busy + 0.5))
+
+
+def torch_threads(cfg: Mapping, launcher: Mapping | None = None, load=load_at_launch) -> int:
+    """`threads` if set; else the job's share of the cores (jobs at once x threads <= cores) and,
+    where `cores` is not set either, no more than the cores other work leaves free. The launcher
+    is this job's (Hydra's), unless given."""
+    from harness.launchers import cpus_per_job  # here: launchers imports record, record precision, precision this
+
+    if cfg["threads"]:
+        return cfg["threads"]
+    cores = cfg["cores"] or len(os.sched_getaffinity(0))
+    if launcher is None and HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
+    share = max(1, min(cores, cpus_per_job(launcher, cores)))
+    if cfg["cores"]:
+        return share
+    return min(share, free_cores(cores, load()))
+
+
+def why_fewer(cfg: Mapping, threads: int, launcher: Mapping | None = None) -> str | None:
+    """What a job says when the load left it fewer threads than its share, or none."""
+    share = torch_threads(cfg, launcher, load=lambda: 0.0)
+    if threads >= share:
+        return None
+    busy, cores = load_at_launch(), len(os.sched_getaffinity(0))
+    shared = "; no core was free, so it shares one" if busy > cores - BUSY_CORES else ""
+    return (
+        f"threads={threads}, not its share of {share}: other work kept {busy:.1f} of {cores} cores busy as the launch "
+        f"began{shared} (threads=N or cores=N sets them)"
+    )
