@@ -28,7 +28,9 @@ from harness import lease, record
 from harness.launchers import SubmititJobs
 from harness.lease import Heartbeat, earlier_incarnation, heartbeat_of, slurm_incarnation
 
-from conftest import TINY, check_sweep, free_ports, harness_command, wait_for
+from helpers.commands import harness_command, wait_for
+from helpers.servers import free_ports
+from helpers.sweeps import TINY, check_sweep
 
 SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # the daemons live in sbin

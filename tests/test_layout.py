@@ -1,5 +1,5 @@
 """The package's shape: imports flow one way (no module imports one that imports it back), and
-the commands that train nothing start without torch."""
+the commands that train nothing start without torch; the tests share code through tests/helpers only."""
 
 import ast
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "harness"
 
@@ -66,3 +66,21 @@ def test_commands_that_train_nothing_start_without_torch(module):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_test_modules_share_code_through_helpers_only():
+    """A test module imported as a library brings its fixtures and tests into the importer's namespace
+    and ties two files together; conftest.py is pytest's to load. Shared code lives in tests/helpers."""
+    tests = REPO / "tests"
+    modules = {path.stem for path in tests.glob("*.py")}
+    bad = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            bad += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in modules]
+    assert not bad, "import these from tests/helpers instead:\n" + "\n".join(bad)

@@ -37,7 +37,7 @@ from harness import record, server
 from harness.lease import Lease
 from harness.tracking.mlflow_store import MlflowRun, connect
 
-from conftest import free_ports, server_state_folder, skip_without_postgres
+from helpers.servers import free_ports, server_state_folder, skip_without_postgres
 
 WRITERS = int(os.environ.get("HARNESS_LOAD_WRITERS", "32"))
 SECONDS = float(os.environ.get("HARNESS_LOAD_SECONDS", "120"))

@@ -21,7 +21,10 @@ from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import get_lr, train
 
-from conftest import REPO, TINY, empty_store, harness_command, job_runs
+from helpers import REPO
+from helpers.commands import harness_command
+from helpers.stores import empty_store
+from helpers.sweeps import TINY, job_runs
 
 
 @pytest.mark.integration

@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from harness import server
 
-from conftest import REPO, free_ports, server_state_folder, skip_without_postgres
+from helpers import REPO
+from helpers.servers import free_ports, server_state_folder, skip_without_postgres
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,9 @@ from harness import record
 from harness.record import EXPERIMENT_KIND, RUN_COLOUR
 from harness.tracking.ui import MODEL_DEVELOPMENT, SAVED_VIEW_ID, SAVED_VIEW_NAME
 
-from conftest import TINY, free_ports, harness_command
+from helpers.commands import harness_command
+from helpers.servers import free_ports
+from helpers.sweeps import TINY
 
 CHROMIUM = "/usr/bin/chromium"
 NETS = ["plain-8", "resnet-8", "plain-14", "resnet-14"]
