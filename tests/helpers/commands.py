@@ -24,14 +24,16 @@ def wait_for(
     what: str = "",
     job: subprocess.Popen | None = None,
     interval: float = 0.02,
+    details: Callable[[], str] = lambda: "",
 ):
     """What `look()` returns once it is truthy; fails after `timeout` seconds, or once `job` (a
-    process the test started) has ended first."""
+    process the test started) has ended first. `details()`, called only then, adds what explains the
+    failure, such as the tail of the job's log."""
     deadline = time.monotonic() + timeout
     while not (found := look()):
         if job is not None and job.poll() is not None:
-            pytest.fail(f"the job ended before {what}")
+            pytest.fail(f"the job ended (exit code {job.returncode}) before {what}\n{details()}".rstrip())
         if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {timeout:.0f} s")
+            pytest.fail(f"no {what} after {timeout:.0f} s\n{details()}".rstrip())
         time.sleep(interval)
     return found
