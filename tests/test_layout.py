@@ -1,7 +1,9 @@
-"""The package's shape: imports flow one way (no module imports one that imports it back), and
-the commands that train nothing start without torch; the tests share code through tests/helpers only."""
+"""The package's shape: imports flow one way (no module imports one that imports it back), as
+docs/layout.md draws them, and the commands that train nothing start without torch; the tests share
+code through tests/helpers only."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +86,38 @@ def test_test_modules_share_code_through_helpers_only():
                 continue
             bad += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in modules]
     assert not bad, "import these from tests/helpers instead:\n" + "\n".join(bad)
+
+
+def doc_name(module: str) -> str:
+    """A module as docs/layout.md writes it: harness.tracking.ui is tracking/ui."""
+    return module.removeprefix("harness.").replace(".", "/")
+
+
+def test_the_import_orders_leaves_are_imported_as_the_page_says():
+    """docs/layout.md's leaves line, `A <- B, C`: one module on the left is imported by exactly the
+    modules on the right; one module on the right imports exactly those on the left, a package
+    (tracking) standing for its modules."""
+    page = (REPO / "docs" / "layout.md").read_text()
+    (leaves,) = re.findall(r"^\s*leaves: (.*)$", page, flags=re.M)
+    graph = {doc_name(module): {doc_name(m) for m in imported} for module, imported in imports().items()}
+
+    def as_named(module: str, names: set[str]) -> str:
+        return next((name for name in names if module == name or module.startswith(f"{name}/")), module)
+
+    clauses = [
+        [{name.strip() for name in side.split(",")} for side in clause.split(" <- ")] for clause in leaves.split(";")
+    ]
+    bad = []
+    for imported, importers in clauses:
+        if len(imported) == 1:
+            actual = {importer for importer, modules in graph.items() if imported <= modules}
+            if actual != importers:
+                bad.append(f"{', '.join(imported)} <- {', '.join(sorted(actual))} in the code")
+        elif len(importers) == 1:
+            (importer,) = importers
+            actual = {as_named(module, imported) for module in graph[importer]}
+            if actual != imported:
+                bad.append(f"{', '.join(sorted(actual))} <- {importer} in the code")
+        else:
+            bad.append(f"{', '.join(imported)} <- {', '.join(importers)}: one module on either side, to be checked")
+    assert len(clauses) >= 3 and not bad, "docs/layout.md, Import order:\n" + "\n".join(bad)
