@@ -26,6 +26,7 @@ page's with `-m slow`.
   (harness.config has no parser: it prints docs/configuration.md, all it ever does).
 """
 
+import ast
 import importlib.util
 import json
 import os
@@ -437,3 +438,79 @@ def test_the_keys_outside_the_fingerprint_and_the_recipe_are_identitys():
     assert outside and nets, "docs/studies.md no longer lists the keys outside the fingerprint and the recipe"
     assert backticked(outside.group(1)) == set(identity.PRESENTATION_KEYS)
     assert backticked(nets.group(1)) == set(identity.NET_KEYS)
+
+
+# What the pages say of the tests, the archives and the code: each number checked against where it
+# comes from (issue 46 found ten that had drifted from it).
+
+
+def prose(path: Path) -> str:
+    """A page's text, or a YAML file's comments, as one line: a phrase may wrap anywhere."""
+    return " ".join(re.sub(r"\n\s*#", " ", path.read_text()).split())
+
+
+def said(path: Path, pattern: str) -> re.Match:
+    found = re.search(pattern, prose(path))
+    assert found, f"{path.relative_to(REPO)} no longer says {pattern!r}: update this test with it"
+    return found
+
+
+def defined_test(file: str, name: str) -> ast.FunctionDef:
+    (function,) = [n for n in ast.parse((REPO / "tests" / file).read_text()).body if getattr(n, "name", "") == name]
+    return function
+
+
+def checked_runs(file: str, test: str) -> int:
+    """How many runs a test's sweep makes: the count it gives check_sweep."""
+    calls = ast.walk(defined_test(file, test))
+    (call,) = [c for c in calls if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "check_sweep"]
+    return ast.literal_eval(call.args[1])
+
+
+# Where a page says how many runs a test sends: the test (file, name), the page and its words.
+SLURM_SWEEP = ("test_cluster.py", "test_slurm_runs_a_sweep_through_sbatch")
+JOBLIB_INTO_SQLITE = ("test_launchers.py", "test_joblib_runs_jobs_at_once_into_sqlite")
+RUNS_A_TEST_SENDS = [
+    (SLURM_SWEEP, "docs/clusters.md", r"a CPU partition: (\d+) runs through `sbatch`"),
+    (SLURM_SWEEP, "docs/testing.md", r"and munged\): (\d+) runs through `sbatch`"),
+    (JOBLIB_INTO_SQLITE, "docs/clusters.md", r"a test runs (\d+) jobs at once into it"),
+    (JOBLIB_INTO_SQLITE, "docs/testing.md", r"a test that runs (\d+) jobs at once into one SQLite store"),
+]
+
+
+@pytest.mark.parametrize("test, page, words", RUNS_A_TEST_SENDS, ids=[f"{p}-{t[1]}" for t, p, _ in RUNS_A_TEST_SENDS])
+def test_the_runs_a_page_says_a_test_sends_are_the_tests(test, page, words):
+    assert int(said(REPO / page, words).group(1)) == checked_runs(*test), f"{page} against {'::'.join(test)}"
+
+
+def minutes(text: str) -> tuple[float, float] | None:
+    """The first duration a text gives, as (shortest, longest) minutes: "4 minutes", "1.5 to 2.5 minutes"."""
+    found = re.search(r"(\d+(?:\.\d+)?)(?: to (\d+(?:\.\d+)?))? minutes", text)
+    return (float(found.group(1)), float(found.group(2) or found.group(1))) if found else None
+
+
+def slow_test_durations() -> dict[str, tuple[float, float]]:
+    """Each slow test whose duration its marker's comment or its docstring gives."""
+    durations = {}
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.parse("\n".join(lines)).body:
+            slow = [d for d in getattr(node, "decorator_list", []) if ast.unparse(d) == "pytest.mark.slow"]
+            if slow:
+                comment = lines[slow[0].lineno - 1].partition("#")[2]
+                duration = minutes(comment) or minutes(ast.get_docstring(node) or "")
+                if duration:
+                    durations[f"{path.name}::{node.name}"] = duration
+    return durations
+
+
+def test_the_longest_slow_tests_the_page_names_are_the_longest():
+    """docs/testing.md's longest slow tests, by the durations their markers or docstrings give: every
+    slow test as long as the shortest it names is named."""
+    longest = said(REPO / "docs" / "testing.md", r"The longest are (.*?)\.(?:\s|$)").group(1)
+    named = {minutes(part) for part in re.split(r"\), | and the ", longest)} - {None}
+    shortest = min(most for _, most in named)
+    durations = slow_test_durations()
+    assert len(durations) >= 5, "the slow tests no longer say how long they take: this test checks nothing"
+    long_ones = {test: d for test, d in durations.items() if d[1] >= shortest}
+    assert set(long_ones.values()) == named, f"docs/testing.md names {sorted(named)}, the tests say {long_ones}"
