@@ -27,11 +27,14 @@ page's with `-m slow`.
 """
 
 import ast
+import datetime
 import importlib.util
+import itertools
 import json
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -514,3 +517,75 @@ def test_the_longest_slow_tests_the_page_names_are_the_longest():
     assert len(durations) >= 5, "the slow tests no longer say how long they take: this test checks nothing"
     long_ones = {test: d for test, d in durations.items() if d[1] >= shortest}
     assert set(long_ones.values()) == named, f"docs/testing.md names {sorted(named)}, the tests say {long_ones}"
+
+
+def archived_jobs(folder: str) -> list[dict]:
+    """The training runs of an archive in docs/results (harness.archive's files)."""
+    runs = [json.loads(path.read_text())["run"] for path in sorted((REPO / "docs" / "results" / folder).glob("*.json"))]
+    return [run for run in runs if run["tags"].get("harness.role") == "job"]
+
+
+def clock(milliseconds: int) -> str:
+    return datetime.datetime.fromtimestamp(milliseconds / 1000, datetime.UTC).strftime("%H:%M")
+
+
+def hours(milliseconds: int) -> str:
+    """H:MM, the minutes begun left out: a duration said is never more than what it was."""
+    return f"{milliseconds // 3_600_000}:{milliseconds // 60_000 % 60:02d}"
+
+
+def wall_time(runs: list[dict]) -> int:
+    """At least how long a study's runs took, in ms: from the first start to the last end, less every
+    stretch over 10 minutes in which no run logged a point (time between sessions; within one a
+    point comes every few seconds)."""
+    moments = sorted({t for run in runs for points in run["metrics"].values() for _, t, _ in points})
+    moments = sorted({*moments, *(run["start_time"] for run in runs), *(run["end_time"] for run in runs)})
+    idle = sum(later - earlier for earlier, later in itertools.pairwise(moments) if later - earlier > 600_000)
+    return moments[-1] - moments[0] - idle
+
+
+def test_the_budget_curves_runs_and_times_are_its_archives():
+    results, study = REPO / "docs" / "results.md", REPO / "experiments" / "budget_curve.yaml"
+    fp32, bf16 = archived_jobs("budget_curve"), archived_jobs("budget_curve_bf16")
+    assert {run["status"] for run in fp32 + bf16} == {"FINISHED"}
+    start, end = min(run["start_time"] for run in fp32), max(run["end_time"] for run in fp32)
+    day = datetime.datetime.fromtimestamp(start / 1000, datetime.UTC).date().isoformat()
+    fp32_said = said(
+        results, r"archive holds (\d+) of the 48 runs .*? from (\d+:\d\d) to (\d+:\d\d) on ([\d-]+) \((\d+:\d\d)\)"
+    )
+    assert fp32_said.groups() == (str(len(fp32)), clock(start), clock(end), day, hours(wall_time(fp32)))
+    assert said(study, r"budget_curve \(fp32, AVX2 only: (\d+) of 48 in (\d+:\d\d)\)").groups() == (
+        str(len(fp32)),
+        hours(wall_time(fp32)),
+    )
+    assert said(study, r"budget_curve_bf16 \(bf16, AVX512-BF16: all (\d+), at least (\d+:\d\d)").groups() == (
+        str(len(bf16)),
+        hours(wall_time(bf16)),
+    )
+    assert said(results, r"In all at least (\d+:\d\d):").group(1) == hours(wall_time(bf16))
+
+
+def test_the_order_of_p2s_units_the_page_gives_is_the_archives_and_p2s():
+    """docs/results.md's order of the residual units by test error, here (the mean final test error of
+    each unit's runs in docs/results/p2_units) and in P2's Table 2 (harness.paper)."""
+    from harness import paper
+
+    # Each unit's letter, as P2's Fig. 4 names it, from the source paper.py gives its published number.
+    unit = {
+        variant: found.group(1)
+        for variant, published in paper.P2_VARIANT_TEST_ERROR.items()
+        if (found := re.search(r"\(([a-e])\)$", published.source))
+    }
+    errors = {}
+    for run in archived_jobs("p2_units"):
+        variant = re.sub(r"-\d+", "", run["name"], count=1)  # resnet-56-bnadd: resnet-bnadd
+        errors.setdefault(unit[variant], []).append(run["metrics"]["test_error"][-1][2])
+    published = {letter: paper.p2_test_error(variant).error for variant, letter in unit.items()}
+    here = sorted(errors, key=lambda letter: statistics.mean(errors[letter]))
+    in_p2 = sorted(errors, key=published.get)
+    order = r"([a-e](?: < [a-e])+)"
+    text = said(
+        REPO / "docs" / "results.md",
+        rf"in test error {order} here, against {order} in P2's Table 2, whose worst is \(([a-e])\)",
+    )
+    assert text.groups() == (" < ".join(here), " < ".join(in_p2), in_p2[-1])
