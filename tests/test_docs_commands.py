@@ -589,3 +589,31 @@ def test_the_order_of_p2s_units_the_page_gives_is_the_archives_and_p2s():
         rf"in test error {order} here, against {order} in P2's Table 2, whose worst is \(([a-e])\)",
     )
     assert text.groups() == (" < ".join(here), " < ".join(in_p2), in_p2[-1])
+
+
+def test_the_precision_timings_the_pages_quote_agree_with_the_code_and_each_other():
+    """A decision line quoted is the one harness.precision prints for its timings, a ratio beside two
+    timings is theirs, and the pages that quote one measurement say the same of where it ran."""
+    from harness import precision
+
+    pages = {page.relative_to(REPO): prose(page) for page in DOCS}
+    lines = [
+        (page, m)
+        for page, text in pages.items()
+        for m in re.finditer(r"bf16 \S+ fp32 here \((\d+) ms against (\d+) ms .*?\): precision=auto is \w+", text)
+    ]
+    assert lines, "no page quotes the line precision=auto prints"
+    for page, line in lines:
+        fp32, bf16 = map(float, line.groups())
+        assert line.group(0) == precision.choose("here", fp32, bf16).line(), page
+    timings = r"(\d[\d,]*) (?:ms )?(?:in fp32 )?(?:against|and) (\d[\d,]*) ms(?: in bf16)?([^,;|]*?)(?:[,;|]|\. |$)"
+    where = {}  # (fp32 ms, bf16 ms) -> {what a page says of where it was measured: page}
+    for page, text in pages.items():
+        for m in re.finditer(timings, text):
+            fp32, bf16 = (float(n.replace(",", "")) for n in m.group(1, 2))
+            for ratio in re.findall(r"\((\d+\.\d+)x\)", m.group(3)):
+                assert ratio == f"{fp32 / bf16:.2f}", f"{page}: {m.group(0)}"
+            if said_where := re.search(r"\bquiet\b|\bbeside [a-z ]*[a-z]", m.group(3)):
+                where.setdefault((fp32, bf16), {})[said_where.group(0)] = page
+    assert len(where) >= 2, "the pages no longer quote the precision measurements as this test reads them"
+    assert all(len(said) == 1 for said in where.values()), where
