@@ -1,8 +1,10 @@
 """The manual says what the code does (issue 38): every `python -m harness...` command that README.md,
 docs/*.md and the comments of experiments/ and conf/ give runs, in a form that trains nothing, so that
 a renamed key, config group or module fails the suite instead of a reader; every link between the
-pages lands on a section; the suite selections the pages suggest keep the slow tests out; and the
-page's list of the keys outside a net's fingerprint is identity.py's.
+pages lands on a section; the suite selections the pages suggest keep the slow tests out; the
+page's list of the keys outside a net's fingerprint is identity.py's; and what the pages quote of the
+tests (runs a test sends, the longest slow tests), of the archives (runs and wall times, an order of
+errors) and of the code (a printed line, the rule for config groups) is theirs (issue 46).
 
 How each kind of command is checked, without training or starting anything, all in one process
 (each start of torch, MLflow and Hydra costs seconds): the README's in the default run, every
@@ -617,3 +619,24 @@ def test_the_precision_timings_the_pages_quote_agree_with_the_code_and_each_othe
                 where.setdefault((fp32, bf16), {})[said_where.group(0)] = page
     assert len(where) >= 2, "the pages no longer quote the precision measurements as this test reads them"
     assert all(len(said) == 1 for said in where.values()), where
+
+
+def test_the_configuration_pages_rule_for_config_groups_is_hydras():
+    """docs/configuration.md's groups that need `+group=option` are the ones Hydra refuses as
+    `group=option`, and every other group takes its options as `group=option`."""
+    from hydra.errors import ConfigCompositionException
+
+    from harness.config import compose_config
+
+    page = REPO / "docs" / "configuration.md"
+    rows = re.findall(r"^\| `(\w+)` \| ((?:`\w+`(?:, )?)+) \| (\w+) \|$", page.read_text(), flags=re.M)
+    needs_plus = said(page, r"a group without one \(([^)]*)\) needs `\+group=option`").group(1)
+    assert backticked(needs_plus) == {group for group, _, default in rows if default == "none"}
+    for group, options, default in rows:
+        option = next(o for o in backticked(options) if o != default)
+        if default == "none":
+            compose_config(f"+{group}={option}")
+            with pytest.raises(ConfigCompositionException):
+                compose_config(f"{group}={option}")
+        else:
+            compose_config(f"{group}={option}")
