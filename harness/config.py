@@ -524,27 +524,34 @@ def reference() -> str:
     (conf/config.yaml and its groups) and what it does."""
     defaults = compose_config()
     groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    # conf/experiment is a link to experiments/
+    options = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in groups}
+    chosen = {}  # the groups' defaults, as conf/config.yaml's defaults list names them
+    for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
+        if OmegaConf.is_dict(entry):
+            chosen.update(entry)
+    # Hydra overrides only what the defaults list holds: a group it leaves out is added with +, so
+    # the rule is said from the list, and stays true when a group gains or loses its default.
+    unset = [group for group in groups if group not in chosen]
+    example = next(f"{g}={o}" for g in groups if g in chosen for o in options[g] if o != chosen[g])
     lines = [
         "# Configuration reference",
         "",
         "Generated from the schema in `harness/config.py` by `python -m harness.config > docs/configuration.md`;",
         "a test fails when this page is stale. Back to the [README](../README.md).",
         "",
-        "Set a key on the command line as `key=value` (`schedule.iterations=2000`), sweep it with",
-        "`-m key=a,b`, pick a config group with `group=option` and a study with `+experiment=NAME`.",
+        "Set a key on the command line as `key=value` (`schedule.iterations=2000`) and sweep it with",
+        f"`-m key=a,b`. A config group with a default takes another option as `group=option` (`{example}`);",
+        f"a group without one ({', '.join(f'`{g}`' for g in unset)}) needs `+group=option` (`+{unset[0]}=NAME`),",
+        "except in a study whose defaults list already adds it.",
         "",
         "## Config groups",
         "",
         "| group | options | default |",
         "|---|---|---|",
     ]
-    chosen = {}  # the groups' defaults, as conf/config.yaml's defaults list names them
-    for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
-        if OmegaConf.is_dict(entry):
-            chosen.update(entry)
     for group in groups:
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))  # conf/experiment: experiments/
-        lines.append(f"| `{group}` | {', '.join(f'`{o}`' for o in options)} | {chosen.get(group, 'none')} |")
+        lines.append(f"| `{group}` | {', '.join(f'`{o}`' for o in options[group])} | {chosen.get(group, 'none')} |")
     hints = typing.get_type_hints(Config)
     sections = [("Top level", Config, "")] + [
         (f"`{f.name}`: {f.metadata['help']}", hints[f.name], f"{f.name}.")

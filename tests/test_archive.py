@@ -9,8 +9,10 @@ from mlflow.tracking import MlflowClient
 from harness import archive, record
 from harness.tracking.runs import load_runs
 
-import test_report
-from conftest import REPO, empty_store, sweep
+from helpers import REPO
+from helpers.known_runs import experiment_store, log_run, sweep_run
+from helpers.stores import empty_store
+from helpers.sweeps import sweep
 
 NETS = ("depth=8", "residual=true,false")
 # Where the two stores must differ: the run's own id, its sweep's, and what says where it came from.
@@ -124,10 +126,10 @@ def test_the_committed_archives_import_whole_into_one_store(tmp_path, store):
 def test_a_run_that_diverged_is_archived_as_the_result_it_is(tmp_path):
     """P2's dropout shortcut diverges: its run goes into the archive with the finished ones, comes
     back FAILED with its divergence, and a second import does not add it again."""
-    client, experiment_id = test_report.experiment_store(tmp_path)
-    parent = test_report.sweep_run(client, experiment_id)
-    test_report.log_run(client, experiment_id, 56, True, parent=parent)
-    test_report.log_run(client, experiment_id, 56, True, parent=parent, net=("shortcut=dropout",), diverged_at=500)
+    client, experiment_id = experiment_store(tmp_path)
+    parent = sweep_run(client, experiment_id)
+    log_run(client, experiment_id, 56, True, parent=parent)
+    log_run(client, experiment_id, 56, True, parent=parent, net=("shortcut=dropout",), diverged_at=500)
     client.set_terminated(parent)
     assert archive.export_sweep(client, parent, tmp_path / "archive") == (2, 0)
     other = f"sqlite:///{tmp_path / 'other.db'}"

@@ -3,7 +3,7 @@ precision (the numbers are measured, never asserted; the arithmetic is)."""
 
 import pytest
 
-from conftest import harness_command
+from helpers.commands import harness_command
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,9 @@ from harness import lease, record
 from harness.launchers import SubmititJobs
 from harness.lease import Heartbeat, earlier_incarnation, heartbeat_of, slurm_incarnation
 
-from conftest import TINY, check_sweep, free_ports, harness_command, wait_for
+from helpers.commands import harness_command, wait_for
+from helpers.servers import free_ports
+from helpers.sweeps import TINY, check_sweep
 
 SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # the daemons live in sbin
@@ -115,20 +117,26 @@ def slurm_cluster():
             f"--log-file={folder}/munge/munged.log",
             f"--seed-file={folder}/munge/munged.seed",
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (folder / "munge" / "munge.socket").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        munged = daemons[0]
+
+        def logs() -> str:
+            return "\n".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(folder.glob("*.out")))
+
+        def node_state() -> str:
+            sinfo = subprocess.run([program["sinfo"], "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True)
+            return sinfo.stdout.strip()
+
+        socket_file = folder / "munge" / "munge.socket"
+        wait_for(socket_file.exists, START_TIMEOUT, "munge socket", job=munged, interval=0.2, details=logs)
         start("slurmctld", "-D")
         start("slurmd", "-D", "-N", node)
-        state = ""
-        while time.monotonic() < deadline:
-            sinfo = subprocess.run([program["sinfo"], "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True)
-            state = sinfo.stdout.strip()
-            if state == "idle":
-                break
-            time.sleep(0.5)
-        logs = "\n".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(folder.glob("*.out")))
-        assert state == "idle", f"the SLURM node is {state or 'not known'} after {START_TIMEOUT} s\n{logs}"
+        wait_for(
+            lambda: node_state() == "idle",
+            START_TIMEOUT,
+            "idle SLURM node",
+            interval=0.5,
+            details=lambda: f"the SLURM node is {node_state() or 'not known'}\n{logs()}",
+        )
         yield str(conf)
     finally:
         subprocess.run([program["scontrol"], "shutdown"], env=env, capture_output=True, timeout=30)

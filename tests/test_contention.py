@@ -9,7 +9,7 @@ import pytest
 
 from harness import OPENMP_SPIN_COUNT, OPENMP_WAIT_VARIABLES
 
-from conftest import REPO
+from helpers import REPO
 
 
 def python(code: str, **env: str) -> str:

@@ -1,8 +1,10 @@
 """The manual says what the code does (issue 38): every `python -m harness...` command that README.md,
 docs/*.md and the comments of experiments/ and conf/ give runs, in a form that trains nothing, so that
 a renamed key, config group or module fails the suite instead of a reader; every link between the
-pages lands on a section; the suite selections the pages suggest keep the slow tests out; and the
-page's list of the keys outside a net's fingerprint is identity.py's.
+pages lands on a section; the suite selections the pages suggest keep the slow tests out; the
+page's list of the keys outside a net's fingerprint is identity.py's; and what the pages quote of the
+tests (runs a test sends, the longest slow tests), of the archives (runs and wall times, an order of
+errors) and of the code (a printed line, the rule for config groups) is theirs (issue 46).
 
 How each kind of command is checked, without training or starting anything, all in one process
 (each start of torch, MLflow and Hydra costs seconds): the README's in the default run, every
@@ -26,11 +28,15 @@ page's with `-m slow`.
   (harness.config has no parser: it prints docs/configuration.md, all it ever does).
 """
 
+import ast
+import datetime
 import importlib.util
+import itertools
 import json
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,7 +45,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # conf/experiment is a link to experiments/: each file once.
@@ -437,3 +443,200 @@ def test_the_keys_outside_the_fingerprint_and_the_recipe_are_identitys():
     assert outside and nets, "docs/studies.md no longer lists the keys outside the fingerprint and the recipe"
     assert backticked(outside.group(1)) == set(identity.PRESENTATION_KEYS)
     assert backticked(nets.group(1)) == set(identity.NET_KEYS)
+
+
+# What the pages say of the tests, the archives and the code: each number checked against where it
+# comes from (issue 46 found ten that had drifted from it).
+
+
+def prose(path: Path) -> str:
+    """A page's text, or a YAML file's comments, as one line: a phrase may wrap anywhere."""
+    return " ".join(re.sub(r"\n\s*#", " ", path.read_text()).split())
+
+
+def said(path: Path, pattern: str) -> re.Match:
+    found = re.search(pattern, prose(path))
+    assert found, f"{path.relative_to(REPO)} no longer says {pattern!r}: update this test with it"
+    return found
+
+
+def defined_test(file: str, name: str) -> ast.FunctionDef:
+    (function,) = [n for n in ast.parse((REPO / "tests" / file).read_text()).body if getattr(n, "name", "") == name]
+    return function
+
+
+def checked_runs(file: str, test: str) -> int:
+    """How many runs a test's sweep makes: the count it gives check_sweep."""
+    calls = ast.walk(defined_test(file, test))
+    (call,) = [c for c in calls if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "check_sweep"]
+    return ast.literal_eval(call.args[1])
+
+
+# Where a page says how many runs a test sends: the test (file, name), the page and its words.
+SLURM_SWEEP = ("test_cluster.py", "test_slurm_runs_a_sweep_through_sbatch")
+JOBLIB_INTO_SQLITE = ("test_launchers.py", "test_joblib_runs_jobs_at_once_into_sqlite")
+RUNS_A_TEST_SENDS = [
+    (SLURM_SWEEP, "docs/clusters.md", r"a CPU partition: (\d+) runs through `sbatch`"),
+    (SLURM_SWEEP, "docs/testing.md", r"and munged\): (\d+) runs through `sbatch`"),
+    (JOBLIB_INTO_SQLITE, "docs/clusters.md", r"a test runs (\d+) jobs at once into it"),
+    (JOBLIB_INTO_SQLITE, "docs/testing.md", r"a test that runs (\d+) jobs at once into one SQLite store"),
+]
+
+
+@pytest.mark.parametrize("test, page, words", RUNS_A_TEST_SENDS, ids=[f"{p}-{t[1]}" for t, p, _ in RUNS_A_TEST_SENDS])
+def test_the_runs_a_page_says_a_test_sends_are_the_tests(test, page, words):
+    assert int(said(REPO / page, words).group(1)) == checked_runs(*test), f"{page} against {'::'.join(test)}"
+
+
+def minutes(text: str) -> tuple[float, float] | None:
+    """The first duration a text gives, as (shortest, longest) minutes: "4 minutes", "1.5 to 2.5 minutes"."""
+    found = re.search(r"(\d+(?:\.\d+)?)(?: to (\d+(?:\.\d+)?))? minutes", text)
+    return (float(found.group(1)), float(found.group(2) or found.group(1))) if found else None
+
+
+def slow_test_durations() -> dict[str, tuple[float, float]]:
+    """Each slow test whose duration its marker's comment or its docstring gives."""
+    durations = {}
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.parse("\n".join(lines)).body:
+            slow = [d for d in getattr(node, "decorator_list", []) if ast.unparse(d) == "pytest.mark.slow"]
+            if slow:
+                comment = lines[slow[0].lineno - 1].partition("#")[2]
+                duration = minutes(comment) or minutes(ast.get_docstring(node) or "")
+                if duration:
+                    durations[f"{path.name}::{node.name}"] = duration
+    return durations
+
+
+def test_the_longest_slow_tests_the_page_names_are_the_longest():
+    """docs/testing.md's longest slow tests, by the durations their markers or docstrings give: every
+    slow test as long as the shortest it names is named."""
+    longest = said(REPO / "docs" / "testing.md", r"The longest are (.*?)\.(?:\s|$)").group(1)
+    named = {minutes(part) for part in re.split(r"\), | and the ", longest)} - {None}
+    shortest = min(most for _, most in named)
+    durations = slow_test_durations()
+    assert len(durations) >= 5, "the slow tests no longer say how long they take: this test checks nothing"
+    long_ones = {test: d for test, d in durations.items() if d[1] >= shortest}
+    assert set(long_ones.values()) == named, f"docs/testing.md names {sorted(named)}, the tests say {long_ones}"
+
+
+def archived_jobs(folder: str) -> list[dict]:
+    """The training runs of an archive in docs/results (harness.archive's files)."""
+    runs = [json.loads(path.read_text())["run"] for path in sorted((REPO / "docs" / "results" / folder).glob("*.json"))]
+    return [run for run in runs if run["tags"].get("harness.role") == "job"]
+
+
+def clock(milliseconds: int) -> str:
+    return datetime.datetime.fromtimestamp(milliseconds / 1000, datetime.UTC).strftime("%H:%M")
+
+
+def hours(milliseconds: int) -> str:
+    """H:MM, the minutes begun left out: a duration said is never more than what it was."""
+    return f"{milliseconds // 3_600_000}:{milliseconds // 60_000 % 60:02d}"
+
+
+def wall_time(runs: list[dict]) -> int:
+    """At least how long a study's runs took, in ms: from the first start to the last end, less every
+    stretch over 10 minutes in which no run logged a point (time between sessions; within one a
+    point comes every few seconds)."""
+    moments = sorted({t for run in runs for points in run["metrics"].values() for _, t, _ in points})
+    moments = sorted({*moments, *(run["start_time"] for run in runs), *(run["end_time"] for run in runs)})
+    idle = sum(later - earlier for earlier, later in itertools.pairwise(moments) if later - earlier > 600_000)
+    return moments[-1] - moments[0] - idle
+
+
+def test_the_budget_curves_runs_and_times_are_its_archives():
+    results, study = REPO / "docs" / "results.md", REPO / "experiments" / "budget_curve.yaml"
+    fp32, bf16 = archived_jobs("budget_curve"), archived_jobs("budget_curve_bf16")
+    assert {run["status"] for run in fp32 + bf16} == {"FINISHED"}
+    start, end = min(run["start_time"] for run in fp32), max(run["end_time"] for run in fp32)
+    day = datetime.datetime.fromtimestamp(start / 1000, datetime.UTC).date().isoformat()
+    fp32_said = said(
+        results, r"archive holds (\d+) of the 48 runs .*? from (\d+:\d\d) to (\d+:\d\d) on ([\d-]+) \((\d+:\d\d)\)"
+    )
+    assert fp32_said.groups() == (str(len(fp32)), clock(start), clock(end), day, hours(wall_time(fp32)))
+    assert said(study, r"budget_curve \(fp32, AVX2 only: (\d+) of 48 in (\d+:\d\d)\)").groups() == (
+        str(len(fp32)),
+        hours(wall_time(fp32)),
+    )
+    assert said(study, r"budget_curve_bf16 \(bf16, AVX512-BF16: all (\d+), at least (\d+:\d\d)").groups() == (
+        str(len(bf16)),
+        hours(wall_time(bf16)),
+    )
+    assert said(results, r"In all at least (\d+:\d\d):").group(1) == hours(wall_time(bf16))
+
+
+def test_the_order_of_p2s_units_the_page_gives_is_the_archives_and_p2s():
+    """docs/results.md's order of the residual units by test error, here (the mean final test error of
+    each unit's runs in docs/results/p2_units) and in P2's Table 2 (harness.paper)."""
+    from harness import paper
+
+    # Each unit's letter, as P2's Fig. 4 names it, from the source paper.py gives its published number.
+    unit = {
+        variant: found.group(1)
+        for variant, published in paper.P2_VARIANT_TEST_ERROR.items()
+        if (found := re.search(r"\(([a-e])\)$", published.source))
+    }
+    errors = {}
+    for run in archived_jobs("p2_units"):
+        variant = re.sub(r"-\d+", "", run["name"], count=1)  # resnet-56-bnadd: resnet-bnadd
+        errors.setdefault(unit[variant], []).append(run["metrics"]["test_error"][-1][2])
+    published = {letter: paper.p2_test_error(variant).error for variant, letter in unit.items()}
+    here = sorted(errors, key=lambda letter: statistics.mean(errors[letter]))
+    in_p2 = sorted(errors, key=published.get)
+    order = r"([a-e](?: < [a-e])+)"
+    text = said(
+        REPO / "docs" / "results.md",
+        rf"in test error {order} here, against {order} in P2's Table 2, whose worst is \(([a-e])\)",
+    )
+    assert text.groups() == (" < ".join(here), " < ".join(in_p2), in_p2[-1])
+
+
+def test_the_precision_timings_the_pages_quote_agree_with_the_code_and_each_other():
+    """A decision line quoted is the one harness.precision prints for its timings, a ratio beside two
+    timings is theirs, and the pages that quote one measurement say the same of where it ran."""
+    from harness import precision
+
+    pages = {page.relative_to(REPO): prose(page) for page in DOCS}
+    lines = [
+        (page, m)
+        for page, text in pages.items()
+        for m in re.finditer(r"bf16 \S+ fp32 here \((\d+) ms against (\d+) ms .*?\): precision=auto is \w+", text)
+    ]
+    assert lines, "no page quotes the line precision=auto prints"
+    for page, line in lines:
+        fp32, bf16 = map(float, line.groups())
+        assert line.group(0) == precision.choose("here", fp32, bf16).line(), page
+    timings = r"(\d[\d,]*) (?:ms )?(?:in fp32 )?(?:against|and) (\d[\d,]*) ms(?: in bf16)?([^,;|]*?)(?:[,;|]|\. |$)"
+    where = {}  # (fp32 ms, bf16 ms) -> {what a page says of where it was measured: page}
+    for page, text in pages.items():
+        for m in re.finditer(timings, text):
+            fp32, bf16 = (float(n.replace(",", "")) for n in m.group(1, 2))
+            for ratio in re.findall(r"\((\d+\.\d+)x\)", m.group(3)):
+                assert ratio == f"{fp32 / bf16:.2f}", f"{page}: {m.group(0)}"
+            if said_where := re.search(r"\bquiet\b|\bbeside [a-z ]*[a-z]", m.group(3)):
+                where.setdefault((fp32, bf16), {})[said_where.group(0)] = page
+    assert len(where) >= 2, "the pages no longer quote the precision measurements as this test reads them"
+    assert all(len(said) == 1 for said in where.values()), where
+
+
+def test_the_configuration_pages_rule_for_config_groups_is_hydras():
+    """docs/configuration.md's groups that need `+group=option` are the ones Hydra refuses as
+    `group=option`, and every other group takes its options as `group=option`."""
+    from hydra.errors import ConfigCompositionException
+
+    from harness.config import compose_config
+
+    page = REPO / "docs" / "configuration.md"
+    rows = re.findall(r"^\| `(\w+)` \| ((?:`\w+`(?:, )?)+) \| (\w+) \|$", page.read_text(), flags=re.M)
+    needs_plus = said(page, r"a group without one \(([^)]*)\) needs `\+group=option`").group(1)
+    assert backticked(needs_plus) == {group for group, _, default in rows if default == "none"}
+    for group, options, default in rows:
+        option = next(o for o in backticked(options) if o != default)
+        if default == "none":
+            compose_config(f"+{group}={option}")
+            with pytest.raises(ConfigCompositionException):
+                compose_config(f"{group}={option}")
+        else:
+            compose_config(f"{group}={option}")

@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 from harness import OPENMP_SPIN_COUNT, record
 from harness.launchers import cpus_per_job, placement_tags
 
-from conftest import TINY, check_sweep, free_ports, harness_command, most_at_once
+from helpers.commands import harness_command
+from helpers.servers import free_ports
+from helpers.sweeps import TINY, check_sweep, most_at_once
 
 FOUR_JOBS = ["-m", "depth=8", "residual=true,false", "seed=0,1", *TINY]
 

@@ -1,14 +1,16 @@
-"""The package's shape: imports flow one way (no module imports one that imports it back), and
-the commands that train nothing start without torch."""
+"""The package's shape: imports flow one way (no module imports one that imports it back), as
+docs/layout.md draws them, and the commands that train nothing start without torch; the tests share
+code through tests/helpers only."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "harness"
 
@@ -66,3 +68,56 @@ def test_commands_that_train_nothing_start_without_torch(module):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_test_modules_share_code_through_helpers_only():
+    """A test module imported as a library brings its fixtures and tests into the importer's namespace
+    and ties two files together; conftest.py is pytest's to load. Shared code lives in tests/helpers."""
+    tests = REPO / "tests"
+    modules = {path.stem for path in tests.glob("*.py")}
+    bad = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            bad += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in modules]
+    assert not bad, "import these from tests/helpers instead:\n" + "\n".join(bad)
+
+
+def doc_name(module: str) -> str:
+    """A module as docs/layout.md writes it: harness.tracking.ui is tracking/ui."""
+    return module.removeprefix("harness.").replace(".", "/")
+
+
+def test_the_import_orders_leaves_are_imported_as_the_page_says():
+    """docs/layout.md's leaves line, `A <- B, C`: one module on the left is imported by exactly the
+    modules on the right; one module on the right imports exactly those on the left, a package
+    (tracking) standing for its modules."""
+    page = (REPO / "docs" / "layout.md").read_text()
+    (leaves,) = re.findall(r"^\s*leaves: (.*)$", page, flags=re.M)
+    graph = {doc_name(module): {doc_name(m) for m in imported} for module, imported in imports().items()}
+
+    def as_named(module: str, names: set[str]) -> str:
+        return next((name for name in names if module == name or module.startswith(f"{name}/")), module)
+
+    clauses = [
+        [{name.strip() for name in side.split(",")} for side in clause.split(" <- ")] for clause in leaves.split(";")
+    ]
+    bad = []
+    for imported, importers in clauses:
+        if len(imported) == 1:
+            actual = {importer for importer, modules in graph.items() if imported <= modules}
+            if actual != importers:
+                bad.append(f"{', '.join(imported)} <- {', '.join(sorted(actual))} in the code")
+        elif len(importers) == 1:
+            (importer,) = importers
+            actual = {as_named(module, imported) for module in graph[importer]}
+            if actual != imported:
+                bad.append(f"{', '.join(sorted(actual))} <- {importer} in the code")
+        else:
+            bad.append(f"{', '.join(imported)} <- {', '.join(importers)}: one module on either side, to be checked")
+    assert len(clauses) >= 3 and not bad, "docs/layout.md, Import order:\n" + "\n".join(bad)

@@ -37,7 +37,7 @@ from harness import record, server
 from harness.lease import Lease
 from harness.tracking.mlflow_store import MlflowRun, connect
 
-from conftest import free_ports, server_state_folder, skip_without_postgres
+from helpers.servers import free_ports, server_state_folder, skip_without_postgres
 
 WRITERS = int(os.environ.get("HARNESS_LOAD_WRITERS", "32"))
 SECONDS = float(os.environ.get("HARNESS_LOAD_SECONDS", "120"))
@@ -190,7 +190,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 @pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.slow  # about 3.5 minutes: 32 writers for 2 minutes, and their start
 def test_one_server_takes_many_runs_logging_at_ten_times_the_default_rate(tmp_path, monkeypatch):
     skip_without_postgres()
     monkeypatch.setenv("HARNESS_HEARTBEAT_SECONDS", str(HEARTBEAT_SECONDS))

@@ -16,7 +16,7 @@ from torch import nn
 from harness.models import model_name, resolve_shortcut
 from harness.models.resnet import DESIGNS, ResNet, Unit, ZeroPadShortcut, build_model
 
-from conftest import count_params, randomise_batchnorm
+from helpers.nets import count_params, randomise_batchnorm
 
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 SHORTCUT_OPTIONS = ("zero_pad", "projection", "full_projection")

@@ -11,7 +11,7 @@ from torch import nn
 from harness.models import ACTIVATIONS, PRE_ACTIVATED, SHORTCUTS_P2, model_name
 from harness.models.resnet import BASIC_UNITS, BOTTLENECK_UNITS, Gate, ShortcutDropout, Unit, build_model
 
-from conftest import count_params, randomise_batchnorm
+from helpers.nets import count_params, randomise_batchnorm
 
 relu = torch.relu
 

@@ -10,7 +10,7 @@ from harness.report import report_runs
 from harness.stats import CLAIM_ROWS, ClaimRow, claims, p2_shortcuts_vs_identity
 from harness.tracking.runs import load_runs
 
-from test_report import experiment_store, log_run, table_row
+from helpers.known_runs import experiment_store, log_run, table_row
 
 # Final training error and test error (%) per seed 0, 1, 2 of each ResNet-56 variant.
 SHORTCUTS = {

@@ -22,7 +22,8 @@ from harness.device import device_name
 from harness.stats import make_claim
 from harness.tracking.mlflow_store import MlflowRun, connect
 
-from conftest import empty_store, harness_command
+from helpers.commands import harness_command
+from helpers.stores import empty_store
 
 # Long enough to be calibrated (plan.CALIBRATED_FROM): a plan trains none of it.
 SWEEP = [

@@ -19,7 +19,8 @@ from harness.job import run_job
 from harness.precision import resolve_precision
 from harness.tracking.runs import load_curves, load_runs
 
-from conftest import EXPECTED_STEPS, TINY, harness_command
+from helpers.commands import harness_command
+from helpers.sweeps import EXPECTED_STEPS, TINY
 
 LEGACY_STORE = Path(__file__).parent / "data" / "store-3f14647.db.gz"
 # The sweep that made it, with commit 3f14647 (the record before this module existed):

@@ -23,7 +23,9 @@ from harness.lease import Heartbeat, Lease, LeaseLost, claimed
 from harness.record import HEARTBEAT
 from harness.tracking.mlflow_store import CheckpointError, CorruptCheckpoint, MlflowRun, interrupts_deferred
 
-from conftest import empty_store, harness_command, job_runs, wait_for
+from helpers.commands import harness_command, wait_for
+from helpers.stores import empty_store
+from helpers.sweeps import job_runs
 
 # 100 iterations of ResNet-8 with a checkpoint every 10: long enough to be caught mid-run.
 RUN = [

@@ -4,7 +4,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib.image
@@ -21,7 +20,10 @@ from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import get_lr, train
 
-from conftest import REPO, TINY, empty_store, harness_command, job_runs
+from helpers import REPO
+from helpers.commands import harness_command, wait_for
+from helpers.stores import empty_store
+from helpers.sweeps import TINY, job_runs
 
 
 @pytest.mark.integration
@@ -276,10 +278,7 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
 
 def start_and_wait_for_checkpoint(command: list[str], cwd: Path) -> subprocess.Popen:
     job = subprocess.Popen([sys.executable, "-m", *command], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not list((cwd / "mlruns" / "checkpoints").glob("*/last.pt")) and job.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: list((cwd / "mlruns" / "checkpoints").glob("*/last.pt")), 300, "checkpoint", job=job)
     assert job.poll() is None, "the run ended before its first checkpoint"
     return job
 

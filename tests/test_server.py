@@ -19,7 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from harness import server
 
-from conftest import REPO, free_ports, server_state_folder, skip_without_postgres
+from helpers import REPO
+from helpers.commands import wait_for
+from helpers.servers import free_ports, server_state_folder, skip_without_postgres
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -123,8 +125,7 @@ def test_start_restarts_whichever_part_died(tracking_server, tracking_server_sta
         # The MLflow server dies, PostgreSQL runs on.
         pid = server.server_pid(paths)
         os.killpg(pid, signal.SIGKILL)
-        while server.running(pid):
-            time.sleep(0.1)
+        wait_for(lambda: not server.running(pid), 60, "end of the killed MLflow server", interval=0.1)
         status = cli("status", *state)
         assert status.returncode == 1 and "MLflow server: not running" in status.stdout, status.stdout
         started = cli("start", *state, "--port", str(port), "--workers", "2")
@@ -185,8 +186,7 @@ def test_a_killed_postmaster_left_a_zombie_counts_as_dead(tmp_path):
     paths.pg_data.mkdir(parents=True)
     zombie = subprocess.Popen(["true"])  # unreaped until wait(), like a postmaster whose init never reaps it
     try:
-        while server.process_fields(zombie.pid)[:1] != ["Z"]:
-            time.sleep(0.01)
+        wait_for(lambda: server.process_fields(zombie.pid)[:1] == ["Z"], 60, "zombie", interval=0.01)
         paths.pg_pid.write_text(f"{zombie.pid}\n{paths.pg_data}\n0\n5433\n")
         socket_lock = paths.postgres / ".s.PGSQL.5433.lock"
         socket_lock.write_text(f"{os.getpid()}\n")

@@ -18,7 +18,8 @@ from harness.tracking import writer
 from harness.tracking.mlflow_store import MlflowRun, connect, store_error
 from harness.tracking.writer import StoreOutage
 
-from conftest import empty_store, harness_command
+from helpers.commands import harness_command
+from helpers.stores import empty_store
 
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 # Headers about one connection, not the request: the proxy's two connections set their own.

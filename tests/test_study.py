@@ -7,7 +7,7 @@ from harness import identity, record, study
 from harness.config import compose_config
 from harness.tracking.mlflow_store import MlflowRun, connect
 
-from conftest import empty_store
+from helpers.stores import empty_store
 
 OVERRIDES = [
     ("depth=8", "residual=true"),

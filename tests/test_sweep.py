@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import record
 
-from conftest import job_runs, sweep
+from helpers.sweeps import job_runs, sweep
 
 pytestmark = pytest.mark.integration
 

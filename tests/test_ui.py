@@ -22,7 +22,9 @@ from harness import record
 from harness.record import EXPERIMENT_KIND, RUN_COLOUR
 from harness.tracking.ui import MODEL_DEVELOPMENT, SAVED_VIEW_ID, SAVED_VIEW_NAME
 
-from conftest import TINY, free_ports, harness_command
+from helpers.commands import harness_command, wait_for
+from helpers.servers import free_ports
+from helpers.sweeps import TINY
 
 CHROMIUM = "/usr/bin/chromium"
 NETS = ["plain-8", "resnet-8", "plain-14", "resnet-14"]
@@ -39,18 +41,12 @@ def browser_or_skip():
     return sync_playwright
 
 
-def wait_for_server(url: str, process: subprocess.Popen, log: Path, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow ui exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"mlflow ui did not answer within {seconds} s:\n{log.read_text()[-3000:]}")
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 class Screenshots:
@@ -151,7 +147,14 @@ def test_mlflow_ui_opens_on_the_study(tmp_path, store, data_root):
             start_new_session=True,
         )
     try:
-        wait_for_server(base, server, log)
+        wait_for(
+            lambda: healthy(base),
+            300,
+            "answer from mlflow ui",
+            job=server,
+            interval=1,
+            details=lambda: log.read_text()[-3000:],
+        )
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             try:
@@ -170,9 +173,9 @@ def test_mlflow_ui_opens_on_the_study(tmp_path, store, data_root):
     print("screenshots:", *shots.paths, sep="\n  ")
 
 
-def chart_strokes(page, metric: str, want: set[str]) -> set[str]:
-    """The line colours drawn in the chart of `metric`, once they include `want` (or time is up).
-    The charts are searched for it first: the UI renders only the cards in view."""
+def wait_for_lines(page, metric: str, colours: set[str]) -> None:
+    """Wait until the chart of `metric` draws a line in each of `colours`. The charts are searched for
+    it first: the UI renders only the cards in view."""
     page.get_by_placeholder("Search metric charts").fill(metric)
     card = (
         page.locator("[data-testid=experiment-view-compare-runs-card]")
@@ -181,12 +184,17 @@ def chart_strokes(page, metric: str, want: set[str]) -> set[str]:
     )
     card.wait_for()
     card.scroll_into_view_if_needed()
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while True:
-        strokes = set(card.locator("svg path").evaluate_all("ps => ps.map(p => getComputedStyle(p).stroke)"))
-        if want <= strokes or time.monotonic() > deadline:
-            return strokes
-        time.sleep(1)
+
+    def strokes() -> set[str]:
+        return set(card.locator("svg path").evaluate_all("ps => ps.map(p => getComputedStyle(p).stroke)"))
+
+    wait_for(
+        lambda: colours <= strokes(),
+        TIMEOUT_MS / 1000,
+        f"{metric} chart in the runs' colours {sorted(colours)}",
+        interval=1,
+        details=lambda: f"its lines: {sorted(strokes())}",
+    )
 
 
 def check_pages(page, base, page_path, experiment_id, parent, jobs, colours, shots) -> None:
@@ -214,12 +222,11 @@ def check_pages(page, base, page_path, experiment_id, parent, jobs, colours, sho
     # 3. The chart of train_error draws the 4 runs in their 4 colours.
     page.locator("label:has(input[name=runs-view-mode][value=CHART])").click()
     want = {rgb(c) for c in colours.values()}
-    strokes = chart_strokes(page, "train_error", want)
-    assert want <= strokes, (want, strokes)
+    wait_for_lines(page, "train_error", want)
     page.get_by_placeholder("Search metric charts").fill("error")  # the error charts, side by side
     cards = page.locator("[data-testid=experiment-view-compare-runs-card]")
     cards.filter(has=page.get_by_text("loss", exact=False)).first.wait_for(state="hidden")
-    assert want <= chart_strokes(page, "val_error", want)
+    wait_for_lines(page, "val_error", want)
     shots.take(page, "ui-3-error-charts")
 
     # 4. A child's page: its effective params and its error metrics.
