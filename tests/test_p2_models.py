@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.models import ACTIVATIONS, PRE_ACTIVATED, SHORTCUTS_P2, model_name
+from harness.models import ACTIVATIONS, PRE_ACTIVATED, SHORTCUTS, SHORTCUTS_P2, model_name
 from harness.models.resnet import BASIC_UNITS, BOTTLENECK_UNITS, Gate, ShortcutDropout, Unit, build_model
 
 from conftest import count_params, randomise_batchnorm
@@ -222,3 +222,50 @@ def test_every_net_of_earlier_versions_has_the_same_parameters_and_state_dict_ke
     model = build_model(depth, residual, shortcut, activation, in_channels=3, num_classes=10)
     keys = [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
     assert (count_params(model), hashlib.sha256(repr(keys).encode()).hexdigest()[:16]) == EARLIER_NETS[net]
+
+
+# --- the unit's forward, built once ---------------------------------------------------------
+
+
+def walk_parts(unit: Unit, x: torch.Tensor) -> torch.Tensor:
+    """A unit's parts run one by one in `unit.order`, as Unit.forward did before its order was
+    built into runs of layers (commit e115bc8): the reference it must equal bit for bit."""
+    out = activated = x
+    for name in unit.order:
+        if name == "add":
+            if unit.join is not None:
+                seen = activated if isinstance(unit.shortcut, nn.Sequential) else x
+                path = seen if unit.shortcut is None else unit.shortcut(seen)
+                out = unit.join(path, out, activated)
+        elif name == "relu":
+            out = torch.relu(out)
+        else:
+            if name == "conv1":
+                activated = out
+            out = getattr(unit, name)(out)
+    return out
+
+
+# Small nets of basic and bottleneck units, and the ImageNet stem.
+NETS_OF_EACH_DESIGN = [(8, "cifar"), (18, "imagenet"), (50, "imagenet")]
+
+
+@pytest.mark.parametrize("depth, family", NETS_OF_EACH_DESIGN)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_unit_and_shortcut_computes_its_parts_in_order_bit_for_bit(depth, family, activation):
+    """Every unit of a net of each design, with every shortcut and none: the built forward equals
+    its parts walked in order, exactly, in evaluation and, with the same random draws (shortcut
+    dropout), in training."""
+    for shortcut in (*SHORTCUTS, None):
+        options = {"residual": shortcut is not None, "shortcut": shortcut or "zero_pad", "activation": activation}
+        model = randomise_batchnorm(build_model(depth, family=family, **options))
+        x = model.stem(torch.randn(2, 3, 32, 32))
+        with torch.no_grad():
+            for unit in (unit for stage in model.stages for unit in stage):
+                assert torch.equal(unit(x), walk_parts(unit, x)), (shortcut, unit.order)
+                unit.train()
+                torch.manual_seed(0)
+                trained = unit(x)
+                torch.manual_seed(0)
+                assert torch.equal(trained, walk_parts(unit, x)), (shortcut, unit.order)
+                x = unit.eval()(x)

@@ -180,12 +180,22 @@ def make_shortcut_path(
     return None
 
 
+def run(layers: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
 class Unit(nn.Module):
     """One unit: its parts in `parts` order, BNs and convs numbered as they come (conv1, bn1, ...:
     the names of torchvision's blocks, which old checkpoints carry). `skip` leaves out parts at the
     start (the net's first pre-activated unit, whose input the stem has activated). At "add" the
     shortcut joins, unless there is no join (a plain net). Weighted shortcut layers (projections,
-    gates) of a pre-activated unit see the activated input (P2, fb.resnet.torch), all else x."""
+    gates) of a pre-activated unit see the activated input (P2, fb.resnet.torch), all else x.
+
+    The order is read once, here, into three runs of layers: the pre-activation (the parts before
+    conv1), the rest of the branch up to the join, and what follows the join. They are tuples, so
+    that the layers stay registered under their own names alone."""
 
     def __init__(
         self,
@@ -215,22 +225,29 @@ class Unit(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = shortcut
         self.join = join
+        self.shortcut_sees_activated = isinstance(shortcut, nn.Sequential)  # a projection, not option A
+
+        first_conv, add = self.order.index("conv1"), self.order.index("add")
+        self.pre_activation = self._layers(self.order[:first_conv])
+        if self.order[0] == "relu":  # unit (d): its first ReLU must leave x as it is, x is the shortcut's
+            self.pre_activation = (nn.ReLU(),)
+        self.before_join = self._layers(self.order[first_conv:add])
+        self.after_join = self._layers(self.order[add + 1 :])
+
+    def _layers(self, names: tuple[str, ...]) -> tuple[nn.Module, ...]:
+        return tuple(self.relu if name == "relu" else getattr(self, name) for name in names)
+
+    def _shortcut_path(self, x: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:
+            return x
+        return self.shortcut(activated if self.shortcut_sees_activated else x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = activated = x
-        for name in self.order:
-            if name == "add":
-                if self.join is not None:
-                    seen = activated if isinstance(self.shortcut, nn.Sequential) else x
-                    path = seen if self.shortcut is None else self.shortcut(seen)
-                    out = self.join(path, out, activated)
-            elif name == "relu":
-                out = self.relu(out) if out is not x else F.relu(out)  # x itself is the shortcut's
-            else:
-                if name == "conv1":
-                    activated = out
-                out = getattr(self, name)(out)
-        return out
+        activated = run(self.pre_activation, x)
+        out = run(self.before_join, activated)
+        if self.join is not None:
+            out = self.join(self._shortcut_path(x, activated), out, activated)
+        return run(self.after_join, out)
 
 
 class ResNet(nn.Module):
