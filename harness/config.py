@@ -20,7 +20,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.data import DATASETS, NORMALIZATIONS, SMALLEST_RESIZE, complete
-from harness.models import ACTIVATIONS, SHORTCUTS, VALID_ACTIVATIONS, VALID_DEPTHS, VALID_SHORTCUTS, resolve_family
+from harness.models import (
+    ACTIVATIONS,
+    SHORTCUTS,
+    VALID_ACTIVATIONS,
+    VALID_DEPTHS,
+    VALID_FAMILIES,
+    VALID_SHORTCUTS,
+    resolve_family,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
@@ -247,7 +255,12 @@ class Config:
     )
     shortcut_dropout: float = option(0.5, "the dropout rate on the shortcut (shortcut=dropout)", valid="0 <= rate < 1")
     activation: str = option("post", "the residual unit: the order of its parts (P2 Fig. 4)", valid=VALID_ACTIVATIONS)
-    family: str = option("auto", "which net a depth of both families (50, 152) means", valid="auto, cifar or imagenet")
+    family: str = option(
+        "auto",
+        "which net a depth means: 50 and 152 are ImageNet and CIFAR depths, 56, 110 and 164 depths of P1's and P2's "
+        "CIFAR nets",
+        valid=VALID_FAMILIES,
+    )
     seed: int = option(0, "the initialisation, the data order and the augmentation")
     device: str = option("auto", "auto: cuda when present, else cpu", valid="auto, cpu or cuda[:N]")
     precision: str = option(

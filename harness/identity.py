@@ -137,7 +137,8 @@ class Job:
 
 def resolve(cfg: DictConfig) -> Job:
     trained, unused = effective_config(cfg)
-    name = model_name(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, **shortcut_parameters(trained))
+    parameters = shortcut_parameters(trained)
+    name = model_name(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, trained["family"], **parameters)
     return Job(
         cfg=cfg,
         trained=trained,

@@ -286,6 +286,7 @@ def parse_job(run) -> dict:
     activation = tags["activation"]
     depth = int(tags["depth"])
     parameters = shortcut_parameters(tags)
+    family = tags.get("family", "cifar")
     eval_split = eval_split_of(metrics)
     return {
         "run_id": run.info.run_id,
@@ -294,14 +295,14 @@ def parse_job(run) -> dict:
         "parent_id": tags.get(PARENT),
         "recipe": tags[RECIPE] if RECIPE in tags else identity.recipe_of_params(params),
         "dataset": tags["dataset"],
-        "family": tags.get("family", "cifar"),
+        "family": family,
         "depth": depth,
         "residual": residual,
         "shortcut": shortcut,
         "activation": activation,
         "seed": int(tags["seed"]),
-        "variant": model_name(None, residual, shortcut if residual else "zero_pad", activation, **parameters),
-        "model": model_name(depth, residual, shortcut if residual else "zero_pad", activation, **parameters),
+        "variant": model_name(None, residual, shortcut if residual else "zero_pad", activation, family, **parameters),
+        "model": model_name(depth, residual, shortcut if residual else "zero_pad", activation, family, **parameters),
         **{key: parameters.get(key, float("nan")) for key in PARAMETER_KEYS},
         "iterations": int(params.get("schedule.iterations", 0)),
         "batch_size": int(params.get("schedule.batch_size", 0)),

@@ -70,6 +70,28 @@ def test_family_auto_and_its_resolved_family_are_one_net():
     assert fp("depth=50", "family=auto") != fp("depth=50", "family=cifar")  # depth 50 is 6n+2 too
 
 
+@pytest.mark.parametrize("depth", [56, 110, 164])
+def test_p2s_bottleneck_net_is_another_net_than_p1s_of_the_same_depth(depth):
+    basic, bottleneck = (resolve(compose_config(f"depth={depth}", f"family={f}")) for f in ("auto", "cifar_bottleneck"))
+    assert basic.fingerprint == fp(f"depth={depth}", "family=cifar") != bottleneck.fingerprint
+    assert (basic.name, bottleneck.name) == (f"resnet-{depth}", f"resnet-{depth}-bottleneck-B")  # P2: B, as auto says
+    assert bottleneck.trained["family"] == "cifar_bottleneck" and bottleneck.shortcut == "projection"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["depth=165", "family=cifar_bottleneck"], r"depth=165 is not valid for family=cifar_bottleneck, whose depths "
+         r"are 9n\+2 \(P2's 164 and 1001, any n >= 1\); family=cifar takes 6n\+2"),
+        (["depth=1001"], r"depth=1001 is not valid; .*, or, with family=cifar_bottleneck, 9n\+2"),
+        (["family=bottleneck"], r"family='bottleneck' is not valid; use auto .*cifar_bottleneck .*imagenet"),
+    ],
+)  # fmt: skip
+def test_a_depth_its_family_cannot_have_is_refused_before_training(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_values(compose_config(*overrides))
+
+
 def test_where_and_how_a_run_is_tracked_leaves_the_fingerprint():
     assert fp() == fp(
         "tracking.uri=sqlite:////tmp/elsewhere.db",

@@ -16,7 +16,7 @@ from torch import nn
 from harness.models import model_name, resolve_shortcut
 from harness.models.resnet import DESIGNS, ResNet, Unit, ZeroPadShortcut, build_model
 
-from helpers.nets import count_params, randomise_batchnorm
+from helpers.nets import count_params, layers_in_execution_order, randomise_batchnorm
 
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 SHORTCUT_OPTIONS = ("zero_pad", "projection", "full_projection")
@@ -520,18 +520,6 @@ class ReferencePreActCifarNet(nn.Module):
             x = unit(x)
         x = F.relu(self.bn_out(x))
         return self.fc(x.mean(dim=(2, 3)))
-
-
-def layers_in_execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
-    """The convs, BNs and linear layers of `model` in the order a forward pass runs them."""
-    order = []
-    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
-    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in model.modules() if isinstance(m, kinds)]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return order
 
 
 @pytest.mark.parametrize(

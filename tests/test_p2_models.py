@@ -1,17 +1,27 @@
 """P2's design space in harness.models: the five unit arrangements of its Fig. 4 and the shortcuts
 of its Table 1 (Fig. 2), each against a hand-written reference of what P2 says it computes, on the
-same weights. Facts: /work/shared/reference/p2-design-space.md."""
+same weights; and its CIFAR bottleneck nets, ResNet-164 and ResNet-1001 (its Appendix, Tables 2-4),
+against its authors' release. Facts: /work/shared/reference/p2-design-space.md."""
 
 import hashlib
 
+import numpy
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from harness.models import ACTIVATIONS, PRE_ACTIVATED, SHORTCUTS_P2, model_name
-from harness.models.resnet import BASIC_UNITS, BOTTLENECK_UNITS, Gate, ShortcutDropout, Unit, build_model
+from harness import identity
+from harness.config import compose_config
+from harness.data.memory import load_data
+from harness.models import ACTIVATIONS, PRE_ACTIVATED, SHORTCUTS, SHORTCUTS_P2, model_name, resolve_family
+from harness.models.resnet import BASIC_UNITS, BOTTLENECK_UNITS, Gate, ShortcutDropout, Unit, build_for, build_model
+from harness.tracking import MemoryTracker
+from harness.train import DivergedError, train
 
-from helpers.nets import count_params, randomise_batchnorm
+from helpers.nets import count_params, layers_in_execution_order, randomise_batchnorm
+
+CPU = torch.device("cpu")
 
 relu = torch.relu
 
@@ -197,6 +207,15 @@ def test_every_shortcut_and_unit_trains_a_step(shortcut, activation):
         ((56, True, "zero_pad", "relu_only_pre"), {}, "resnet-56-relupre"),
         ((56, False, "zero_pad", "bn_after_add"), {"gate_bias": -6.0}, "plain-56-bnadd"),
         ((None, True, "scaling", "pre"), {"shortcut_lambda": 0.9}, "resnet-scale0.9-pre"),
+        ((164, True, "auto", "pre", "cifar_bottleneck"), {}, "resnet-164-bottleneck-B-pre"),
+        ((164, True, "auto", "pre", "cifar"), {}, "resnet-164-pre"),
+        ((1001, True, "zero_pad", "post", "cifar_bottleneck"), {}, "resnet-1001-bottleneck"),
+        ((164, False, "auto", "post", "cifar_bottleneck"), {}, "plain-164-bottleneck"),
+        (
+            (None, True, "dropout", "pre", "cifar_bottleneck"),
+            {"shortcut_dropout": 0.5},
+            "resnet-bottleneck-drop0.5-pre",
+        ),
     ],
 )
 def test_names_say_the_unit_and_the_shortcut_with_its_parameter(args, parameters, name):
@@ -222,3 +241,264 @@ def test_every_net_of_earlier_versions_has_the_same_parameters_and_state_dict_ke
     model = build_model(depth, residual, shortcut, activation, in_channels=3, num_classes=10)
     keys = [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
     assert (count_params(model), hashlib.sha256(repr(keys).encode()).hexdigest()[:16]) == EARLIER_NETS[net]
+
+
+# --- the unit's forward, built once ---------------------------------------------------------
+
+
+def walk_parts(unit: Unit, x: torch.Tensor) -> torch.Tensor:
+    """A unit's parts run one by one in `unit.order`, as Unit.forward did before its order was
+    built into runs of layers (commit e115bc8): the reference it must equal bit for bit."""
+    out = activated = x
+    for name in unit.order:
+        if name == "add":
+            if unit.join is not None:
+                seen = activated if isinstance(unit.shortcut, nn.Sequential) else x
+                path = seen if unit.shortcut is None else unit.shortcut(seen)
+                out = unit.join(path, out, activated)
+        elif name == "relu":
+            out = torch.relu(out)
+        else:
+            if name == "conv1":
+                activated = out
+            out = getattr(unit, name)(out)
+    return out
+
+
+# Small nets of basic and bottleneck units, and the ImageNet stem.
+NETS_OF_EACH_DESIGN = [(8, "cifar"), (11, "cifar_bottleneck"), (18, "imagenet")]
+
+
+@pytest.mark.parametrize("depth, family", NETS_OF_EACH_DESIGN)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_unit_and_shortcut_computes_its_parts_in_order_bit_for_bit(depth, family, activation):
+    """Every unit of a net of each design, with every shortcut and none: the built forward equals
+    its parts walked in order, exactly, in evaluation and, with the same random draws (shortcut
+    dropout), in training."""
+    for shortcut in (*SHORTCUTS, None):
+        options = {"residual": shortcut is not None, "shortcut": shortcut or "zero_pad", "activation": activation}
+        model = randomise_batchnorm(build_model(depth, family=family, **options))
+        x = model.stem(torch.randn(2, 3, 32, 32))
+        with torch.no_grad():
+            for unit in (unit for stage in model.stages for unit in stage):
+                assert torch.equal(unit(x), walk_parts(unit, x)), (shortcut, unit.order)
+                unit.train()
+                torch.manual_seed(0)
+                trained = unit(x)
+                torch.manual_seed(0)
+                assert torch.equal(trained, walk_parts(unit, x)), (shortcut, unit.order)
+                x = unit.eval()(x)
+
+
+# --- P2's CIFAR bottleneck nets: ResNet-164 and ResNet-1001 ---------------------------------
+
+
+class ReleasedBottleneck(nn.Module):
+    """One unit of resnet-pre-act.lua (KaimingHe/resnet-1k-layers, P2's authors' release of
+    ResNet-164/1001), transcribed: BN-ReLU, 1x1 (strided), BN-ReLU, 3x3, BN-ReLU, 1x1 (x4). A unit
+    that increases dimensions takes its BN-ReLU before the split and projects the activated input
+    with a 1x1 conv without BN; the others add x."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        planes = out_planes // 4
+        self.bn_in = nn.BatchNorm2d(in_planes)
+        self.conv_a = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+        self.bn_a = nn.BatchNorm2d(planes)
+        self.conv_b = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn_b = nn.BatchNorm2d(planes)
+        self.conv_c = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.projection = nn.Conv2d(in_planes, out_planes, 1, stride, bias=False) if in_planes != out_planes else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.bn_in(x))
+        f = self.conv_c(F.relu(self.bn_b(self.conv_b(F.relu(self.bn_a(self.conv_a(a)))))))
+        return f + (x if self.projection is None else self.projection(a))
+
+
+class ReleasedCifarNet(nn.Module):
+    """resnet-pre-act.lua's net of depth 9n+2: one 3x3 conv, 3 stages of n units out 64/128/256,
+    BN-ReLU, average pooling, a linear layer."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        units, in_planes = [], 16
+        for stage, out_planes in enumerate((64, 128, 256)):
+            for i in range(n):
+                units.append(ReleasedBottleneck(in_planes, out_planes, 2 if stage > 0 and i == 0 else 1))
+                in_planes = out_planes
+        self.units = nn.Sequential(*units)
+        self.bn_out = nn.BatchNorm2d(256)
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn_out(self.units(self.conv(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def conv_weights(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize(
+    "depth, parameters, convs, p2s_millions", [(164, 1_703_258, 1_676_464, 1.7), (1001, 10_327_706, 10_175_920, 10.2)]
+)
+def test_resnet_164_and_1001_count_as_p2s_release_builds_them_and_its_tables_state(
+    depth, parameters, convs, p2s_millions
+):
+    """ResNet-164 and ResNet-1001 (pre-activation, `auto`: projections where dimensions increase)
+    have exactly the parameters of the release's nets; P2's 1.7M and 10.2M (Table 4) are the conv
+    weights, rounded (with BN and the fc layer, 1001 holds 10.33M)."""
+    ours = build_model(depth, activation="pre", family="cifar_bottleneck")
+    assert count_params(ours) == count_params(ReleasedCifarNet((depth - 2) // 9)) == parameters
+    assert conv_weights(ours) == convs and round(convs / 1e6, 1) == p2s_millions
+
+
+def test_a_pre_activated_bottleneck_net_computes_what_p2s_release_computes():
+    """Our ResNet-20 of the bottleneck family (n = 2), its weights and BN statistics copied layer by
+    layer in execution order into the transcribed release, gives the same logits: the projections
+    see the pre-activated input, the 1x1 strides, the first unit's activation is the stem's."""
+    torch.manual_seed(0)
+    ours = randomise_batchnorm(build_model(20, activation="pre", family="cifar_bottleneck"))
+    release = ReleasedCifarNet(2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    pairs = zip(layers_in_execution_order(ours, x), layers_in_execution_order(release, x), strict=True)
+    for mine, theirs in pairs:
+        assert type(mine) is type(theirs)
+        theirs.load_state_dict(mine.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(release(x), ours(x), atol=1e-5, rtol=1e-5)
+
+
+def test_resnet_164_is_three_stages_of_18_bottleneck_units_with_projections_where_dimensions_increase():
+    model = build_model(164, activation="pre", family="cifar_bottleneck")
+    units = [unit for stage in model.stages for unit in stage]
+    assert [len(stage) for stage in model.stages] == [18, 18, 18] and model.fc.in_features == 256
+    first = [stage[0] for stage in model.stages]
+    assert [(u.conv1.in_channels, u.conv2.out_channels, u.conv3.out_channels) for u in first] == [
+        (16, 16, 64),
+        (64, 32, 128),
+        (128, 64, 256),
+    ]
+    assert [u.conv1.stride for u in first] == [(1, 1), (2, 2), (2, 2)]
+    assert [u for u in units if u.shortcut is not None] == first
+    assert all([type(layer) for layer in u.shortcut] == [nn.Conv2d] for u in first)  # no BN: the next unit's
+    branch_layers = sum(isinstance(m, nn.Conv2d) for u in units for m in u.modules()) - len(first)
+    assert 1 + branch_layers + 1 == 164  # the stem's conv, the units' weighted layers, the fc layer
+
+
+@pytest.mark.parametrize("depth", [56, 110, 164])
+def test_a_depth_of_both_cifar_families_is_p1s_net_unless_p2s_bottleneck_family_is_named(depth):
+    assert resolve_family(depth) == resolve_family(depth, "cifar") == "cifar"
+    assert resolve_family(depth, "cifar_bottleneck") == "cifar_bottleneck"
+    basic, bottleneck = build_model(depth), build_model(depth, family="cifar_bottleneck")
+    assert [len(stage) for stage in basic.stages] == [(depth - 2) // 6] * 3 and not hasattr(basic.stages[0][0], "conv3")
+    assert [len(stage) for stage in bottleneck.stages] == [(depth - 2) // 9] * 3
+    assert bottleneck.stages[0][0].conv3.out_channels == 64
+
+
+@pytest.mark.parametrize(
+    "depth, family, message",
+    [
+        (165, "cifar_bottleneck", r"depth=165 is not valid for family=cifar_bottleneck, whose depths are 9n\+2 .*164 "
+         r"and 1001.*family=cifar takes 6n\+2"),
+        (1001, "auto", r"depth=1001 is not valid; .*with family=cifar_bottleneck, 9n\+2"),
+        (1001, "cifar", r"depth=1001 is not valid for family=cifar, whose depths are 6n\+2.*cifar_bottleneck takes 9n"),
+        (164, "bottleneck", r"family='bottleneck' is not valid; use auto .*cifar .*cifar_bottleneck .*imagenet"),
+    ],
+)  # fmt: skip
+def test_a_depth_the_family_cannot_have_names_its_valid_depths(depth, family, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(depth, family=family)
+
+
+@pytest.mark.parametrize("shortcut", [*SHORTCUTS, None])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_shortcut_and_unit_builds_a_bottleneck_net_that_trains_a_step(activation, shortcut):
+    torch.manual_seed(0)
+    options = {"residual": shortcut is not None, "shortcut": shortcut or "zero_pad", "activation": activation}
+    model = build_model(11, family="cifar_bottleneck", in_channels=1, **options)
+    loss = F.cross_entropy(model(torch.randn(2, 1, 28, 28)), torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_resnet_1001_of_every_unit_runs_forward_and_backward_on_two_images(activation):
+    torch.manual_seed(0)
+    model = build_model(1001, activation=activation, family="cifar_bottleneck", in_channels=1)
+    loss = F.cross_entropy(model(torch.randn(2, 1, 16, 16)), torch.tensor([0, 1]))  # 16x16: a third of the time
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def data(data_root):
+    """Fashion-MNIST with 8 training images held out: the last evaluation runs on all of them."""
+    return load_data("fashion_mnist", data_root, False, 8, CPU)
+
+
+TWO_STEPS = ["schedule=smoke", "family=cifar_bottleneck", "analysis=false", "precision=fp32", "schedule.iterations=2",
+             "schedule.batch_size=2", "schedule.log_every=1", "schedule.checkpoint_every=1", "schedule.eval_every=2",
+             "schedule.eval_subset=2", "schedule.final_train_subset=2"]  # fmt: skip
+
+
+class Killed(Exception):
+    pass
+
+
+class DiesAtStep2(MemoryTracker):
+    """A run killed after its checkpoint at step 1."""
+
+    def log_metrics(self, metrics, step):
+        if step == 2:
+            raise Killed
+        super().log_metrics(metrics, step)
+
+
+def trains_and_resumes(data, *overrides: str) -> MemoryTracker:
+    """Two steps of the net at batch 2, and the same run killed after step 1's checkpoint and
+    resumed: the curves must be equal (NaN as NaN). The uninterrupted run's tracker."""
+    job = identity.resolve(compose_config(*TWO_STEPS, *overrides))
+    whole = MemoryTracker()
+    torch.manual_seed(0)
+    train(job, build_for(job, 1, 10), data, whole, CPU)
+    stopped = DiesAtStep2()
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        train(job, build_for(job, 1, 10), data, stopped, CPU)
+    stopped.__class__ = MemoryTracker
+    torch.manual_seed(123)  # the resumed run must not depend on the fresh model's initialisation
+    train(job, build_for(job, 1, 10), data, stopped, CPU)
+    numpy.testing.assert_equal(stopped.curves(), whole.curves())
+    return whole
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_resnet_164_of_every_unit_trains_two_steps_and_resumes_bit_for_bit(data, activation):
+    whole = trains_and_resumes(data, "depth=164", f"activation={activation}")
+    assert [step for step, _ in whole.history["train_loss"]] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in whole.history["train_loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", [a for a in ACTIVATIONS if a != "bn_after_add"])
+def test_resnet_1001_trains_two_steps_and_resumes_bit_for_bit(data, activation):
+    """At P2's warm-up lr, 0.01. The original unit's net evaluates to NaN after two steps: BN's
+    running statistics, two steps from their start, do not hold its responses down through 333
+    additions."""
+    whole = trains_and_resumes(data, "depth=1001", f"activation={activation}", "optimizer.lr=0.01")
+    assert [step for step, _ in whole.history["train_loss"]] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in whole.history["train_loss"])
+
+
+@pytest.mark.slow
+def test_resnet_1001_with_bn_after_the_addition_diverges_in_its_second_step(data):
+    """Unit (b), which P2 ran at 110 and 164 layers only: through 333 BNs after additions its
+    gradient at initialisation is about 1e12 (1e4 with unit (e)), so its first step, even at P2's
+    warm-up lr, leaves weights that give NaN, and the harness stops the run as diverged."""
+    job = identity.resolve(compose_config(*TWO_STEPS, "depth=1001", "activation=bn_after_add", "optimizer.lr=0.01"))
+    torch.manual_seed(0)
+    with pytest.raises(DivergedError, match="diverged at iteration 2"):
+        train(job, build_for(job, 1, 10), data, MemoryTracker(), CPU)

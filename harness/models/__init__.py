@@ -38,40 +38,57 @@ IMAGENET_LAYOUTS = {
     101: ("bottleneck", [3, 4, 23, 3]),
     152: ("bottleneck", [3, 8, 36, 3]),
 }
+# The CIFAR nets: three stages of n units each, so depth = 3n x (weighted layers per unit) + 2.
+# P1's (`cifar`) have basic units, 6n+2; P2's ResNet-164 and ResNet-1001 (`cifar_bottleneck`, P2
+# Appendix) have bottleneck units, 9n+2. 56, 110 and 164 are both, so only `family` can tell.
+CIFAR_LAYOUTS = {"cifar": ("basic", 6), "cifar_bottleneck": ("cifar_bottleneck", 9)}
 CIFAR_WIDTHS = [16, 32, 64]
 IMAGENET_WIDTHS = [64, 128, 256, 512]
-FAMILIES = ("auto", "cifar", "imagenet")
+FAMILIES = ("auto", "cifar", "cifar_bottleneck", "imagenet")
+FAMILY_DEPTHS = {
+    "cifar": "6n+2 (20, 32, 44, 56, 110, 1202, any n >= 1)",
+    "cifar_bottleneck": "9n+2 (P2's 164 and 1001, any n >= 1)",
+    "imagenet": "18, 34, 50, 101, 152",
+}
 VALID_DEPTHS = (
-    "6n+2 for the CIFAR nets (20, 32, 44, 56, 110, 1202, any n >= 1) or 18, 34, 50, 101, 152 for the ImageNet nets"
+    f"{FAMILY_DEPTHS['cifar']} for the CIFAR nets, {FAMILY_DEPTHS['imagenet']} for the ImageNet nets, or, with "
+    f"family=cifar_bottleneck, {FAMILY_DEPTHS['cifar_bottleneck']} for P2's CIFAR bottleneck nets"
+)
+VALID_FAMILIES = (
+    "auto (the ImageNet net where the depth has one, else P1's CIFAR net), cifar (P1's CIFAR nets, basic units), "
+    "cifar_bottleneck (P2's CIFAR nets of bottleneck units: ResNet-164, ResNet-1001) or imagenet"
 )
 
 
-def is_cifar_depth(depth: int) -> bool:
-    return depth >= 8 and (depth - 2) % 6 == 0
+def cifar_units_per_stage(depth: int, family: str = "cifar") -> int | None:
+    """n, the units of each stage of this CIFAR family's net of this depth; None where it has none."""
+    n, rest = divmod(depth - 2, CIFAR_LAYOUTS[family][1])
+    return n if n >= 1 and rest == 0 else None
 
 
 def resolve_family(depth: int, family: str = "auto") -> str:
-    """'cifar' or 'imagenet' for this depth. 50 and 152 are also 6n+2: `auto` takes them as the
-    ImageNet bottleneck nets, `family=cifar` as CIFAR nets."""
+    """'cifar', 'cifar_bottleneck' or 'imagenet' for this depth. 50 and 152 are also 6n+2: `auto`
+    takes them as the ImageNet bottleneck nets, `family=cifar` as CIFAR nets. `auto` never picks
+    P2's bottleneck nets: their depths are P1's too (56, 110, 164), so they are asked for by name."""
     if family not in FAMILIES:
-        raise ValueError(f"family={family!r} is not valid; use one of {', '.join(FAMILIES)}.")
+        raise ValueError(f"family={family!r} is not valid; use {VALID_FAMILIES}.")
     if family in ("auto", "imagenet") and depth in IMAGENET_LAYOUTS:
         return "imagenet"
-    if family in ("auto", "cifar") and is_cifar_depth(depth):
-        return "cifar"
-    wanted = {
-        "auto": VALID_DEPTHS,
-        "cifar": "6n+2 (20, 32, 44, 56, 110, 1202, ...)",
-        "imagenet": "18, 34, 50, 101, 152",
-    }
-    family_text = "" if family == "auto" else f" for family={family}"
-    raise ValueError(f"depth={depth} is not valid{family_text}; valid depths are {wanted[family]}.")
+    cifar = "cifar" if family == "auto" else family
+    if cifar in CIFAR_LAYOUTS and cifar_units_per_stage(depth, cifar) is not None:
+        return cifar
+    if family == "auto":
+        raise ValueError(f"depth={depth} is not valid; valid depths are {VALID_DEPTHS}.")
+    others = "; ".join(f"family={other} takes {depths}" for other, depths in FAMILY_DEPTHS.items() if other != family)
+    raise ValueError(
+        f"depth={depth} is not valid for family={family}, whose depths are {FAMILY_DEPTHS[family]}; {others}."
+    )
 
 
 VALID_SHORTCUTS = (
-    "auto (option A, or B for the bottleneck nets 50, 101, 152), zero_pad (option A; alias identity), "
-    "projection (option B), full_projection (option C, P2's 1x1 conv shortcut), or P2's scaling (lambda x), "
-    "frozen_gating (lambda x + (1-lambda) F), exclusive_gating, shortcut_only_gating or dropout"
+    "auto (option A, or B for the bottleneck nets: 50, 101, 152 and family=cifar_bottleneck), zero_pad (option A; "
+    "alias identity), projection (option B), full_projection (option C, P2's 1x1 conv shortcut), or P2's scaling "
+    "(lambda x), frozen_gating (lambda x + (1-lambda) F), exclusive_gating, shortcut_only_gating or dropout"
 )
 
 
@@ -89,11 +106,13 @@ def canonical_shortcut(shortcut: str) -> str:
 
 
 def resolve_shortcut(shortcut: str, depth: int, family: str = "auto") -> str:
-    """The option this net uses. `auto` is P1's choice: option A for the CIFAR nets and
-    ResNet-18/34 (Table 3 reports 34 A), B for the bottleneck nets (section 3.3, 50/101/152)."""
+    """The option this net uses. `auto` is the papers' choice: option A for P1's CIFAR nets and
+    ResNet-18/34 (P1 Table 3 reports 34 A), B for the bottleneck nets (P1 section 3.3, 50/101/152;
+    P2 Appendix, ResNet-164/1001: "projection shortcuts ... when increasing dimensions")."""
     if shortcut != "auto":
         return canonical_shortcut(shortcut)
-    if resolve_family(depth, family) == "imagenet" and IMAGENET_LAYOUTS[depth][0] == "bottleneck":
+    family = resolve_family(depth, family)
+    if family == "cifar_bottleneck" or (family == "imagenet" and IMAGENET_LAYOUTS[depth][0] == "bottleneck"):
         return "projection"
     return "zero_pad"
 
@@ -109,6 +128,8 @@ SHORTCUT_SUFFIXES = {
     "shortcut_only_gating": "-shgate{gate_bias:g}",
     "dropout": "-drop{shortcut_dropout:g}",
 }
+# P2's bottleneck ResNet-164 is named apart from a basic-unit net of P1's family of the same depth.
+FAMILY_SUFFIXES = {"cifar_bottleneck": "-bottleneck"}
 UNIT_SUFFIXES = {"post": "", "bn_after_add": "-bnadd", "relu_before_add": "-reluadd", "relu_only_pre": "-relupre",
                  "pre": "-pre"}  # fmt: skip
 SHORTCUT_DEFAULTS = {"shortcut_lambda": 0.5, "gate_bias": -6.0, "shortcut_dropout": 0.5}  # P2's Table 1
@@ -129,10 +150,12 @@ def model_name(
 ) -> str:
     """The paper's names: plain-56, resnet-56; a shortcut other than A and a unit other than (a)
     are suffixed (resnet-56-B-pre, resnet-56-exgate-6, resnet-56-scale0.5-bnadd, and resnet-50-B
-    under `auto`, so a name never hides the option). A plain net has no shortcut to name.
+    under `auto`, so a name never hides the option). A plain net has no shortcut to name. P2's
+    CIFAR bottleneck nets say their family: resnet-164-bottleneck-B-pre.
     Without a depth, the variant's name: plain, resnet-B-pre; `auto` then has no meaning and is
     refused. `parameters` are P2's shortcut_lambda, gate_bias and shortcut_dropout (else P2's)."""
     name = ("resnet" if residual else "plain") + ("" if depth is None else f"-{depth}")
+    name += FAMILY_SUFFIXES.get(family, "")
     if residual:
         option = canonical_shortcut(shortcut) if depth is None else resolve_shortcut(shortcut, depth, family)
         name += SHORTCUT_SUFFIXES[option].format(**(SHORTCUT_DEFAULTS | parameters))

@@ -1,7 +1,8 @@
 """Plain and residual nets of He et al. (arXiv 1512.03385, 1603.05027).
 
-One `ResNet` class builds both families of P1: the CIFAR nets (3x3 stem, three stages of
-16/32/64 filters, depth 6n+2) and the ImageNet nets (7x7/2 stem, 3x3/2 max pool, four stages
+One `ResNet` class builds the families of P1 and P2: the CIFAR nets (3x3 stem, three stages of
+16/32/64 filters: P1's of basic units, depth 6n+2; P2's of bottleneck units, 64/128/256 out,
+depth 9n+2) and the ImageNet nets (7x7/2 stem, 3x3/2 max pool, four stages
 of 64-512 filters). Every unit is one `Unit`: its parts in the order of one of P2's five
 arrangements (Fig. 4), and a shortcut joined to it by one of P1's or P2's joins (Fig. 2), or
 none (a plain net, exactly the residual net with the additions removed).
@@ -16,12 +17,14 @@ from torch import nn
 
 from harness.models import (
     ACTIVATIONS,
+    CIFAR_LAYOUTS,
     CIFAR_WIDTHS,
     IMAGENET_LAYOUTS,
     IMAGENET_WIDTHS,
     SHORTCUT_DEFAULTS,
     SHORTCUTS_P1,
     VALID_ACTIVATIONS,
+    cifar_units_per_stage,
     resolve_family,
     resolve_shortcut,
 )
@@ -62,6 +65,13 @@ def bottleneck_convs(in_planes: int, planes: int, stride: int) -> list[nn.Conv2d
     P1's Caffe models stride the first 1x1 conv instead, which skips three quarters of its input.
     The parameter count is the same, the features and the compute are not."""
     return [conv1x1(in_planes, planes), conv3x3(planes, planes, stride), conv1x1(planes, planes * 4)]
+
+
+def reduce_strided_bottleneck_convs(in_planes: int, planes: int, stride: int) -> list[nn.Conv2d]:
+    """The bottleneck with its first 1x1 strided: P2 is silent, and its authors' release of
+    ResNet-164/1001 (KaimingHe/resnet-1k-layers, resnet-pre-act.lua) strides there, as P1's Caffe
+    models do, so P2's CIFAR bottleneck nets follow it."""
+    return [conv1x1(in_planes, planes, stride), conv3x3(planes, planes), conv1x1(planes, planes * 4)]
 
 
 @dataclass(frozen=True)
@@ -180,12 +190,22 @@ def make_shortcut_path(
     return None
 
 
+def run(layers: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
 class Unit(nn.Module):
     """One unit: its parts in `parts` order, BNs and convs numbered as they come (conv1, bn1, ...:
     the names of torchvision's blocks, which old checkpoints carry). `skip` leaves out parts at the
     start (the net's first pre-activated unit, whose input the stem has activated). At "add" the
     shortcut joins, unless there is no join (a plain net). Weighted shortcut layers (projections,
-    gates) of a pre-activated unit see the activated input (P2, fb.resnet.torch), all else x."""
+    gates) of a pre-activated unit see the activated input (P2, fb.resnet.torch), all else x.
+
+    The order is read once, here, into three runs of layers: the pre-activation (the parts before
+    conv1), the rest of the branch up to the join, and what follows the join. They are tuples, so
+    that the layers stay registered under their own names alone."""
 
     def __init__(
         self,
@@ -215,22 +235,29 @@ class Unit(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = shortcut
         self.join = join
+        self.shortcut_sees_activated = isinstance(shortcut, nn.Sequential)  # a projection, not option A
+
+        first_conv, add = self.order.index("conv1"), self.order.index("add")
+        self.pre_activation = self._layers(self.order[:first_conv])
+        if self.order[0] == "relu":  # unit (d): its first ReLU must leave x as it is, x is the shortcut's
+            self.pre_activation = (nn.ReLU(),)
+        self.before_join = self._layers(self.order[first_conv:add])
+        self.after_join = self._layers(self.order[add + 1 :])
+
+    def _layers(self, names: tuple[str, ...]) -> tuple[nn.Module, ...]:
+        return tuple(self.relu if name == "relu" else getattr(self, name) for name in names)
+
+    def _shortcut_path(self, x: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:
+            return x
+        return self.shortcut(activated if self.shortcut_sees_activated else x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = activated = x
-        for name in self.order:
-            if name == "add":
-                if self.join is not None:
-                    seen = activated if isinstance(self.shortcut, nn.Sequential) else x
-                    path = seen if self.shortcut is None else self.shortcut(seen)
-                    out = self.join(path, out, activated)
-            elif name == "relu":
-                out = self.relu(out) if out is not x else F.relu(out)  # x itself is the shortcut's
-            else:
-                if name == "conv1":
-                    activated = out
-                out = getattr(self, name)(out)
-        return out
+        activated = run(self.pre_activation, x)
+        out = run(self.before_join, activated)
+        if self.join is not None:
+            out = self.join(self._shortcut_path(x, activated), out, activated)
+        return run(self.after_join, out)
 
 
 class ResNet(nn.Module):
@@ -317,6 +344,10 @@ class ResNet(nn.Module):
 DESIGNS = {
     **{("basic", unit): Design(basic_convs, 1, parts) for unit, parts in BASIC_UNITS.items()},
     **{("bottleneck", unit): Design(bottleneck_convs, 4, parts) for unit, parts in BOTTLENECK_UNITS.items()},
+    **{
+        ("cifar_bottleneck", unit): Design(reduce_strided_bottleneck_convs, 4, parts)
+        for unit, parts in BOTTLENECK_UNITS.items()
+    },
 }
 
 
@@ -337,11 +368,12 @@ def build_model(
     shortcut = resolve_shortcut(shortcut, depth, family) if residual else None
     options = {"shortcut": shortcut, "parameters": parameters}
     options |= {"in_channels": in_channels, "num_classes": num_classes}
-    if resolve_family(depth, family) == "cifar":
-        n = (depth - 2) // 6
-        return ResNet(DESIGNS["basic", activation], [n, n, n], CIFAR_WIDTHS, imagenet_stem=False, **options)
-    kind, blocks_per_stage = IMAGENET_LAYOUTS[depth]
-    return ResNet(DESIGNS[kind, activation], blocks_per_stage, IMAGENET_WIDTHS, imagenet_stem=True, **options)
+    family = resolve_family(depth, family)
+    if family == "imagenet":
+        kind, blocks_per_stage = IMAGENET_LAYOUTS[depth]
+        return ResNet(DESIGNS[kind, activation], blocks_per_stage, IMAGENET_WIDTHS, imagenet_stem=True, **options)
+    kind, blocks_per_stage = CIFAR_LAYOUTS[family][0], [cifar_units_per_stage(depth, family)] * 3
+    return ResNet(DESIGNS[kind, activation], blocks_per_stage, CIFAR_WIDTHS, imagenet_stem=False, **options)
 
 
 def build_for(job, in_channels: int, num_classes: int) -> ResNet:

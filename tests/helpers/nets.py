@@ -20,3 +20,15 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
                 m.weight.copy_(0.5 + torch.rand(c, generator=g))
                 m.bias.copy_(0.2 * torch.randn(c, generator=g))
     return model.eval()
+
+
+def layers_in_execution_order(model: torch.nn.Module, x: torch.Tensor) -> list[torch.nn.Module]:
+    """The convs, BNs and linear layers of `model` in the order a forward pass runs them."""
+    order = []
+    kinds = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in model.modules() if isinstance(m, kinds)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return order
