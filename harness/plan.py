@@ -5,7 +5,7 @@ take on this machine with the chosen launcher. A plan trains nothing and writes 
 Step rates come from measurement: the store's finished runs of the same net, batch, image size,
 precision, device and threads (their `seconds_per_iteration`, evaluations and probes included),
 else a calibration of the net here (a few training steps and one evaluation batch: seconds).
-`next_steps` turns a report's inconclusive claims into what to run next and what it would cost.
+`next_steps` turns a study's open claims into its design's next look and what it would cost.
 """
 
 import functools
@@ -26,13 +26,11 @@ from harness.device import device_name
 from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look
 from harness.launchers import jobs_at_once
 from harness.lease import process_start
-from harness.stats import MIN_SEEDS, half_width
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
 # A calibration costs about ten steps, an evaluation of a few hundred images and a net built:
 # a run shorter than this is not estimated (a test's smoke run would spend half its time on it).
 CALIBRATED_FROM = 200  # iterations
-MAX_SEEDS = 100  # beyond this many seeds a claim is not worth resolving by seeds at this budget
 # The time left scales by the jobs that ended last, this many per slot: they ran under the
 # machine's load of now, and a test suite beside the sweep an hour ago says nothing of the rest.
 RECENT_JOBS = 2
@@ -368,70 +366,41 @@ def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
 # What to run next.
 
 
-def seeds_needed(mean: float, sd: float, confidence: float = 0.95) -> int | None:
-    """The number of seeds at which a t interval with this standard deviation excludes zero at
-    this mean (the t-based sample size); None beyond MAX_SEEDS."""
-    if mean == 0:
-        return None
-    if not math.isfinite(sd) or sd == 0:
-        return 2
-    for n in range(2, MAX_SEEDS + 1):
-        if half_width(sd, n, confidence) < abs(mean):
-            return n
-    return None
-
-
 BUDGET_CLAIMS = ("C3", "C3-test")  # their gap shrinks with the budget: P1 claims them of full training
 
 
-def next_steps(found, more_seeds, confidence: float = 0.95, budget_curve: bool = False) -> list[str]:
-    """For each inconclusive claim, what to run next: with 1 seed, 3 seeds; with 2 or more, the
-    number of seeds at which the observed standard deviation would give an interval that excludes
-    zero at the observed mean (an estimate); for a claim bound to the budget, the budget curve,
-    unless these claims are one already (`budget_curve`). Claims that need the same seeds share a
-    line, each named by its key and the nets it compares. `more_seeds(n)` is (the command that
-    trains seeds 0..n-1, its estimated seconds here)."""
-    one_seed: list[str] = []  # claims with 1 seed
-    by_seeds: dict[int, list[str]] = {}  # seeds: why, for claims with 2 or more
-    other = []
+def next_steps(found, design, more_seeds, budget_curve: bool = False) -> list[str]:
+    """What to run next: the study's next look, for the claims it leaves open, with the command
+    that trains its seeds and the time here. Never a number of seeds at which an interval would
+    exclude zero: judged there at 95% a growing study errs far more than 5% (harness.sequential).
+    And, for a claim bound to the budget that goes against P1, the budget curve, unless these
+    claims are one already (`budget_curve`). `more_seeds(n)` is (the command that trains seeds
+    0..n-1, its estimated seconds here)."""
+    lines = []
     for claim in found:
         interval = claim.interval
         named = f"{claim.key} {claim.nets}" if claim.nets else claim.key
         against = claim.verdict != "reproduced" and interval.n >= 1 and interval.mean < 0
         if claim.key in BUDGET_CLAIMS and against and not budget_curve:
-            other.append(
+            lines.append(
                 f"{named} goes against the claim at this budget, which P1 makes of full training: the budget "
                 "curve, `python -m harness.run -m +experiment=budget_curve`, draws its gap against iterations."
             )
-        if claim.verdict != "inconclusive" or interval.n == 0:
-            continue
-        if interval.n == 1:
-            one_seed.append(claim.key)
-        elif claim.reason.startswith("the mean is below"):
-            other.append(f"{named}: {claim.reason}; more seeds narrow the interval, not the effect.")
-        elif (needed := seeds_needed(interval.mean, interval.sd, confidence)) is None:
-            other.append(
-                f"{named}: at the observed mean {interval.mean:+.2f} and sd {interval.sd:.2f}, no number "
-                f"of seeds up to {MAX_SEEDS} gives an interval that excludes zero."
-            )
-        else:
-            side = "excludes zero" if interval.mean > 0 else "lies wholly against the claim"
-            seeds = max(needed, MIN_SEEDS, interval.n + 1)  # the report calls nothing with fewer than MIN_SEEDS
-            rule = f"; the report needs at least {MIN_SEEDS}" if needed < MIN_SEEDS else ""
-            by_seeds.setdefault(seeds, []).append(
-                f"{named} (about {seeds} seeds give a {confidence:.0%} interval that {side} at the observed "
-                f"mean {interval.mean:+.2f} and sd {interval.sd:.2f}: a t-based estimate{rule}; it has {interval.n})"
-            )
-    if one_seed:  # Fig7 comes once per depth
-        by_seeds.setdefault(MIN_SEEDS, []).insert(
-            0, f"{', '.join(dict.fromkeys(one_seed))} (1 seed: the direction only)"
-        )
-    lines = []
-    for seeds, reasons in sorted(by_seeds.items()):
-        command, seconds = more_seeds(seeds)
-        cost = f", about {clock(seconds)} here" if math.isfinite(seconds) else ""
-        lines.append(f"{'; '.join(reasons)}: `{command}`{cost}.")
-    return lines + other
+    still_open = [claim for claim in found if claim.verdict == "open" and claim.look and claim.look.next_seeds]
+    if not still_open:
+        return lines
+    seeds = min(claim.look.next_seeds for claim in still_open)
+    look = design.looks_reached(seeds)
+    names = "; ".join(dict.fromkeys(f"{claim.key} {claim.nets}" if claim.nets else claim.key for claim in still_open))
+    command, seconds = more_seeds(seeds)
+    cost = f", about {clock(seconds)} here" if math.isfinite(seconds) else ""
+    later = f"; at worst the last look at {design.looks[-1]} seeds" if seeds < design.looks[-1] else ""
+    return [
+        f"The design's next look, {look} of {len(design.looks)}, is at {seeds} seeds for the claims still open "
+        f"({names}): `{command}`{cost}{later}. The verdicts are judged there, not between looks; "
+        "hydra/sweeper=sequential goes on look after look and trains only the nets open claims compare.",
+        *lines,
+    ]
 
 
 class Progress:

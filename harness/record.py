@@ -10,6 +10,7 @@ No MLflow import: MLflow's own tag names are spelled out below (tests compare th
 
 import functools
 import getpass
+import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,7 @@ from harness import identity
 from harness.models import PARAMETER_KEYS, model_name, resolve_shortcut, shortcut_parameters
 from harness.palette import SWEEP_COLOUR, run_colour
 from harness.precision import auto_decision
+from harness.sequential import Design
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,6 +239,13 @@ def sweep_tags(study: str, sweep_dir: str, jobs: int, overrides: str, commit: st
         NOTE: note,
         **source_tags(commit),
     }
+
+
+def design_of(parent) -> Design:
+    """The design a study's parent run recorded at its first look (the default where it has none:
+    a sweep of an earlier harness)."""
+    recorded = parent.data.tags.get(DESIGN)
+    return Design.of(json.loads(recorded)) if recorded else Design()
 
 
 def sweep_result_tags(members: int, trained: int) -> dict[str, str]:

@@ -19,6 +19,8 @@ from mlflow.tracking import MlflowClient
 from harness import figures, record
 from harness.models import ACTIVATIONS, SHORTCUTS, SHORTCUTS_P2
 from harness.paper import p2_test_error, published_test_error
+from harness.record import design_of
+from harness.sequential import Design
 from harness.stats import P2_TABLE1_SHORTCUTS, claims, t_interval
 from harness.tracking.runs import describe_recipe, finished, load_analysis, load_curves, load_runs, sweep_members
 
@@ -237,7 +239,7 @@ FIGURES = {  # file stem: (caption, function of (runs, curves, analysis))
 BUDGET_FREE = ["dataset", "batch_size", "optimizer", "lr", "augment", "resize", "warmup", "family"]
 
 
-def budget_table(runs: pd.DataFrame, min_effect: float, confidence: float) -> pd.DataFrame:
+def budget_table(runs: pd.DataFrame, min_effect: float, confidence: float, design: Design = Design()) -> pd.DataFrame:
     """Every claim of every recipe, one row each, for recipes that differ only in their number
     of iterations: the material of the gap-against-budget figure and table."""
     rows = []
@@ -245,7 +247,7 @@ def budget_table(runs: pd.DataFrame, min_effect: float, confidence: float) -> pd
         if same["iterations"].nunique() < 2:
             continue
         for iterations, nets in same.groupby("iterations"):
-            for claim in claims(nets, min_effect, confidence):
+            for claim in claims(nets, min_effect, confidence, design=design):
                 i = claim.interval
                 rows.append(
                     {
@@ -295,6 +297,7 @@ def recipe_section(
     min_effect: float,
     confidence: float,
     diverged: pd.DataFrame | None = None,
+    design: Design = Design(),
 ):
     """(markdown lines, files written) for the finished runs of one recipe, beside those of its
     runs that diverged (a result: they failed to train)."""
@@ -302,7 +305,7 @@ def recipe_section(
     text = [f"Recipe: {describe_recipe(runs)}.", "", "### Claims", ""]
     p2_found = []
     for family, nets in results.groupby("family"):
-        found = claims(nets, min_effect, confidence)
+        found = claims(nets, min_effect, confidence, design=design)
         p2_found += [claim for claim in found if claim.key.startswith("P2")]
         found = [claim for claim in found if not claim.key.startswith("P2")]
         text += [f"- {family}-style nets, {claim.line(confidence)}" for claim in found] or [
@@ -347,9 +350,11 @@ def write_report(
     confidence: float = 0.95,
     notes: list[str] = (),
     next_steps: list[str] = (),
+    design: Design = Design(),
 ) -> list[Path]:
-    """Figures (PNG and PDF) and report.md in `out_dir`, one section per recipe, and what to run
-    next where the sweep gave it (harness.plan); returns the files written."""
+    """Figures (PNG and PDF) and report.md in `out_dir`, one section per recipe, its claims judged
+    by the study's design, and what to run next where the sweep gave it (harness.plan); returns
+    the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     done = finished(runs)
     diverged = runs[runs["diverged_at"].notna()]
@@ -359,9 +364,12 @@ def write_report(
         "",
         f"{len(done)} finished runs ({len(runs) - len(done)} not finished) of {len(recipes)} recipe(s). Claims compare "
         f"nets seed by seed (paired differences) and give the mean, its {confidence:.0%} Student t interval and the "
-        f"number of seeds. A claim is reproduced only with at least 3 seeds, an interval that excludes zero and a "
-        f"mean of at least {min_effect:g} point(s) (for responses: percent of the plain net's value); contradicted "
-        "when the interval lies wholly against it; inconclusive otherwise. Training-error claims use the final "
+        f"number of seeds: a description. The verdicts are the study's design's ({design.describe()}; "
+        "docs/studies.md): judged only at a look, a claim is reproduced where its t crosses the look's boundary as "
+        f"claimed and its mean reaches {min_effect:g} point(s) (for responses: percent of the plain net's value), "
+        "contradicted where it crosses the other way, open until then, inconclusive at the last look. Over all "
+        f"looks and claims of the family, a verdict where no effect is has a chance of at most {design.alpha:g}. "
+        "Training-error claims use the final "
         "model's error on the training images (`final_train_error`); the running training error is P1's dashed "
         "curve. Published values are P1/P2's CIFAR-10 test errors, shown only beside CIFAR-10 test errors.",
         "",
@@ -378,10 +386,12 @@ def write_report(
             min_effect,
             confidence,
             diverged[diverged["recipe"] == group["recipe"].iloc[0]],
+            design,
         )
         text += [f"## Recipe {number}" if len(recipes) > 1 else "## Results", "", *section]
         written += files
-    section, files = budget_section(budget_table(done, min_effect, confidence), out_dir, min_effect, confidence)
+    table = budget_table(done, min_effect, confidence, design)
+    section, files = budget_section(table, out_dir, min_effect, confidence)
     text += section
     written += files
     if next_steps:
@@ -432,12 +442,13 @@ def report_runs(
     min_effect: float = 1.0,
     confidence: float = 0.95,
     next_steps: list[str] = (),
+    design: Design = Design(),
 ) -> list[Path]:
     """Read the finished runs' curves and probe tables, then write the report."""
     done = runs[(runs["status"] == "FINISHED") | runs["diverged_at"].notna()]  # a divergence is a result too
     analysis, notes = load_analysis(client, done)
     curves = load_curves(client, done)
-    return write_report(runs, curves, analysis, out_dir, title, min_effect, confidence, notes, next_steps)
+    return write_report(runs, curves, analysis, out_dir, title, min_effect, confidence, notes, next_steps, design)
 
 
 def report_sweep(
@@ -455,7 +466,7 @@ def report_sweep(
     if runs.empty:
         return []
     title = f"Report of {parent.info.run_name}"
-    written = report_runs(client, runs, out_dir, title, min_effect, confidence, next_steps)
+    written = report_runs(client, runs, out_dir, title, min_effect, confidence, next_steps, design_of(parent))
     for path in written:
         client.log_artifact(parent_run_id, str(path), record.FIGURES_FOLDER)
     return written

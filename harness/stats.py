@@ -127,6 +127,11 @@ class Claim:
         reason = f": {self.verdict}" + (f" ({self.reason})" if self.reason else "")
         return f"{self.key} {self.text}: {numbers}{reason}"
 
+    def verdict_line(self) -> str:
+        """The short line of the console and the parent run: the nets, the mean, the verdict and why."""
+        mean = f"{self.interval.mean:+.2f} {self.unit}, " if self.interval.n else ""
+        return f"{self.key} {self.nets}: {mean}{self.verdict}" + (f" ({self.reason})" if self.reason else "")
+
 
 def per_seed(runs: pd.DataFrame, model: str, column: str) -> pd.Series:
     """One value per seed of one net (the mean, should a seed appear twice)."""
@@ -437,7 +442,7 @@ def _leading_seeds(differences: pd.Series) -> int:
 def _open_before_first_look(claim: Claim, look: Look) -> None:
     n, mean = claim.interval.n, claim.interval.mean
     direction = (
-        f"{n} seed(s): the direction only, {'as claimed' if mean > 0 else 'against the claim'}"
+        f"{n} seed{'s' if n > 1 else ''}: the direction only, {'as claimed' if mean > 0 else 'against the claim'}"
         if n
         else "no paired seed"
     )

@@ -68,7 +68,13 @@ def other_precision_notes(client, experiment_id: str, jobs: list[Job]) -> list[s
 
 
 def open_parent_run(
-    client, experiment_id: str, jobs: list[SweepJob], sweep_dir: str, overrides: str, rerun: bool, design: Design
+    client,
+    experiment_id: str,
+    jobs: list[SweepJob],
+    sweep_dir: str,
+    overrides: str,
+    rerun: bool,
+    design: Design = Design(),
 ) -> str:
     """The sweep's parent run: the one of the same study launched before (after a kill, say),
     which goes on, unless `rerun`; else a new one. Either holds the study's design from its first
@@ -101,11 +107,10 @@ def open_parent_run(
 
 def declare(client, parent, design: Design) -> None:
     """Record the study's design on its parent run, unless it holds one; refuse another."""
-    recorded = parent.data.tags.get(record.DESIGN)
-    if recorded is None:
+    if record.DESIGN not in parent.data.tags:
         client.set_tag(parent.info.run_id, record.DESIGN, json.dumps(design.as_dict()))
         return
-    kept = Design.of(json.loads(recorded))
+    kept = record.design_of(parent)
     if kept != design:
         keys = " ".join(
             f"design.{key}=" + (f"[{','.join(map(str, value))}]" if isinstance(value, list) else f"{value}")
@@ -172,12 +177,23 @@ def judged_claims(sweep: Sweep, min_effect: float, confidence: float, design: De
     """The claims of the sweep's runs that finished (or diverged: a result), judged by its
     design, for each recipe and family of nets."""
     held = members(sweep)
-    runs = finished(load_runs(sweep.client, [sweep.experiment_id], run_ids=list(held["run_id"])))
-    return [
-        claim
-        for _, nets in runs.groupby(["recipe", "family"])
-        for claim in claims(nets, min_effect, confidence, design=design)
-    ]
+    runs = load_runs(sweep.client, [sweep.experiment_id], run_ids=list(held["run_id"]))
+    return judge_runs(runs, min_effect, confidence, design)
+
+
+def judge_runs(runs: pd.DataFrame, min_effect: float, confidence: float, design: Design) -> list:
+    """Claims for each recipe and family of nets; where a study holds several budgets (the budget
+    curve), each claim names its budget."""
+    runs = finished(runs)
+    budget_curve = runs["iterations"].nunique() > 1
+    found = []
+    for _, nets in runs.groupby(["recipe", "family"]):
+        budget = f" at {nets['iterations'].iloc[0]} iterations" if budget_curve else ""
+        found += [
+            dataclasses.replace(claim, nets=claim.nets + budget)
+            for claim in claims(nets, min_effect, confidence, design=design)
+        ]
+    return found
 
 
 def not_finished(sweep: Sweep, jobs: list[SweepJob]) -> list[str]:
@@ -192,21 +208,9 @@ def not_finished(sweep: Sweep, jobs: list[SweepJob]) -> list[str]:
     return missing
 
 
-def next_steps(runs: pd.DataFrame, min_effect: float, confidence: float, more_seeds: Callable) -> list[str]:
-    """What to run next for the claims that this sweep's runs leave inconclusive, with the time
-    more seeds would take here (`more_seeds(n)`: the command that trains seeds 0..n-1 and its
-    estimated seconds)."""
-    runs = finished(runs)
-    if runs.empty:
-        return []
-    budget_curve = runs["iterations"].nunique() > 1
-    found = []
-    for _, nets in runs.groupby(["recipe", "family"]):
-        budget = f" at {nets['iterations'].iloc[0]} iterations" if budget_curve else ""
-        found += [
-            dataclasses.replace(claim, nets=claim.nets + budget) for claim in claims(nets, min_effect, confidence)
-        ]
-    return list(dict.fromkeys(plan.next_steps(found, more_seeds, confidence, budget_curve)))
+def next_steps(found: list, design: Design, more_seeds: Callable, budget_curve: bool) -> list[str]:
+    """What to run next for the claims the study leaves open: its design's next look."""
+    return list(dict.fromkeys(plan.next_steps(found, design, more_seeds, budget_curve)))
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,10 @@ def conclude(
     for key, value in record.sweep_result_tags(len(held), trained).items():
         client.set_tag(parent, key, value)
     runs = load_runs(client, [sweep.experiment_id], run_ids=list(held["run_id"]))
-    steps = next_steps(runs, report.min_effect, report.confidence, more_seeds)
+    design = record.design_of(client.get_run(parent))
+    found = judge_runs(runs, report.min_effect, report.confidence, design)
+    steps = next_steps(found, design, more_seeds, finished(runs)["iterations"].nunique() > 1) if found else []
+    verdicts = [claim.verdict_line() for claim in found]
     written = []
     if figures:
         from harness.report import report_sweep  # figures load matplotlib: not in every job's process
@@ -245,13 +252,15 @@ def conclude(
     client.set_terminated(parent, "FAILED" if len(failed) else "FINISHED")
     reports = [path.resolve() for path in written if path.name in ("report.html", "report.md")]
     report_file = max(reports, key=lambda path: path.suffix == ".html", default=None)  # html where there is one
-    describe_sweep(client, parent, held, report_file, steps)
+    describe_sweep(client, parent, held, report_file, steps, [design.describe(), *verdicts])
 
     lines = [
         f"Sweep done: {len(held)} runs: {trained} trained, {len(held) - trained} reused from earlier sweeps, "
         f"{len(failed)} not finished (MLflow parent run {parent}).",
         wall_time,
     ]
+    if verdicts:
+        lines += [f"Verdicts ({design.describe()}):", *(f"  {line}" for line in verdicts)]
     if steps:
         lines += ["What to run next:", *(f"  {line}" for line in steps)]
     if written:

@@ -7,6 +7,7 @@ import pytest
 
 from harness import identity, record
 from harness.config import ConfigError, check_values, compose_config, reference
+from harness.cores import torch_threads
 from harness.identity import effective_config, fingerprint, recipe, resolve, unused_notes
 from harness.precision import resolve_precision
 
@@ -219,7 +220,7 @@ def test_the_configuration_reference_is_the_schemas():
 
 
 def test_precision_is_resolved_and_tells_nets_and_recipes_apart():
-    here = resolve_precision("auto", "auto")
+    here = resolve_precision("auto", "auto", torch_threads(compose_config()))
     assert effective_config(compose_config("precision=auto"))[0]["precision"] == here
     assert fp("precision=auto") == fp(f"precision={here}") and rc("precision=auto") == rc(f"precision={here}")
     assert fp() == fp("precision=auto")  # the default

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from harness.report import report_runs
+from harness.sequential import Design
 from harness.stats import CLAIM_ROWS, ClaimRow, claims, p2_shortcuts_vs_identity
 from harness.tracking.runs import load_runs
 
@@ -43,9 +44,12 @@ def shortcut_study(tmp_path_factory):
     return client, load_runs(client, [experiment_id]), folder
 
 
+SINGLE_LOOK = Design(looks=(3,))  # studies of 3 seeds, judged once
+
+
 def test_the_shortcut_study_has_its_section_with_p2s_numbers_and_verdicts(shortcut_study, tmp_path):
     client, runs, _ = shortcut_study
-    written = report_runs(client, runs, tmp_path, "P2 shortcuts")
+    written = report_runs(client, runs, tmp_path, "P2 shortcuts", design=SINGLE_LOOK)
     report = (tmp_path / "report.md").read_text()
     section = study_section(report, "P2 Table 1: shortcuts")
     assert table_row(section, "resnet-56")[5].startswith("6.61 (median of 5, P2 Tables 1 and 2")
@@ -56,8 +60,8 @@ def test_the_shortcut_study_has_its_section_with_p2s_numbers_and_verdicts(shortc
     assert dropout[1] == "3" and dropout[2] == "–" and dropout[4] == "diverged in 3 of 3 (at iteration 500, 500, 500)"
     lines = [line for line in section.splitlines() if line.startswith("- P2-T1")]
     verdicts = {line.split(":")[1].split(" shortcut")[0].strip(): line for line in lines}
-    assert verdicts["the resnet-56-scale0.5"].endswith(": reproduced")
-    assert verdicts["the resnet-56-C"].endswith(": reproduced")
+    assert ": reproduced (look 1 of 1, 3 seeds: |t| " in verdicts["the resnet-56-scale0.5"]
+    assert ": reproduced (look 1 of 1, 3 seeds: |t| " in verdicts["the resnet-56-C"]
     assert ": inconclusive" in verdicts["the resnet-56-exgate-6"]  # +0.97 points, below the minimum effect of 1
     assert "resnet-56-drop0.5 failed to train (diverged) in each of its 3 seeds" in verdicts["the resnet-56-drop0.5"]
     assert (
@@ -75,7 +79,7 @@ def test_the_unit_study_has_its_section_and_the_two_claims_of_table_2(tmp_path):
     for unit, (train, test) in UNITS.items():
         for seed in range(3):
             log_run(client, experiment_id, 56, True, seed, train[seed], test[seed], net=(f"activation={unit}",))
-    report_runs(client, load_runs(client, [experiment_id]), tmp_path / "out", "P2 units")
+    report_runs(client, load_runs(client, [experiment_id]), tmp_path / "out", "P2 units", design=SINGLE_LOOK)
     report = (tmp_path / "out" / "report.md").read_text()
     section = study_section(report, "P2 Table 2: residual units")
     assert "### P2 Table 1" not in report
@@ -84,8 +88,8 @@ def test_the_unit_study_has_its_section_and_the_two_claims_of_table_2(tmp_path):
     ]  # fmt: skip
     (bn_after_add,) = [line for line in section.splitlines() if line.startswith("- P2-T2b")]
     (pre,) = [line for line in section.splitlines() if line.startswith("- P2-T2e")]
-    assert bn_after_add.endswith(": reproduced") and "+3.30 points" in bn_after_add
-    assert "test error" in pre and pre.endswith(": reproduced (the interval stays above -1)")
+    assert ": reproduced (look 1 of 1" in bn_after_add and "+3.30 points" in bn_after_add
+    assert "test error" in pre and ": reproduced (look 1 of 1" in pre
 
 
 def test_a_new_claim_is_one_row_of_the_table(shortcut_study):
@@ -93,7 +97,7 @@ def test_a_new_claim_is_one_row_of_the_table(shortcut_study):
     scaling_only = ClaimRow(
         "X", "{first} trains worse than {second}", lambda r: [p for p in p2_shortcuts_vs_identity(r) if "scale" in p[0]]
     )
-    (claim,) = claims(runs, rows=[scaling_only])
+    (claim,) = claims(runs, rows=[scaling_only], design=SINGLE_LOOK)
     assert claim.nets == "resnet-56 vs resnet-56-scale0.5" and claim.verdict == "reproduced"  # the row's default label
     assert claim.differences.tolist() == pytest.approx([6.0, 6.6, 6.0])
     assert {row.key for row in CLAIM_ROWS} >= {"C1", "C1b", "C2", "C3", "C3-test", "Fig7", "P2-T1", "P2-T2b", "P2-T2e"}

@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from harness import identity, plan, record
 from harness.config import compose_config
@@ -219,56 +217,42 @@ def test_makespan_starts_each_job_on_the_first_free_slot():
     assert plan.makespan([], 4) == 0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_seeds_needed_is_the_t_based_sample_size(seed):
-    differences = np.random.default_rng(seed).normal(1.0, 2.0, size=3)
-    mean, sd = differences.mean(), differences.std(ddof=1)
-    needed = plan.seeds_needed(mean, sd)
-    direct = next(n for n in range(2, 1000) if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < abs(mean))
-    assert needed == (direct if direct <= plan.MAX_SEEDS else None)
-
-
-def test_next_steps_for_inconclusive_claims():
-    """1 seed: 3 seeds; 2 or more: the t-based number; claims that need the same seeds share a
-    line; C3 against the claim points to the budget curve; a reproduced claim needs nothing."""
+def test_next_steps_name_the_designs_next_look_never_a_seed_count_for_an_interval():
+    """Open claims: the design's next look, its command and time, one line for them all; C3
+    against the claim points to the budget curve; settled claims need nothing (issue 44)."""
     import pandas as pd
+
+    from harness.sequential import Design
+    from harness.stats import judge_family
+
+    design = Design(looks=(3, 5, 8))
 
     def claim(key, differences):
         return make_claim(key, key, "points", pd.Series(differences), 1.0, 0.95)
 
-    found = [
-        claim("C1", [2.0]),
-        claim("Fig7", [5.0]),
-        claim("Fig7", [3.0]),  # Fig7 comes once per depth
-        claim("C2", [4.0, -1.0, 3.0]),
-        claim("C3", [-3.0, -2.5, -3.5]),
-        claim("C1b", [5.0, 6.0, 5.5]),
-    ]
+    found = judge_family(
+        [claim("C1", [2.0]), claim("C2", [4.0, -1.0, 3.0]), claim("C3", [-3.0, -2.5, -3.5])], design, 1.0
+    )
     asked = []
 
     def more_seeds(n):
         asked.append(n)
         return f"python -m harness.run -m seed={','.join(map(str, range(n)))}", 60.0 * n
 
-    lines = plan.next_steps(found, more_seeds)
-    needed = plan.seeds_needed(found[3].interval.mean, found[3].interval.sd)
-    assert asked == [3, needed]
-    assert lines[0] == "C1, Fig7 (1 seed: the direction only): `python -m harness.run -m seed=0,1,2`, about 3:00 here."
-    assert lines[1].startswith(f"C2 (about {needed} seeds give a 95% interval that excludes zero")
-    assert lines[2].startswith("C3 goes against the claim at this budget") and "+experiment=budget_curve" in lines[2]
-    assert len(lines) == 3
-    against = plan.next_steps([claim("C3-test", [-3.0, 1.0, -4.0])], more_seeds)
-    assert "C3-test (about" in against[0] and "interval that lies wholly against the claim" in against[0]
-    assert against[1].startswith("C3-test goes against the claim at this budget")
-    # In a budget curve each claim is named by its nets and budget, and the curve is not suggested again.
-    at_4000 = make_claim(
-        "C3", "C3", "points", pd.Series([-1.0, -2.0, -0.3]), 1.0, 0.95, "resnet-56 vs resnet-20 at 4000 iterations"
-    )
-    (curve,) = plan.next_steps([at_4000], more_seeds, budget_curve=True)
-    assert curve.startswith("C3 resnet-56 vs resnet-20 at 4000 iterations (about ") and "budget_curve" not in curve
-    # Two seeds whose interval would exclude zero at 2: never fewer than the report's rule needs.
-    (two,) = plan.next_steps([claim("C2", [4.0, 4.2])], more_seeds)
-    assert two.startswith("C2 (about 3 seeds give") and "the report needs at least 3; it has 2" in two
+    lines = plan.next_steps(found, design, more_seeds)
+    assert asked == [3]  # C1 has 1 seed: the family's first look is not whole yet
+    assert lines[0].startswith("The design's next look, 1 of 3, is at 3 seeds for the claims still open (C1; C2; C3)")
+    assert "`python -m harness.run -m seed=0,1,2`, about 3:00 here; at worst the last look at 8 seeds" in lines[0]
+    assert lines[1].startswith("C3 goes against the claim at this budget") and "+experiment=budget_curve" in lines[1]
+    assert not any("interval that excludes zero" in line for line in lines)
+    whole = judge_family([claim("C2", [4.0, -1.0, 3.0]), claim("C3", [-3.0, -2.5, -3.5])], design, 1.0)
+    (step, curve) = plan.next_steps(whole, design, more_seeds, budget_curve=False)
+    assert asked[-1] == 5 and step.startswith("The design's next look, 2 of 3, is at 5 seeds") and "C3" in curve
+    # In a budget curve the curve is not suggested again.
+    assert len(plan.next_steps(whole, design, more_seeds, budget_curve=True)) == 1
+    # A settled family: nothing to run.
+    settled = judge_family([claim("C2", [4.0, 4.1, 3.9])], Design(looks=(3,)), 1.0)
+    assert settled[0].verdict == "reproduced" and plan.next_steps(settled, design, more_seeds) == []
 
 
 def test_plan_mode_trains_nothing_and_writes_nothing(tmp_path, data_root):

@@ -2,6 +2,7 @@
 never by the CPU's flags, kept for every later launch there and recorded on each run."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 import harness.device
 from harness import identity, precision, record
 from harness.config import compose_config
+from harness.cores import torch_threads
 from harness.device import device_name
 from harness.precision import BF16_MIN_SPEEDUP, auto_decision, resolve_precision
 
@@ -22,12 +24,22 @@ def own_cache(tmp_path, monkeypatch):
     auto_decision.cache_clear()
 
 
-def measuring(fp32_ms: float, bf16_ms: float, calls: list):
-    def measure(kind):
+def measuring(fp32_ms: float, bf16_ms: float, calls: list, busy: float = 0.0):
+    """A fake measurement: these timings, taken beside `busy` cores of other work."""
+
+    def measure(kind, threads):
         calls.append(kind)
-        return fp32_ms, bf16_ms, 0.0
+        return fp32_ms, bf16_ms, busy
 
     return measure
+
+
+def quiet():
+    return 0.0
+
+
+def busy():
+    return 1.4
 
 
 @pytest.mark.parametrize(
@@ -44,41 +56,41 @@ def test_auto_is_what_the_measurement_says_whatever_the_flags(own_cache, monkeyp
         monkeypatch.setattr(harness.device, "cpu_flags", lambda: frozenset(flags))
         auto_decision.cache_clear()
         own_cache.unlink(missing_ok=True)
-        decision = auto_decision("cpu", measuring(fp32_ms, bf16_ms, calls := []))
+        decision = auto_decision("cpu", 2, measuring(fp32_ms, bf16_ms, calls := []))
         assert calls == ["cpu"] and decision.precision == expected
         assert (decision.fp32_ms, decision.bf16_ms) == (fp32_ms, bf16_ms)
 
 
 def test_the_decision_is_measured_once_per_machine_and_kept(own_cache, capsys):
     calls = []
-    first = auto_decision("cpu", measuring(130.0, 150.0, calls))
+    first = auto_decision("cpu", 2, measuring(130.0, 150.0, calls))
     line = capsys.readouterr().out
     assert "bf16 0.87x fp32 here" in line and "precision=auto is fp32" in line and str(own_cache) in line
     auto_decision.cache_clear()  # as a new process would: a relaunch, a sweep's job
-    again = auto_decision("cpu", measuring(100.0, 50.0, calls))  # a measurement now would say bf16
+    again = auto_decision("cpu", 2, measuring(100.0, 50.0, calls))  # a measurement now would say bf16
     assert calls == ["cpu"] and again == first and capsys.readouterr().out == ""
-    machine = device_name(torch.device("cpu"))
+    machine = precision.decision_key("cpu", 2)
     kept = json.loads(own_cache.read_text())
     assert kept[machine]["precision"] == "fp32" and kept[machine]["bf16_ms"] == 150.0
     precision.forget(machine)  # python -m harness.precision --again
     auto_decision.cache_clear()
-    assert auto_decision("cpu", measuring(100.0, 50.0, calls)).precision == "bf16" and len(calls) == 2
+    assert auto_decision("cpu", 2, measuring(100.0, 50.0, calls)).precision == "bf16" and len(calls) == 2
 
 
 def test_another_machine_in_the_same_cache_measures_its_own(own_cache):
     own_cache.parent.mkdir(parents=True)
     other = precision.choose("Some Xeon (AVX512, bf16 units)", 250.0, 100.0)
     own_cache.write_text(json.dumps({other.machine: precision.asdict(other)}))
-    assert auto_decision("cpu", measuring(130.0, 150.0, calls := [])).precision == "fp32" and calls == ["cpu"]
-    assert set(json.loads(own_cache.read_text())) == {other.machine, device_name(torch.device("cpu"))}
+    assert auto_decision("cpu", 2, measuring(130.0, 150.0, calls := [])).precision == "fp32" and calls == ["cpu"]
+    assert set(json.loads(own_cache.read_text())) == {other.machine, precision.decision_key("cpu", 2)}
 
 
 def test_the_real_measurement_times_both_precisions():
     """The suite's own decision (measured by the first test that resolved precision=auto, or by
     this one), read back from its cache file as a new process reads it."""
     auto_decision.cache_clear()
-    decision = auto_decision("cpu")
-    assert decision.machine == device_name(torch.device("cpu"))
+    decision = auto_decision("cpu", 1)
+    assert decision.machine == precision.decision_key("cpu", 1)
     assert decision.fp32_ms > 0 and decision.bf16_ms > 0 and decision.busy_cores >= 0
     assert decision.precision == ("bf16" if decision.fp32_ms / decision.bf16_ms >= BF16_MIN_SPEEDUP else "fp32")
 
@@ -87,20 +99,19 @@ def test_resolve_precision_leaves_an_explicit_choice_alone(own_cache):
     def never(kind):
         raise AssertionError("an explicit precision is not measured")
 
-    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
-    assert auto_decision("cpu", measuring(130.0, 150.0, [])).precision == resolve_precision("auto", "cpu")
+    assert resolve_precision("fp32", "cpu", 2) == "fp32" and resolve_precision("bf16", "cpu", 2) == "bf16"
+    assert auto_decision("cpu", 2, measuring(130.0, 150.0, [])).precision == resolve_precision("auto", "cpu", 2)
 
 
 def test_a_run_records_the_decision_and_its_timings(own_cache):
-    auto_decision("cpu", measuring(130.0, 150.0, []))
+    auto_decision("cpu", 2, measuring(130.0, 150.0, []))
     auto_decision.cache_clear()  # the run's process reads the kept decision
-    tags = record.job_tags(identity.resolve(compose_config("device=cpu")), record.Machine(), "unknown")
+    machine = record.Machine(threads=2)
+    tags = record.job_tags(identity.resolve(compose_config("device=cpu", "threads=2")), machine, "unknown")
     assert tags["precision"] == "fp32"
     assert tags["precision_fp32_ms"] == "130.0" and tags["precision_bf16_ms"] == "150.0"
     assert "bf16 0.87x fp32 here" in tags["precision_auto"]
-    forced = record.job_tags(
-        identity.resolve(compose_config("device=cpu", "precision=bf16")), record.Machine(), "unknown"
-    )
+    forced = record.job_tags(identity.resolve(compose_config("device=cpu", "precision=bf16")), machine, "unknown")
     assert forced["precision"] == "bf16" and "precision_auto" not in forced
 
 
@@ -116,8 +127,45 @@ def test_a_cache_that_cannot_be_written_is_said_and_the_run_goes_on(tmp_path, mo
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(blocked / "cache"))  # under a file: not a folder anyone can make
     auto_decision.cache_clear()
     try:
-        assert auto_decision("cpu", measuring(130.0, 150.0, [])).precision == "fp32"
+        assert auto_decision("cpu", 2, measuring(130.0, 150.0, [])).precision == "fp32"
     finally:
         auto_decision.cache_clear()
     said = capsys.readouterr().out
     assert "measured, but not kept" in said and "HARNESS_CACHE_DIR" in said
+
+
+def test_the_key_names_the_cpu_torch_and_the_threads():
+    """Two hosts that Linux names alike, two torch builds, 1 and 2 threads: each its own entry."""
+    key = precision.decision_key("cpu", 1)
+    assert key.startswith(device_name(torch.device("cpu"))) and f"torch {torch.__version__}" in key
+    assert key.endswith("1 thread(s)") and precision.decision_key("cpu", 2) != key
+
+
+def test_a_decision_measured_beside_other_work_is_provisional(own_cache, capsys):
+    """Issue 43: measured beside a busy process, a decision is kept as provisional: the jobs of a
+    launch that stays busy read it, and the first launch that finds the machine quiet measures
+    again and keeps its own, which later busy launches read."""
+    calls = []
+    first = auto_decision("cpu", 2, measuring(130.0, 600.0, calls, busy=1.3), load=busy)
+    assert first.precision == "fp32" and first.provisional
+    assert "kept as provisional while the machine is busy" in capsys.readouterr().out
+    auto_decision.cache_clear()  # a job of the same busy launch
+    assert auto_decision("cpu", 2, measuring(130.0, 80.0, calls), load=busy) == first and len(calls) == 1
+    auto_decision.cache_clear()  # a later launch on a quiet machine
+    again = auto_decision("cpu", 2, measuring(130.0, 80.0, calls), load=quiet)
+    assert len(calls) == 2 and again.precision == "bf16" and not again.provisional
+    auto_decision.cache_clear()  # and a busy one after it reads the quiet decision, never measures
+    assert auto_decision("cpu", 2, measuring(130.0, 600.0, calls, busy=1.3), load=busy) == again
+    assert len(calls) == 2
+
+
+def test_a_busy_first_launch_measures_at_the_threads_the_load_leaves_it(own_cache):
+    """The issue's host: bf16 1.55x quiet, 0.21x measured with 2 threads beside 1.3 busy cores.
+    Beside that load a default job takes 1 thread, and bf16 is measured, and chosen, at 1."""
+
+    def measure(kind, threads):  # oversubscribed, bf16's OpenMP barriers wait on a busy core
+        return (1227.0, 253.0, 1.3) if threads == 1 else (253.0, 1227.0, 1.3)
+
+    threads = torch_threads({"threads": None, "cores": None}, load=lambda: 1.3)
+    assert threads == 1 or len(os.sched_getaffinity(0)) > 2
+    assert auto_decision("cpu", threads, measure, load=busy).precision == ("bf16" if threads == 1 else "fp32")

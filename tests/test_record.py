@@ -82,7 +82,7 @@ def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path,
     run = client.get_run(row["run_id"])
     assert run.data.tags[record.FINGERPRINT] == identity.fingerprint(cfg)
     assert run.data.tags[record.ROLE] == record.JOB and run.info.run_name == identity.resolve(cfg).name
-    precision = resolve_precision("auto", "cpu")  # what precision=auto is here
+    precision = resolve_precision("auto", "cpu", int(run.data.tags["threads"]))  # what precision=auto is here
     assert run.data.tags["precision"] == run.data.params["precision"] == row["precision"] == precision
     assert set(run.data.metrics) == set(EXPECTED_STEPS)  # every metric the loop and the probes write
     assert 100 * run.data.metrics[record.FINAL_TRAIN_ERROR] == pytest.approx(row["final_train_error"])

@@ -19,6 +19,7 @@ from harness import figures, plot
 from harness.config import compose_config
 from harness.identity import recipe
 from harness.report import budget_table, report_runs, report_sweep, signal_verdicts
+from harness.sequential import Design
 from harness.stats import t_interval
 from harness.tracking.runs import load_analysis, load_curves, load_runs, write_members
 
@@ -187,16 +188,16 @@ def test_one_seed_with_tiny_gaps_is_never_reproduced(tmp_path):
         lines = claim_lines((tmp_path / "out" / "report.md").read_text())
         assert {line.split(", ")[1].split(" ")[0] for line in lines} >= {"C1", "C1b", "C2", "C3", "C3-test", "Fig7"}
         assert not [line for line in lines if ": reproduced" in line or ": contradicted" in line]
-        assert all("inconclusive (1 seed" in line for line in lines), lines
+        assert all("open (the first look is at 3 seeds; 1 seed: the direction only" in line for line in lines), lines
 
 
 def test_three_seeds_with_a_clear_gap_are_reproduced(three_seeds, tmp_path):
     client, experiment_id, _, runs, _, _ = three_seeds
-    written = report_runs(client, runs, tmp_path / "out", "three seeds")
+    written = report_runs(client, runs, tmp_path / "out", "three seeds", design=Design(looks=(3,)))
     report = (tmp_path / "out" / "report.md").read_text()
     lines = {line.split(", ")[1].split(" ")[0]: line for line in claim_lines(report)}
     for key in ("C1", "C1b", "C2"):
-        assert lines[key].endswith(": reproduced"), lines[key]
+        assert ": reproduced (look 1 of 1, 3 seeds: |t| " in lines[key], lines[key]
         assert "3 seeds" in lines[key] and "95% CI" in lines[key]
     differences = np.array(CLEAR[False, 56][0]) - np.array(CLEAR[False, 20][0])
     interval = t_interval(differences)

@@ -1,10 +1,13 @@
 """A sweep's study as plain functions of an MLflow client (harness.study), without Hydra: its
 parent run, its members, the jobs that never opened a run, and how it ends."""
 
+import json
+
 import pytest
 
 from harness import identity, record, study
-from harness.config import compose_config
+from harness.config import ConfigError, compose_config
+from harness.sequential import Design
 from harness.tracking.mlflow_store import MlflowRun, connect
 
 from helpers.stores import empty_store
@@ -69,3 +72,27 @@ def test_a_sweep_with_a_job_that_never_started_ends_failed_and_names_it(opened, 
     assert parent.info.status == "FAILED"
     assert (parent.data.tags[record.MEMBERS], parent.data.tags[record.TRAINED]) == ("1", "1")
     assert (tmp_path / record.MEMBERS_TABLE).exists()
+
+
+def test_a_study_keeps_the_design_of_its_first_look_and_refuses_another(opened):
+    """Recorded on the parent run when it opens; the same study launched with another design is
+    refused before anything changes, with the keys that go on and how to start anew (issue 44)."""
+    sweep, _ = opened
+    parent = sweep.client.get_run(sweep.parent_run_id)
+    assert record.design_of(parent) == Design() and json.loads(parent.data.tags[record.DESIGN])["looks"] == [
+        3,
+        5,
+        8,
+        12,
+    ]
+    sweep.client.set_terminated(sweep.parent_run_id, "KILLED")
+    other = Design(looks=(3, 6, 10))
+    with pytest.raises(ConfigError) as refused:
+        study.open_parent_run(sweep.client, sweep.experiment_id, sweep.jobs, "folder", "same", False, other)
+    said = str(refused.value)
+    assert "looks at 3, 5, 8, 12 seeds" in said and "looks at 3, 6, 10 seeds" in said
+    assert "design.looks=[3,5,8,12] design.alpha=0.05 design.spending=obrien_fleming design.family=[]" in said
+    assert "tracking.experiment=NAME" in said
+    assert sweep.client.get_run(sweep.parent_run_id).info.status == "KILLED"  # untouched
+    again = study.open_parent_run(sweep.client, sweep.experiment_id, sweep.jobs, "folder", "same", False, Design())
+    assert again == sweep.parent_run_id

@@ -66,12 +66,12 @@ def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def describe_sweep(client, parent_run_id: str, members, report: Path | None, next_steps=()) -> str | None:
+def describe_sweep(client, parent_run_id: str, members, report: Path | None, next_steps=(), verdicts=()) -> str | None:
     """The parent run's description: one row per net of the sweep with its final errors in
-    percent (mean over seeds), what to run next, and where its report is. A store error only
-    costs the description."""
+    percent (mean over seeds), the verdicts (the design, then a line per claim), what to run
+    next, and where its report is. A store error only costs the description."""
     try:
-        return _describe_sweep(client, parent_run_id, members, report, next_steps)
+        return _describe_sweep(client, parent_run_id, members, report, next_steps, verdicts)
     except Exception as error:  # the sweep's results are stored; this is presentation
         log.warning(
             "could not write the description of MLflow run %s: %s: %s", parent_run_id, type(error).__name__, error
@@ -79,7 +79,7 @@ def describe_sweep(client, parent_run_id: str, members, report: Path | None, nex
         return None
 
 
-def _describe_sweep(client, parent_run_id: str, members, report: Path | None, next_steps) -> str:
+def _describe_sweep(client, parent_run_id: str, members, report: Path | None, next_steps, verdicts) -> str:
     rows = {}
     for member in members.itertuples():
         run = client.get_run(member.run_id)
@@ -116,6 +116,9 @@ def _describe_sweep(client, parent_run_id: str, members, report: Path | None, ne
     parent = client.get_run(parent_run_id)
     artifacts = f"#/experiments/{parent.info.experiment_id}/runs/{parent_run_id}/artifacts?{MODEL_TRAINING}"
     text = [f"The {len(members)} runs of this sweep: final errors in percent, mean over seeds.", "", *lines, ""]
+    if verdicts:
+        design, *claims = verdicts
+        text += [f"Verdicts ({design}):", "", *[f"- {line}" for line in claims], ""]
     if next_steps:
         text += ["What to run next:", "", *[f"- {line}" for line in next_steps], ""]
     if report is not None:
