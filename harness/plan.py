@@ -360,7 +360,76 @@ def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
         fail(str(error))
     for line in plan_lines(make_plan(configs, launcher, client, experiment_id, device), device):
         print(line)
+    if len(configs) > 1:  # a study
+        for line in design_lines(configs, launcher, client, experiment_id, device):
+            print(line)
     print("Nothing was trained or stored (plan=true); the same command without it runs this.")
+
+
+ASSUMED_SD = 2.75  # points: the paired sd of P2's shortcuts study at 3 seeds, where a study has none yet
+UNTRAINED_SEED = 1_000_000  # a seed no study trains: the planner's estimate of a net's next seed
+
+
+def design_lines(configs: list[DictConfig], launcher, client, experiment_id, device) -> list[str]:
+    """What the study's design promises, simulated with the function its report calls: the rate
+    of false verdicts where no net differs, the power and seeds at the claims' `min_effect`, and
+    what each look would cost here with every claim still open."""
+    from harness.sequential import Design, simulate
+    from harness.stats import claims
+    from harness.tracking.runs import load_runs
+
+    cfg = configs[0]
+    design, min_effect = Design.of(cfg.design), cfg.report.min_effect
+    jobs = [identity.resolve(config) for config in configs]
+    family = [claim for claim in claims(_unrun(jobs), min_effect, design=design) if claim.verdict != "not judged"]
+    if not family:
+        return [f"Design: {design.describe()}; no claim of the table compares these nets."]
+    stored = load_runs(client, [experiment_id]) if experiment_id else None
+    known = [] if stored is None else claims(stored[stored["model"].isin({job.name for job in jobs})], design=design)
+    sds = sorted(claim.interval.sd for claim in known if claim.interval.n >= 2 and claim.verdict != "not judged")
+    sd, source = (sds[len(sds) // 2], "the median of this study's claims so far") if sds else (ASSUMED_SD, "assumed")
+    null = simulate(design, [0.0] * len(family), sd, min_effect)
+    power = simulate(design, [min_effect] * len(family), sd, min_effect)
+    lines = [
+        f"Design: {design.describe()}; {len(family)} claim(s) in its family.",
+        f"  Simulated ({null.studies:,} studies, the claims sharing one baseline net, paired sd {sd:.2f} points, "
+        f"{source}): a false verdict where no net differs in {null.any_verdict:.1%} of studies (at most "
+        f"{design.alpha:.0%}); at an effect of {min_effect:g} point(s), each claim reproduced in "
+        f"{sum(power.settled) / len(family):.0%} of studies, after {power.expected_seeds:.1f} seeds on average, "
+        f"{power.largest_seeds} at most.",
+    ]
+    nets = {job.fingerprint: config for job, config in zip(jobs, configs)}
+    fresh = [OmegaConf.merge(config, {"seed": UNTRAINED_SEED}) for config in nets.values()]
+    per_net = [net.seconds for net in make_plan(fresh, launcher, client, experiment_id, device).training]
+    if per_net and all(math.isfinite(seconds) for seconds in per_net):
+        at_once = make_plan(fresh[:1], launcher, None, None, device, no_calibration).at_once or len(per_net)
+        costs = []
+        for before, after in zip(design.looks, design.looks[1:]):
+            seconds = makespan(per_net * (after - before), at_once)
+            costs.append(f"look {design.looks_reached(after)} ({after} seeds): {len(per_net) * (after - before)} "
+                         f"jobs, about {clock(seconds)}")  # fmt: skip
+        lines.append(f"  Each later look here, every claim still open: {'; '.join(costs)}.")
+    return lines
+
+
+def _unrun(jobs):
+    """The jobs' nets as the report's rows, without results: what the claims table compares."""
+    import pandas as pd
+
+    from harness.record import RUN_COLUMNS
+
+    rows = []
+    for job in jobs:
+        trained = job.trained
+        row = dict.fromkeys(RUN_COLUMNS, math.nan)
+        variant = job.name.replace(f"-{trained['depth']}", "", 1)
+        row |= {
+            "model": job.name, "variant": variant, "depth": trained["depth"], "residual": trained["residual"],
+            "shortcut": job.shortcut, "activation": trained["activation"], "family": job.family,
+            "seed": trained["seed"], "eval_split": "test", "status": "FINISHED",
+        }  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
 # What to run next.
