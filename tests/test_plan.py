@@ -394,6 +394,7 @@ def test_a_run_an_earlier_launch_stopped_counts_once_it_ends_in_this_one():
              "resnet-56-C", "resnet-56-drop0.5"],
         ),
         ("p2_units", ["resnet-56", "resnet-56-bnadd", "resnet-56-reluadd", "resnet-56-relupre", "resnet-56-pre"]),
+        ("p2_deep", ["resnet-164-bottleneck-B", "resnet-164-bottleneck-B-pre"]),
     ],
 )  # fmt: skip
 def test_the_plan_of_p2s_studies_names_every_case_at_every_seed(tmp_path, study, nets):
