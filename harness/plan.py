@@ -208,7 +208,7 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
     the config's net here, through the harness's own loop and evaluation on random images of its
     data set's shape, with the job's threads and kernels: a run of 2 steps and one of
     2 + CALIBRATION_STEPS, whose difference leaves out what both pay once. The peak is the
-    first run's (the net built, its optimizer's state made, two steps' activations held for
+    first run's (the net built, its optimizer's state made, a step's activations held for
     backward), and the data set a job holds besides."""
     import torch
 
@@ -240,9 +240,9 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
             train(identity.resolve(run), model, data, MemoryTracker(), device)
             return time.perf_counter() - start
 
-        with memory.Peak(device) as peak:
-            first = seconds(2)
-        step = (seconds(2 + CALIBRATION_STEPS) - first) / CALIBRATION_STEPS
+        with memory.Peak(device) as peak:  # the first run pays the first steps' costs, as the short one does not
+            longer = seconds(2 + CALIBRATION_STEPS)
+        step = (longer - seconds(2)) / CALIBRATION_STEPS
         evaluate(model, data, images, labels, job.precision)  # warm-up
         start = time.perf_counter()
         evaluate(model, data, images, labels, job.precision)
