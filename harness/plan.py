@@ -5,6 +5,8 @@ take on this machine with the chosen launcher. A plan trains nothing and writes 
 Step rates come from measurement: the store's finished runs of the same net, batch, image size,
 precision, device and threads (their `seconds_per_iteration`, evaluations and probes included),
 else a calibration of the net here (a few training steps and one evaluation batch: seconds).
+So does each job's peak memory (harness.memory): a launch starts together only the jobs that fit
+in the memory available now, and refuses one that does not fit even alone.
 `next_steps` turns a study's open claims into its design's next look and what it would cost.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import identity, record
+from harness import identity, memory, record
 from harness.analysis import PROBE_IMAGES
 from harness.cores import BUSY_CORES, cpu_seconds, others_busy, torch_threads
 from harness.data import DATASETS
@@ -47,15 +49,23 @@ class NetPlan:
     seconds: float  # the job's estimated wall time here; 0 when nothing is trained
     source: str  # where the rate came from, in words
     ended: str = "FINISHED"  # a skipped run's end: FINISHED, or diverged (a result)
+    memory: float = math.nan  # bytes a job of it needs at its peak (harness.memory); NaN: unknown
 
 
 @dataclass
 class Plan:
     nets: list[NetPlan]
     jobs: int
-    at_once: int | None  # jobs that run at once; None where a cluster schedules them
+    at_once: int | None  # jobs that run at once (those that fit in memory); None where a cluster schedules them
     threads: int
     startup: float  # seconds: this launch's own start-up until the plan, measured
+    asked: int | None = None  # the launcher's jobs at once, before memory; None: as at_once
+    free: float = math.nan  # bytes available to the jobs as the launch plans (harness.memory.available)
+
+    @property
+    def fits(self) -> bool:
+        """Whether one job at a time, at least, fits in the memory available."""
+        return self.at_once != 0
 
     @property
     def training(self) -> list[NetPlan]:
@@ -66,6 +76,8 @@ class Plan:
         """The launch's estimated wall time: jobs in order on the first free slot of `at_once`
         (a cluster: all at once), plus one start-up per slot."""
         seconds = [net.seconds for net in self.training]
+        if not self.fits:
+            return math.nan
         slots = self.at_once or max(1, len(seconds))
         return makespan(seconds, slots) + self.startup * min(slots, max(1, len(seconds)))
 
@@ -153,13 +165,21 @@ def run_rate(run) -> float | None:
     return (run.info.end_time - run.info.start_time) / 1000 / iterations
 
 
-def measured_rates(client, experiments: list[str], key: tuple[str, ...]) -> list[float]:
-    """Seconds per iteration of the finished training runs of this speed key in these experiments
-    of the store. The store is asked for this machine's runs of this net only: its cost does not
-    grow with the store."""
+def run_peak(run) -> float | None:
+    """A finished run's peak memory in bytes, as it recorded it: on CUDA its tensors' on the
+    device, else its process's resident set."""
+    key = record.PEAK_GPU_MB if run.data.tags.get("device") == "cuda" else record.PEAK_RSS_MB
+    peak = run.data.metrics.get(key)
+    return peak * 2**20 if peak else None
+
+
+def measured_runs(client, experiments: list[str], key: tuple[str, ...]) -> list:
+    """The finished training runs of this speed key in these experiments of the store, latest
+    first. The store is asked for this machine's runs of this net only: its cost does not grow
+    with the store."""
     model, _, dataset, _, _, _, _, name, _ = key
     wanted = f"tags.model = '{model}' AND tags.dataset = '{dataset}' AND tags.device_name = '{name}'"
-    rates = []
+    found = []
     for start in range(0, len(experiments), 100):  # search_runs takes at most 100 experiments
         runs = client.search_runs(
             experiments[start : start + 100],
@@ -167,8 +187,8 @@ def measured_rates(client, experiments: list[str], key: tuple[str, ...]) -> list
             max_results=RATE_RUNS,
             order_by=["attributes.start_time DESC"],
         )
-        rates += [rate for run in runs if run_key(run) == key and (rate := run_rate(run))]
-    return rates
+        found += [run for run in runs if run_key(run) == key]
+    return found
 
 
 def evaluated_images(cfg: DictConfig, iterations: int) -> int:
@@ -181,11 +201,13 @@ def evaluated_images(cfg: DictConfig, iterations: int) -> int:
     return intermediate + split + min(schedule.final_train_subset or trainable, trainable)
 
 
-def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
-    """(seconds per training step, seconds per evaluated image) of the config's net here, through
-    the harness's own loop and evaluation on random images of its data set's shape, with the
-    job's threads and kernels: a run of 2 steps and one of 2 + CALIBRATION_STEPS, whose
-    difference leaves out what both pay once."""
+def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, float]:
+    """(seconds per training step, seconds per evaluated image, bytes a job needs at its peak) of
+    the config's net here, through the harness's own loop and evaluation on random images of its
+    data set's shape, with the job's threads and kernels: a run of 2 steps and one of
+    2 + CALIBRATION_STEPS, whose difference leaves out what both pay once. The peak is the
+    first run's (the net built, its optimizer's state made, a step's activations held for
+    backward), and the data set a job holds besides."""
     import torch
 
     from harness.data.memory import random_data
@@ -216,28 +238,38 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
             train(identity.resolve(run), model, data, MemoryTracker(), device)
             return time.perf_counter() - start
 
-        step = (seconds(2 + CALIBRATION_STEPS) - seconds(2)) / CALIBRATION_STEPS
+        with memory.Peak(device) as peak:  # the first run pays the first steps' costs, as the short one does not
+            longer = seconds(2 + CALIBRATION_STEPS)
+        step = (longer - seconds(2)) / CALIBRATION_STEPS
         evaluate(model, data, images, labels, job.precision)  # warm-up
         start = time.perf_counter()
         evaluate(model, data, images, labels, job.precision)
-        return max(step, 0.0), (time.perf_counter() - start) / evaluated
+        return max(step, 0.0), (time.perf_counter() - start) / evaluated, peak.peak + dataset_bytes(cfg)
     finally:
         torch.set_num_threads(settings[0])
         torch.use_deterministic_algorithms(settings[1], warn_only=settings[2])
         torch.backends.cudnn.benchmark = settings[3]
 
 
-def calibrated_under_load(calibrate_nets, cfg: DictConfig, device, threads: int) -> tuple[float, float, float]:
-    """(step, per image, cores that other processes kept busy meanwhile): a calibration beside
-    other work measures their share of the machine, not the job's (1,193 ms against 220 ms alone)."""
+def dataset_bytes(cfg: DictConfig) -> int:
+    """The data set a job holds in memory, both splits as bytes per pixel (harness.data)."""
+    data_set = DATASETS[cfg.dataset.name]
+    images = data_set.train_images + data_set.test_images
+    return images * data_set.channels * data_set.image_size**2
+
+
+def calibrated_under_load(calibrate_nets, cfg: DictConfig, device, threads: int) -> tuple[float, float, float, float]:
+    """(step, per image, peak bytes, cores that other processes kept busy meanwhile): a
+    calibration beside other work measures their share of the machine, not the job's (1,193 ms
+    against 220 ms alone)."""
     before, start = cpu_seconds(), time.perf_counter()
-    step, per_image = calibrate_nets(cfg, device, threads)
-    return step, per_image, others_busy(before, time.perf_counter() - start)
+    step, per_image, peak = calibrate_nets(cfg, device, threads)
+    return step, per_image, peak, others_busy(before, time.perf_counter() - start)
 
 
-def no_calibration(cfg: DictConfig, device, threads: int) -> tuple[float, float]:
+def no_calibration(cfg: DictConfig, device, threads: int) -> tuple[float, float, float]:
     """Where the jobs run elsewhere: no estimate for a net this machine has not measured."""
-    return math.nan, math.nan
+    return math.nan, math.nan, math.nan
 
 
 def estimated_seconds(cfg: DictConfig, iterations: int, step: float, per_image: float) -> float:
@@ -266,11 +298,11 @@ def make_plan(
     device,
     calibrate_nets=calibrate,
 ) -> Plan:
-    """What a launch of these job configs by this Hydra launcher would do and how long it would
-    take here."""
+    """What a launch of these job configs by this Hydra launcher would do, how long it would
+    take here, and how many of its jobs fit in this machine's memory at once."""
     threads = torch_threads(configs[0], launcher)
     here = device_name(device)
-    nets, seen, rates, calibrated = [], set(), {}, {}
+    nets, seen, measured, calibrated = [], set(), {}, {}
     experiments = [experiment.experiment_id for experiment in client.search_experiments()] if client else []
     for cfg in configs:
         job = identity.resolve(cfg)
@@ -289,25 +321,56 @@ def make_plan(
         if decision.action == RESUME:
             iterations = iterations_left(client, decision.run, cfg)
         key = job_key(job, device, here, threads)
-        if key not in rates:
-            rates[key] = measured_rates(client, experiments, key)
-        if rates[key]:
-            seconds = iterations * statistics.median(rates[key])
-            source = f"measured: {len(rates[key])} finished run(s) here"
+        if key not in measured:
+            measured[key] = measured_runs(client, experiments, key)
+        rates = [rate for run in measured[key] if (rate := run_rate(run))]
+        peaks = [peak for run in measured[key] if (peak := run_peak(run))]
+        need = statistics.median(peaks) if peaks else math.nan
+        if rates:
+            seconds = iterations * statistics.median(rates)
+            source = f"measured: {len(rates)} finished run(s) here"
         elif iterations < CALIBRATED_FROM:
             seconds, source = math.nan, f"not estimated: under {CALIBRATED_FROM} iterations, not worth a calibration"
         else:
             if key not in calibrated:
                 calibrated[key] = calibrated_under_load(calibrate_nets, cfg, device, threads)
-            step, per_image, busy = calibrated[key]
+            step, per_image, need, busy = calibrated[key]
             seconds = estimated_seconds(cfg, iterations, step, per_image)
             source = f"calibrated: {1000 * step:.0f} ms a step"
             if busy > BUSY_CORES:
                 source += f", under load ({busy:.1f} cores busy with other work: too slow an estimate)"
         run_id = decision.run.run_id if decision.action == RESUME else None
-        nets.append(NetPlan(name, fingerprint, decision.action, run_id, iterations, seconds, source))
+        nets.append(NetPlan(name, fingerprint, decision.action, run_id, iterations, seconds, source, memory=need))
     cores = configs[0].cores or len(os.sched_getaffinity(0))
-    return Plan(nets, len(configs), jobs_at_once(launcher, cores), threads, startup_seconds())
+    made = Plan(nets, len(configs), jobs_at_once(launcher, cores), threads, startup_seconds())
+    if made.at_once is not None:  # a cluster's nodes are not this machine: their memory is the scheduler's
+        made.asked, made.free = made.at_once, memory.available(device)
+        made.at_once = memory.jobs_that_fit([net.memory for net in made.training], made.asked, made.free)
+    return made
+
+
+def memory_line(plan: Plan) -> str | None:
+    """What the plan's jobs need of this machine's memory, and what the launch does about it; None
+    where nothing is known (a cluster, or no net measured)."""
+    needs = sorted((net.memory for net in plan.training if math.isfinite(net.memory)), reverse=True)
+    if plan.asked is None or not needs or not math.isfinite(plan.free):
+        return None
+    largest = max(plan.training, key=lambda net: net.memory if math.isfinite(net.memory) else -1)
+    free = f"{memory.gib(plan.free)} available here now (MemAvailable, or the device's free memory)"
+    if not plan.fits:
+        return (
+            f"Memory: one job of {largest.name} needs {memory.gib(largest.memory)} at its peak, more than the "
+            f"{free}: the launch refuses to start. Free memory, or train a shallower net or a smaller batch "
+            "(schedule.batch_size) on this machine."
+        )
+    together = sum(needs[: plan.asked])
+    if plan.at_once == plan.asked:
+        return f"Memory: {plan.asked} job(s) at once need at most {memory.gib(together)} at their peaks; {free}."
+    return (
+        f"Memory: {plan.asked} jobs at once would need up to {memory.gib(together)} at their peaks ({largest.name}: "
+        f"{memory.gib(largest.memory)} each), more than the {free}: the launch runs {plan.at_once} at a time "
+        "(the launcher's n_jobs lowered)."
+    )
 
 
 def plan_lines(plan: Plan, device) -> list[str]:
@@ -315,19 +378,25 @@ def plan_lines(plan: Plan, device) -> list[str]:
         "a cluster schedules them"
         if plan.at_once is None
         else f"{plan.at_once} at a time, {plan.threads} thread(s) each"
+        if plan.fits
+        else "none fits in memory"
     )
+    width = max([28, *(len(net.name) for net in plan.nets)])  # resnet-1001-bottleneck-B-pre seed 11
     lines = [
         f"Plan: {plan.jobs} job(s), {len(plan.nets)} distinct net(s); on {device.type} here, {at_once}.",
-        f"  {'net':28} {'action':18} {'iterations':>10} {'estimate':>9}  from",
+        f"  {'net':{width}} {'action':18} {'iterations':>10} {'estimate':>9} {'memory':>9}  from",
     ]
     for net in plan.nets:
         what = {SKIP: f"skip ({net.ended} run {net.run_id})"}.get(net.action, net.action)
         if net.action == RESUME:
             what = f"resume run {net.run_id[:8]}"
         if net.action not in (NEW, RESUME):
-            lines.append(f"  {net.name:28} {what}")
+            lines.append(f"  {net.name:{width}} {what}")
             continue
-        lines.append(f"  {net.name:28} {what:18} {net.iterations:10d} {clock(net.seconds):>9}  {net.source}")
+        lines.append(
+            f"  {net.name:{width}} {what:18} {net.iterations:10d} {clock(net.seconds):>9} "
+            f"{memory.gib(net.memory).replace('unknown', '?'):>9}  {net.source}"
+        )
     trained = plan.training
     reused = sum(net.action == SKIP for net in plan.nets)
     elsewhere = len(plan.nets) - len(trained) - reused
@@ -343,7 +412,7 @@ def plan_lines(plan: Plan, device) -> list[str]:
         if trained
         else f"Nothing to train: {reused} reused, {elsewhere} running elsewhere."
     )
-    return lines
+    return lines + [line for line in [memory_line(plan)] if line]
 
 
 def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:

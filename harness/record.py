@@ -258,12 +258,32 @@ RUN_COLUMNS = [
     "run_id", "name", "status", "parent_id", "recipe", "dataset", "family", "depth", "residual", "shortcut",
     *PARAMETER_KEYS, "activation", "seed", "variant", "model", "iterations", "batch_size", "optimizer", "lr", "augment",
     "resize",
-    "warmup", "precision", "eval_split", "train_error", "final_train_error", "eval_error", "response_std_mean",
-    "diverged_at",
+    "warmup", "precision", "eval_split", "train_error", "early_train_error", "final_train_error", "eval_error",
+    "response_std_mean", "diverged_at",
 ]  # fmt: skip
 MEMBER_COLUMNS = ["run_id", "name", "seed", "status", "role", "overrides"]
 # The two curves of a run's figures, the test or validation curve as `eval_error`.
 CURVE_METRICS = {TRAIN_ERROR: "train_error", eval_metric("test"): "eval_error", eval_metric("validation"): "eval_error"}
+
+
+# A run's early training error (P2 Fig. 1: the original unit's "falls very slowly at the beginning"):
+# its running training error over the logging windows that end in the second tenth of the run,
+# iterations 101 to 200 of the cpu_short budget's 1000 (after P1's warm-up, at most 100 there).
+EARLY_END = 5  # the early stretch ends at a fifth of the run's iterations, and begins half way to it
+
+
+def early_stretch(iterations: int) -> tuple[int, int]:
+    """(first, last) iteration of a run's early stretch, whose windows' training error it averages."""
+    end = iterations // EARLY_END
+    return end // 2 + 1, end
+
+
+def early_train_error(history, iterations: int) -> float:
+    """The mean running training error, in %, of the windows (`train_error` points) that end in
+    the run's early stretch; NaN where it logged none there."""
+    first, last = early_stretch(iterations)
+    values = [point.value for point in history if first <= point.step <= last]
+    return 100 * sum(values) / len(values) if values else float("nan")
 
 
 def _percent(metrics: dict, key: str) -> float:

@@ -118,7 +118,8 @@ def variant_table(runs: pd.DataFrame) -> list[str]:
 def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """(title, file stem, nets) of each of P2's studies among these runs (finished or diverged):
     Table 1, P2's shortcuts on the original unit beside identity; Table 2, the unit arrangements
-    with identity shortcuts, where more than P1's (a) and P2's (e) are there."""
+    with identity shortcuts, where more than P1's (a) and P2's (e) are there; Fig. 1, the
+    original unit and full pre-activation in P2's CIFAR bottleneck nets."""
     residual = runs[runs["residual"]]
     table1 = residual[
         (residual["activation"] == "post") & residual["shortcut"].isin(("zero_pad", *P2_TABLE1_SHORTCUTS))
@@ -129,6 +130,9 @@ def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
         studies.append(("P2 Table 1: shortcuts", "p2_shortcuts", table1))
     if (~table2["activation"].isin(("post", "pre"))).any():
         studies.append(("P2 Table 2: residual units", "p2_units", table2))
+    deep = residual[(residual["family"] == "cifar_bottleneck") & residual["activation"].isin(("post", "pre"))]
+    if not deep.empty:
+        studies.append(("P2 Fig. 1: original and pre-activation bottleneck nets", "p2_deep", deep))
     return studies
 
 

@@ -43,6 +43,7 @@ class Sweep:
     parent_run_id: str
     jobs: list[SweepJob]
     vanished: dict[int, str] = dataclasses.field(default_factory=dict)  # job number -> SLURM job that vanished
+    planned: plan.Plan | None = None  # the launch's plan (harness.plan), made before its parent run opened
     estimate: float | None = None  # the sweep's wall time as planned, seconds from the process's start
     progress: plan.Progress | None = None  # the jobs it trains now (a growing study's: its look's), as planned
 

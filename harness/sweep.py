@@ -1,6 +1,7 @@
 """The Hydra callbacks around a sweep (`-m`), each one concern, listed in conf/config.yaml:
 
-- `Study` checks every job's config before the first one trains, opens the sweep's parent run
+- `Study` checks every job's config before the first one trains, plans the sweep (harness.plan:
+  its jobs' time and memory, and as many at once as fit in memory), opens the sweep's parent run
   and hands its id to every job, whichever launcher runs it and wherever; at the end it records
   the study's members, reports on them and says which configurations failed (harness.study).
 - `Progress` prints the sweep's estimate as it starts and a line as each job ends (harness.plan).
@@ -126,6 +127,7 @@ class Study(SweepCallback):
             fail(str(error))
         for note in study.other_precision_notes(client, experiment_id, [sweep_job.job for sweep_job in jobs]):
             print(note)
+        made = planned_to_fit(config, [sweep_job.job.cfg for sweep_job in jobs], client, experiment_id)
         mark_sweep_process()  # the jobs that a local launcher starts end when this process ends
         INTERRUPT_HOOKS.append(self.on_interrupt)
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
@@ -143,7 +145,7 @@ class Study(SweepCallback):
                 except ConfigError as error:
                     fail(f"{error} (no job was started)")
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{parent_run_id}'")
-        _opened = study.Sweep(client, experiment_id, parent_run_id, jobs)
+        _opened = study.Sweep(client, experiment_id, parent_run_id, jobs, planned=made)
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -201,20 +203,41 @@ class Study(SweepCallback):
             )
 
 
+def sweep_plan(config: DictConfig, configs: list[DictConfig], client, experiment_id: str) -> plan.Plan:
+    """The plan of the sweep's jobs with its launcher as configured now. Where a cluster runs the
+    jobs, this machine's rates say nothing of theirs: nothing is calibrated."""
+    launcher = config.hydra.launcher
+    at_once = jobs_at_once(launcher, configs[0].cores or len(os.sched_getaffinity(0)))
+    return plan.make_plan(
+        configs, launcher, client, experiment_id, pick_device(configs[0].device),
+        plan.calibrate if at_once else plan.no_calibration,
+    )  # fmt: skip
+
+
+def planned_to_fit(config: DictConfig, configs: list[DictConfig], client, experiment_id: str) -> plan.Plan:
+    """The sweep's plan, with no more jobs at once than fit in memory: joblib's n_jobs lowered
+    before Hydra makes the launcher from it (and the jobs read their threads from it), and the
+    plan made again at those threads; where one job alone does not fit, the launch is refused
+    with the numbers, before its parent run opens or a job starts."""
+    made = sweep_plan(config, configs, client, experiment_id)
+    if not made.fits:
+        fail(plan.memory_line(made).removeprefix("Memory: "))
+    if made.at_once is not None and made.at_once < made.asked:
+        print(plan.memory_line(made))
+        with read_write(config.hydra.launcher):
+            config.hydra.launcher.n_jobs = made.at_once
+        made = sweep_plan(config, configs, client, experiment_id)
+    return made
+
+
 class Progress(SweepCallback):
     """The sweep's estimate, and a line as each job ends with the time left. Where a cluster
-    runs the jobs, this machine's rates say nothing of theirs: the count only."""
+    runs the jobs, the count only."""
 
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        sweep, launcher = _opened, config.hydra.launcher
-        configs = [sweep_job.job.cfg for sweep_job in sweep.jobs]
-        at_once = jobs_at_once(launcher, configs[0].cores or len(os.sched_getaffinity(0)))
-        made = plan.make_plan(
-            configs, launcher, sweep.client, sweep.experiment_id, pick_device(configs[0].device),
-            plan.calibrate if at_once else plan.no_calibration,
-        )  # fmt: skip
-        if at_once:
+        sweep, made = _opened, _opened.planned
+        if made.at_once:
             print(plan.summary(made))
             sweep.estimate = made.wall_seconds if math.isfinite(made.wall_seconds) else None
         sweep.progress = plan.Progress(made)

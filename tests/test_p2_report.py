@@ -2,10 +2,14 @@
 signal, and the claims of P2's Tables 1 and 2 as rows of the one claims table, a variant that
 diverged shown as failed to train (P2's "fail"), never as a missing run."""
 
+import math
+from types import SimpleNamespace
+
 import matplotlib.image
 import pandas as pd
 import pytest
 
+from harness import record
 from harness.report import report_runs
 from harness.sequential import Design
 from harness.stats import CLAIM_ROWS, ClaimRow, claims, p2_shortcuts_vs_identity
@@ -100,7 +104,19 @@ def test_a_new_claim_is_one_row_of_the_table(shortcut_study):
     (claim,) = claims(runs, rows=[scaling_only], design=SINGLE_LOOK)
     assert claim.nets == "resnet-56 vs resnet-56-scale0.5" and claim.verdict == "reproduced"  # the row's default label
     assert claim.differences.tolist() == pytest.approx([6.0, 6.6, 6.0])
-    assert {row.key for row in CLAIM_ROWS} >= {"C1", "C1b", "C2", "C3", "C3-test", "Fig7", "P2-T1", "P2-T2b", "P2-T2e"}
+    assert {row.key for row in CLAIM_ROWS} >= {
+        "C1",
+        "C1b",
+        "C2",
+        "C3",
+        "C3-test",
+        "Fig7",
+        "P2-T1",
+        "P2-T2b",
+        "P2-T2e",
+        "P2-F1-early",
+        "P2-F1-end",
+    }
 
 
 def test_p1_claims_are_not_made_of_p2_variants(shortcut_study):
@@ -132,3 +148,46 @@ def test_the_variant_table_gives_each_net_its_own_column(tmp_path):
         "resnet": 9.13, "resnet-bnadd": 12.3, "resnet-pre": 9.0,
         "resnet-scale0.5": 15.5, "resnet-exgate-6": 9.97, "resnet-C": 13.03,
     }, abs=0.01)  # fmt: skip
+
+
+# P2 Fig. 1 in P2's bottleneck nets: per seed 0, 1, 2, the running training error (%) over iterations
+# 101 to 200 of 1000 (the early stretch) and the final training error.
+DEEP = {
+    "post": ([40.0, 44.0, 42.0], [9.0, 9.4, 9.1]),
+    "pre": ([30.0, 31.0, 33.0], [8.0, 8.1, 8.3]),
+}
+
+
+def test_the_deep_study_judges_p2_fig_1_early_and_at_the_end_and_draws_both_units(tmp_path):
+    client, experiment_id = experiment_store(tmp_path)
+    for unit, (early, final) in DEEP.items():
+        for seed in range(3):
+            net = ("family=cifar_bottleneck", "depth=164", f"activation={unit}")
+            run_id = log_run(client, experiment_id, 164, True, seed, final[seed], 10.0, net=net)
+            for step, offset in zip(range(20, 220, 20), [50, 40, 30, 20, 10, 2, 1, 0, -1, -2]):
+                # windows ending at 120..200 average the seed's early error; those before it are the warm-up's
+                client.log_metric(run_id, record.TRAIN_ERROR, (early[seed] + offset * (step <= 100)) / 100, step=step)
+    runs = load_runs(client, [experiment_id])
+    assert runs.groupby("model")["early_train_error"].mean().to_dict() == pytest.approx(
+        {"resnet-164-bottleneck-B": 42.0, "resnet-164-bottleneck-B-pre": 31.33}, abs=0.01
+    )
+    found = {claim.key: claim for claim in claims(runs)}
+    assert set(found) == {"P2-F1-early", "P2-F1-end"}
+    assert found["P2-F1-early"].nets == "resnet-164-bottleneck-B vs resnet-164-bottleneck-B-pre"
+    assert found["P2-F1-early"].differences.tolist() == pytest.approx([10.0, 13.0, 9.0])
+    assert found["P2-F1-end"].differences.tolist() == pytest.approx([1.0, 1.3, 0.8])
+    assert '"very slowly at the beginning"' in found["P2-F1-early"].text
+    written = report_runs(client, runs, tmp_path / "out", "P2 deep")
+    section = study_section(
+        (tmp_path / "out" / "report.md").read_text(), "P2 Fig. 1: original and pre-activation bottleneck nets"
+    )
+    assert table_row(section, "resnet-164-bottleneck-B-pre")[1] == "3"
+    assert any(line.startswith("- P2-F1-early") for line in section.splitlines())
+    assert tmp_path / "out" / "p2_deep_curves.png" in written and "(p2_deep_curves.png)" in section
+
+
+def test_the_early_stretch_is_the_second_tenth_of_a_run():
+    assert record.early_stretch(1000) == (101, 200)
+    assert record.early_stretch(64000) == (6401, 12800)
+    points = [SimpleNamespace(step=step, value=0.5) for step in (80, 100)]
+    assert math.isnan(record.early_train_error(points, 1000))  # only the warm-up's windows

@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from harness import identity, plan, record
+from harness import identity, memory, plan, record, sweep
 from harness.config import compose_config
 from harness.device import device_name
 from harness.stats import make_claim
@@ -91,7 +92,7 @@ def test_runs_of_another_machine_are_not_this_ones_measure(tmp_path):
 
     def calibration(cfg, device, threads):
         calls.append(cfg.seed)
-        return 0.05, 0.001
+        return 0.05, 0.001, math.nan
 
     made = plan.make_plan(
         [compose_config(*common, "seed=0")], None, client, experiment_id, torch.device("cpu"), calibration
@@ -139,7 +140,7 @@ def test_a_calibration_beside_other_work_says_so():
 
     def calibration(cfg, device, threads):
         time.sleep(1.5)  # the calibration's own work is not other work
-        return 0.05, 0.001
+        return 0.05, 0.001, math.nan
 
     try:
         time.sleep(0.3)
@@ -157,7 +158,7 @@ def test_a_net_without_measured_runs_is_calibrated_once():
 
     def calibration(cfg, device, threads):
         calls.append(cfg.depth)
-        return 0.05, 0.001  # seconds a step, seconds an evaluated image
+        return 0.05, 0.001, math.nan  # seconds a step, seconds an evaluated image, bytes at the peak
 
     smoke = ["depth=8", "schedule=smoke", f"schedule.iterations={plan.CALIBRATED_FROM}", "device=cpu"]
     configs = [compose_config(*smoke, f"seed={seed}") for seed in (0, 1)]
@@ -377,6 +378,7 @@ def test_a_run_an_earlier_launch_stopped_counts_once_it_ends_in_this_one():
              "resnet-56-C", "resnet-56-drop0.5"],
         ),
         ("p2_units", ["resnet-56", "resnet-56-bnadd", "resnet-56-reluadd", "resnet-56-relupre", "resnet-56-pre"]),
+        ("p2_deep", ["resnet-164-bottleneck-B", "resnet-164-bottleneck-B-pre"]),
     ],
 )  # fmt: skip
 def test_the_plan_of_p2s_studies_names_every_case_at_every_seed(tmp_path, study, nets):
@@ -396,3 +398,90 @@ def test_the_plan_of_p2s_studies_names_every_case_at_every_seed(tmp_path, study,
     planned = re.findall(r"^  (\S+) seed (\d) +new run", result.stdout, flags=re.M)
     assert sorted(planned) == sorted((net, str(seed)) for net in nets for seed in range(3))
     assert not (tmp_path / "mlflow.db").exists()  # a plan writes nothing
+
+
+# Memory (harness.memory): fake needs and a fake machine, no large allocation.
+
+GIB = memory.GIB
+
+
+def test_the_jobs_that_fit_are_the_most_whose_largest_needs_fit_together():
+    assert memory.jobs_that_fit([6 * GIB, 2 * GIB, 5 * GIB], 2, 12 * GIB) == 2  # 6 + 5
+    assert memory.jobs_that_fit([6 * GIB, 2 * GIB, 5 * GIB], 2, 10 * GIB) == 1  # the two largest may meet
+    assert memory.jobs_that_fit([6 * GIB], 2, 5 * GIB) == 0
+    assert memory.jobs_that_fit([math.nan, 1 * GIB], 3, 4 * GIB) == 3  # an unknown need is not counted
+    assert memory.jobs_that_fit([8 * GIB], 2, math.nan) == 2  # nor an unknown machine
+
+
+def test_a_peak_sees_what_a_step_holds_and_frees():
+    """A 64 MiB tensor made and freed inside: the peak rose by it, though the memory is back."""
+    with memory.Peak(torch.device("cpu")) as peak:
+        held = torch.ones(16 * 2**20)  # 64 MiB of float32
+        del held
+    assert peak.growth >= 60 * 2**20
+    assert math.isfinite(memory.available(torch.device("cpu")))
+
+
+def joblib_sweep(n_jobs: int):
+    """Two nets of a joblib sweep, long enough to be calibrated, and its config's launcher."""
+    common = ("schedule=smoke", f"schedule.iterations={plan.CALIBRATED_FROM}", "device=cpu", "threads=1")
+    configs = [compose_config(*common, f"depth={depth}") for depth in (8, 14)]
+    return configs, OmegaConf.create({"hydra": {"launcher": {"n_jobs": n_jobs}}})
+
+
+def fake_machine(monkeypatch, free: float, needs: dict[int, float]) -> None:
+    """`free` bytes available; each depth's calibration measures its need."""
+    monkeypatch.setattr(memory, "available", lambda device: free)
+    monkeypatch.setattr(plan, "calibrate", lambda cfg, device, threads: (0.05, 0.001, needs[cfg.depth]))
+
+
+def test_the_plan_shows_each_nets_memory_and_what_fits(monkeypatch):
+    fake_machine(monkeypatch, 10 * GIB, {8: 3 * GIB, 14: 8 * GIB})
+    configs, config = joblib_sweep(2)
+    made = plan.make_plan(configs, config.hydra.launcher, None, None, torch.device("cpu"), plan.calibrate)
+    assert (made.asked, made.at_once) == (2, 1) and [net.memory for net in made.nets] == [3 * GIB, 8 * GIB]
+    lines = plan.plan_lines(made, torch.device("cpu"))
+    assert lines[0].endswith("on cpu here, 1 at a time, 1 thread(s) each.")
+    assert re.search(r"resnet-14 seed 0 +new run +200 +\S+ +8\.0 GiB  calibrated", "\n".join(lines))
+    assert lines[-1] == (
+        "Memory: 2 jobs at once would need up to 11.0 GiB at their peaks (resnet-14 seed 0: 8.0 GiB each), more "
+        "than the 10.0 GiB available here now (MemAvailable, or the device's free memory): the launch runs 1 at a "
+        "time (the launcher's n_jobs lowered)."
+    )
+    fake_machine(monkeypatch, 12 * GIB, {8: 3 * GIB, 14: 8 * GIB})
+    made = plan.make_plan(configs, config.hydra.launcher, None, None, torch.device("cpu"), plan.calibrate)
+    assert made.at_once == 2 and plan.plan_lines(made, torch.device("cpu"))[-1].startswith(
+        "Memory: 2 job(s) at once need at most 11.0 GiB at their peaks; 12.0 GiB available"
+    )
+
+
+def test_the_plan_widens_its_net_column_for_long_names(monkeypatch):
+    fake_machine(monkeypatch, 10 * GIB, {1001: GIB})
+    cfg = compose_config("family=cifar_bottleneck", "depth=1001", "activation=pre", "seed=11", "schedule=smoke",
+                         f"schedule.iterations={plan.CALIBRATED_FROM}", "device=cpu", "threads=1")  # fmt: skip
+    lines = plan.plan_lines(
+        plan.make_plan([cfg], None, None, None, torch.device("cpu"), plan.calibrate), torch.device("cpu")
+    )
+    name = "resnet-1001-bottleneck-B-pre seed 11"
+    assert lines[1].index("action") == lines[2].index("new run") == len(f"  {name} ")
+
+
+def test_a_sweep_whose_jobs_do_not_fit_together_runs_them_one_at_a_time(monkeypatch, capsys):
+    fake_machine(monkeypatch, 10 * GIB, {8: 3 * GIB, 14: 8 * GIB})
+    configs, config = joblib_sweep(2)
+    made = sweep.planned_to_fit(config, configs, None, None)
+    assert config.hydra.launcher.n_jobs == 1 and (made.asked, made.at_once) == (1, 1)
+    assert "the launch runs 1 at a time (the launcher's n_jobs lowered)" in capsys.readouterr().out
+
+
+def test_a_sweep_whose_largest_job_does_not_fit_alone_is_refused_with_the_numbers(monkeypatch, capsys):
+    fake_machine(monkeypatch, 6 * GIB, {8: 3 * GIB, 14: 8 * GIB})
+    configs, config = joblib_sweep(2)
+    with pytest.raises(SystemExit) as stopped:
+        sweep.planned_to_fit(config, configs, None, None)
+    assert stopped.value.code == 2 and config.hydra.launcher.n_jobs == 2
+    assert capsys.readouterr().err == (
+        "error: one job of resnet-14 seed 0 needs 8.0 GiB at its peak, more than the 6.0 GiB available here now "
+        "(MemAvailable, or the device's free memory): the launch refuses to start. Free memory, or train a shallower "
+        "net or a smaller batch (schedule.batch_size) on this machine.\n"
+    )

@@ -19,15 +19,21 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one ba
 def load_runs(
     client: MlflowClient, experiment_ids: list[str], filter_string: str = "", run_ids: list[str] | None = None
 ) -> pd.DataFrame:
-    """One row per training run: its configuration (from tags and params), status and final
-    errors in %. `run_ids` restricts the rows to those runs."""
+    """One row per training run: its configuration (from tags and params), status, final errors
+    in % and its early training error (record.early_train_error, from its training curve: one
+    query per run). `run_ids` restricts the rows to those runs."""
     clauses = [record.JOBS_FILTER] + ([filter_string] if filter_string else [])
     if run_ids is not None:
         if not run_ids:
             return pd.DataFrame(columns=record.RUN_COLUMNS)
         clauses.append("attributes.run_id IN (" + ", ".join(f"'{run_id}'" for run_id in run_ids) + ")")
     found = client.search_runs(experiment_ids, filter_string=" AND ".join(clauses), max_results=50000)
-    return pd.DataFrame([record.parse_job(run) for run in found], columns=record.RUN_COLUMNS)
+    runs = pd.DataFrame([record.parse_job(run) for run in found], columns=record.RUN_COLUMNS)
+    runs["early_train_error"] = [
+        record.early_train_error(client.get_metric_history(run.run_id, record.TRAIN_ERROR), run.iterations)
+        for run in runs.itertuples()
+    ]
+    return runs
 
 
 def load_curves(client: MlflowClient, runs: pd.DataFrame) -> pd.DataFrame:
