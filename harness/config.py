@@ -28,6 +28,7 @@ from harness.models import (
     VALID_FAMILIES,
     VALID_SHORTCUTS,
     resolve_family,
+    shortcut_row,
 )
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -246,7 +247,9 @@ class Config:
     residual: bool = option(
         True, "shortcuts or not", valid="true (ResNet) or false (the same net without shortcuts: plain)"
     )
-    shortcut: str = option("auto", "P1's shortcut option or P2's shortcut (its Table 1)", valid=VALID_SHORTCUTS)
+    shortcut: str = option(
+        "auto", "P1's shortcut option, P2's shortcut (its Table 1) or one of your own", valid=VALID_SHORTCUTS
+    )
     shortcut_lambda: float = option(
         0.5, "P2's lambda: the shortcut's scale (shortcut=scaling, frozen_gating)", valid="0 < lambda <= 1"
     )
@@ -294,9 +297,14 @@ class Config:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         need(
-            self.shortcut in SHORTCUTS + ("identity", "auto"),
+            self.shortcut in (*SHORTCUTS, "identity", "auto") or "." in self.shortcut,
             f"shortcut={self.shortcut} is not valid; use {VALID_SHORTCUTS}.",
         )
+        if "." in self.shortcut:  # one of your own: imported here, before any run is opened
+            try:
+                shortcut_row(self.shortcut)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         need(self.activation in ACTIVATIONS, f"activation={self.activation} is not valid; use {VALID_ACTIVATIONS}.")
         need(
             0 < self.shortcut_lambda <= 1,

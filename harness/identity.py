@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from harness.cores import torch_threads
 from harness.models import (
     PARAMETER_KEYS,
-    SHORTCUT_PARAMETERS,
     model_name,
     resolve_family,
     resolve_shortcut,
     shortcut_parameters,
+    shortcut_row,
 )
 from harness.precision import resolve_precision
 
@@ -63,7 +63,7 @@ def _net_rules(trained: dict, unused: dict[str, str]) -> None:
     trained["family"] = resolve_family(trained["depth"], trained["family"])
     if trained["residual"]:
         shortcut = trained["shortcut"] = resolve_shortcut(trained["shortcut"], trained["depth"], trained["family"])
-        for key in set(PARAMETER_KEYS) - set(SHORTCUT_PARAMETERS.get(shortcut, ())):
+        for key in set(PARAMETER_KEYS) - set(shortcut_row(shortcut).parameters):
             unused[key] = f"shortcut={shortcut} does not use it"
     else:
         for key in ("shortcut", *PARAMETER_KEYS):

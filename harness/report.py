@@ -17,11 +17,11 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness import figures, record
-from harness.models import ACTIVATIONS, SHORTCUTS, SHORTCUTS_P2
+from harness.models import ACTIVATIONS, SHORTCUTS, SHORTCUTS_P1
 from harness.paper import p2_test_error, published_test_error
 from harness.record import design_of
 from harness.sequential import Design
-from harness.stats import P2_TABLE1_SHORTCUTS, claims, t_interval
+from harness.stats import claims, t_interval
 from harness.tracking.runs import describe_recipe, finished, load_analysis, load_curves, load_runs, sweep_members
 
 VANISHING, EXPLODING = 0.01, 100.0  # first/last unit backward-signal ratios (docs/studies.md)
@@ -117,16 +117,16 @@ def variant_table(runs: pd.DataFrame) -> list[str]:
 
 def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """(title, file stem, nets) of each of P2's studies among these runs (finished or diverged):
-    Table 1, P2's shortcuts on the original unit beside identity; Table 2, the unit arrangements
-    with identity shortcuts, where more than P1's (a) and P2's (e) are there; Fig. 1, the
-    original unit and full pre-activation in P2's CIFAR bottleneck nets."""
+    Table 1, the shortcuts on the original unit beside identity (P2's, and any of your own: all
+    but P1's option B, a projection only where dimensions change), where more than P1's options
+    are there; Table 2, the unit arrangements with identity shortcuts, where more than P1's (a)
+    and P2's (e) are there; Fig. 1, the original unit and full pre-activation in P2's CIFAR
+    bottleneck nets."""
     residual = runs[runs["residual"]]
-    table1 = residual[
-        (residual["activation"] == "post") & residual["shortcut"].isin(("zero_pad", *P2_TABLE1_SHORTCUTS))
-    ]
+    table1 = residual[(residual["activation"] == "post") & (residual["shortcut"] != "projection")]
     table2 = residual[residual["shortcut"] == "zero_pad"]
     studies = []
-    if table1["shortcut"].isin(SHORTCUTS_P2).any():
+    if (~table1["shortcut"].isin(SHORTCUTS_P1)).any():
         studies.append(("P2 Table 1: shortcuts", "p2_shortcuts", table1))
     if (~table2["activation"].isin(("post", "pre"))).any():
         studies.append(("P2 Table 2: residual units", "p2_units", table2))
@@ -137,7 +137,8 @@ def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
 
 
 def p2_order(column: pd.Series) -> pd.Series:
-    """P2's order: identity before its other shortcuts, the original unit (a) before (b) to (e)."""
+    """P2's order: identity before its other shortcuts (P2's Table 1, then yours), the original
+    unit (a) before (b) to (e)."""
     order = {"shortcut": SHORTCUTS, "activation": ACTIVATIONS}.get(column.name)
     return column if order is None else column.map({value: i for i, value in enumerate(order)})
 

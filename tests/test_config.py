@@ -211,6 +211,20 @@ def test_valid_values_of_the_newer_keys_pass(override):
     check_values(compose_config(override))
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("shortcut=helpers.nowhere.REZERO", "shortcut=helpers.nowhere.REZERO cannot be imported (No module named "),
+        ("shortcut=helpers.joins.REZEROS", "shortcut=helpers.joins.REZEROS cannot be imported (module 'helpers.joins'"),
+        ("shortcut=helpers.joins.ReZero", "shortcut=helpers.joins.ReZero is a type, not a harness.models.Shortcut"),
+    ],
+)
+def test_a_shortcut_of_your_own_that_is_no_shortcut_is_refused_before_training(override, message):
+    with pytest.raises(ConfigError) as refused:
+        check_values(compose_config(override))
+    assert message in str(refused.value)
+
+
 def test_the_configuration_reference_is_the_schemas():
     """docs/configuration.md is generated from the schema; regenerate it when a key changes:
     python -m harness.config > docs/configuration.md"""

@@ -326,9 +326,23 @@ def precision_decided(tmp_path, monkeypatch):
     precision.write_cache({machine: asdict(precision.choose(machine, fp32_ms=100.0, bf16_ms=1000.0))})
 
 
+def your_own_module() -> tuple[str, str]:
+    """(file name, code) of the module of your own that docs/studies.md writes ("A variant of your own")."""
+    found = re.search(r"```python\n# (\w+\.py)[^\n]*\n(.*?)```", (REPO / "docs" / "studies.md").read_text(), re.S)
+    return found.group(1), found.group(2)
+
+
+def test_the_join_of_your_own_the_page_writes_is_the_one_the_tests_train():
+    name, code = your_own_module()
+    assert name == "my_joins.py" and code in (REPO / "tests" / "helpers" / "joins.py").read_text()
+
+
 def run_documented(commands: list[Command], tmp_path: Path) -> None:
-    """Run each command as how_to_run says, all in one process; fail naming every one that failed."""
+    """Run each command as how_to_run says, all in one process, in a launch directory that holds
+    the page's module of your own; fail naming every one that failed."""
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    name, code = your_own_module()
+    (tmp_path / name).write_text(code)
     planned = [how_to_run(c, store) for c in commands]
     (tmp_path / "commands.json").write_text(json.dumps(planned))
     done = subprocess.run(

@@ -9,16 +9,27 @@ import numpy
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from harness import identity
-from harness.config import compose_config
+from harness.config import check_values, compose_config
 from harness.data.memory import load_data
-from harness.models import ACTIVATIONS, PRE_ACTIVATED, SHORTCUTS, SHORTCUTS_P2, model_name, resolve_family
+from harness.models import (
+    ACTIVATIONS,
+    P2_SHORTCUTS,
+    PARAMETER_KEYS,
+    PRE_ACTIVATED,
+    SHORTCUTS,
+    VALID_SHORTCUTS,
+    model_name,
+    resolve_family,
+)
 from harness.models.resnet import BASIC_UNITS, BOTTLENECK_UNITS, Gate, ShortcutDropout, Unit, build_for, build_model
 from harness.tracking import MemoryTracker
 from harness.train import DivergedError, train
 
+from helpers import REPO
 from helpers.nets import count_params, layers_in_execution_order, randomise_batchnorm
 
 CPU = torch.device("cpu")
@@ -183,7 +194,45 @@ def test_gating_adds_its_1x1_convs_and_scaling_and_dropout_add_nothing():
         assert count_params(build_model(56, shortcut=shortcut)) == identity + gates
 
 
-@pytest.mark.parametrize("shortcut", SHORTCUTS_P2)
+# --- the registry: every shortcut is one row of harness.models.SHORTCUTS, or one of your own ---
+
+OWN_SHORTCUT = "helpers.joins.REZERO"  # a join outside harness/, as docs/studies.md shows it
+EVERY_SHORTCUT = [*SHORTCUTS, OWN_SHORTCUT]
+
+
+@pytest.mark.parametrize("shortcut", EVERY_SHORTCUT)
+def test_every_shortcut_builds_is_named_and_trains_two_steps(shortcut):
+    torch.manual_seed(0)
+    model = build_model(8, shortcut=shortcut, in_channels=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # every parameter learns
+    assert model_name(8, True, shortcut).startswith("resnet-8")
+
+
+def test_every_shortcut_has_a_name_of_its_own_and_its_words_in_the_valid_values():
+    names = [model_name(8, True, shortcut) for shortcut in EVERY_SHORTCUT]
+    assert len(set(names)) == len(names) and names[-1] == "resnet-8-rezero"
+    assert all(SHORTCUTS[shortcut].valid.startswith(shortcut) for shortcut in SHORTCUTS)
+    assert all(SHORTCUTS[shortcut].valid in VALID_SHORTCUTS for shortcut in SHORTCUTS)
+
+
+def test_each_case_of_p2s_table_1_is_a_config_of_its_shortcut_and_its_parameters():
+    """conf/p2_shortcut/: one file for each of P2's shortcuts, setting only the keys it uses."""
+    cases = [OmegaConf.load(path) for path in (REPO / "conf" / "p2_shortcut").glob("*.yaml")]
+    assert sorted(case.shortcut for case in cases) == sorted(P2_SHORTCUTS)
+    for case in cases:
+        assert set(case) - {"shortcut"} == set(SHORTCUTS[case.shortcut].parameters) <= set(PARAMETER_KEYS)
+
+
+@pytest.mark.parametrize("shortcut", EVERY_SHORTCUT)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_shortcut_and_unit_trains_a_step(shortcut, activation):
     torch.manual_seed(0)
@@ -502,3 +551,17 @@ def test_resnet_1001_with_bn_after_the_addition_diverges_in_its_second_step(data
     torch.manual_seed(0)
     with pytest.raises(DivergedError, match="diverged at iteration 2"):
         train(job, build_for(job, 1, 10), data, MemoryTracker(), CPU)
+
+
+def test_a_join_of_your_own_is_checked_named_fingerprinted_and_trained_by_the_harness(data):
+    """The dotted path of a Shortcut outside harness/ is the shortcut's value everywhere: the
+    config's check imports it, the effective config and so the fingerprint hold it, and the net
+    trains and resumes bit for bit (its alpha is in the checkpoint)."""
+    cfg = compose_config(*TWO_STEPS, "depth=11", f"shortcut={OWN_SHORTCUT}")
+    check_values(cfg)
+    job = identity.resolve(cfg)
+    assert job.trained["shortcut"] == OWN_SHORTCUT and job.name == "resnet-11-bottleneck-rezero"
+    assert set(job.unused) >= set(PARAMETER_KEYS)  # it reads none of P2's parameters
+    assert job.fingerprint != identity.resolve(compose_config(*TWO_STEPS, "depth=11", "shortcut=zero_pad")).fingerprint
+    whole = trains_and_resumes(data, "depth=11", f"shortcut={OWN_SHORTCUT}")
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in whole.history["train_loss"])

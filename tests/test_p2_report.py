@@ -191,3 +191,19 @@ def test_the_early_stretch_is_the_second_tenth_of_a_run():
     assert record.early_stretch(64000) == (6401, 12800)
     points = [SimpleNamespace(step=step, value=0.5) for step in (80, 100)]
     assert math.isnan(record.early_train_error(points, 1000))  # only the warm-up's windows
+
+
+def test_a_shortcut_of_your_own_gets_the_shortcut_studys_section_and_figures_without_a_claim(tmp_path):
+    """Identity beside a join outside harness/ (tests/helpers/joins.py): its row, curves and
+    backward signal as any of P2's variants have them; P2 claims nothing of it."""
+    client, experiment_id = experiment_store(tmp_path / "store")
+    for seed in range(3):
+        log_run(client, experiment_id, 56, True, seed, 8.0 + seed / 10, 9.0)
+        log_run(client, experiment_id, 56, True, seed, 7.0 + seed / 10, 8.5, net=("shortcut=helpers.joins.REZERO",))
+    written = report_runs(client, load_runs(client, [experiment_id]), tmp_path, "your own")
+    section = study_section((tmp_path / "report.md").read_text(), "P2 Table 1: shortcuts")
+    assert table_row(section, "resnet-56-rezero")[2].startswith("7.10 (") and table_row(section, "resnet-56")
+    assert table_row(section, "resnet-56-rezero")[5] == "–"  # no number of P2's
+    assert not [line for line in section.splitlines() if line.startswith("- P2-T1")]
+    for stem in ("p2_shortcuts_curves", "p2_shortcuts_signal"):
+        assert tmp_path / f"{stem}.png" in written and f"({stem}.png)" in section

@@ -135,6 +135,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, store, data_r
         (["residual=maybe"], "'maybe' is not a valid bool"),
         (["depht=20"], "Key 'depht' not in 'Config'"),
         (["dataset=imagenet"], "Could not find 'dataset/imagenet'"),
+        (["-m", "shortcut=zero_pad,my_joins.REZERO"], "shortcut=my_joins.REZERO cannot be imported"),
         (["schedule.iterations=0"], "schedule.iterations=0 must be a positive"),
         (["tracking.uri=http://127.0.0.1:9"], "tracking.uri=http://127.0.0.1:9 cannot be used"),
     ],

@@ -3,22 +3,98 @@ the shortcuts and residual units of P1 and P2, and the paper's names. `harness.m
 builds them; the config's checks, the run record and the report read them from here.
 """
 
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
 # P1's options for the shortcut, A, B, C: how it matches dimensions (C projects on every unit,
-# P2's "1x1 conv shortcut", Fig. 2e).
+# P2's "1x1 conv shortcut", Fig. 2e). They are the paths every shortcut takes to its join.
 SHORTCUTS_P1 = ("zero_pad", "projection", "full_projection")
-# P2's Table 1 (Fig. 2b-d, f): what a unit does to its shortcut before the addition. On the two units
-# where dimensions change, these shortcuts zero-pad (option A) and then do the same (P2 is silent).
-SHORTCUTS_P2 = ("scaling", "frozen_gating", "exclusive_gating", "shortcut_only_gating", "dropout")
-SHORTCUTS = SHORTCUTS_P1 + SHORTCUTS_P2
-# The keys each P2 shortcut reads: lambda, b_g, the dropout rate.
-SHORTCUT_PARAMETERS = {
-    "scaling": ("shortcut_lambda",),
-    "frozen_gating": ("shortcut_lambda",),
-    "exclusive_gating": ("gate_bias",),
-    "shortcut_only_gating": ("gate_bias",),
-    "dropout": ("shortcut_dropout",),
+# The parameters of P2's shortcuts, config keys, at P2's Table 1 values: lambda, b_g, the dropout rate.
+SHORTCUT_DEFAULTS = {"shortcut_lambda": 0.5, "gate_bias": -6.0, "shortcut_dropout": 0.5}
+PARAMETER_KEYS = tuple(SHORTCUT_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """A shortcut, one row of `SHORTCUTS`: how it is named, its path and its join. Every table of
+    shortcuts (the valid values, the names, the keys a net uses, the report's studies) follows
+    from the rows, and a shortcut of your own is one such row in your own module, named on the
+    command line by its dotted path (docs/studies.md, "A variant of your own").
+
+    The join is built once per unit as join(in_planes, out_planes, stride, **parameters), with
+    the config's value of each key in `parameters`, and called as join(shortcut, branch, x),
+    x the unit's input as its weighted layers see it (harness.models.resnet.Join)."""
+
+    suffix: str  # what the net's name adds: "-B", "-scale{shortcut_lambda:g}" (a parameter by its key)
+    join: str | Callable  # the join's class, or its dotted path (the rows here: torch is not imported)
+    valid: str = ""  # how the valid values of `shortcut` describe it
+    parameters: tuple[str, ...] = ()  # the keys of PARAMETER_KEYS its join takes
+    path: str = "zero_pad"  # one of SHORTCUTS_P1: what the shortcut carries to the join
+    in_p2: bool = False  # one of P2's Table 1 (Fig. 2), identity included
+
+    def __post_init__(self):
+        unknown = [key for key in self.parameters if key not in PARAMETER_KEYS]
+        if unknown or self.path not in SHORTCUTS_P1:
+            raise ValueError(
+                f"Shortcut(suffix={self.suffix!r}): parameters={self.parameters} and path={self.path!r} must be "
+                f"config keys of {', '.join(PARAMETER_KEYS)} and one of {', '.join(SHORTCUTS_P1)}."
+            )
+
+    def join_class(self) -> Callable:
+        return _imported(self.join) if isinstance(self.join, str) else self.join
+
+
+def _imported(dotted: str):
+    """The object a dotted path (module.NAME) names, as Hydra's `_target_`."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+_JOINS = "harness.models.resnet"
+# P1's options and P2's Table 1, in P2's order: original (identity), constant scaling, frozen,
+# exclusive and shortcut-only gating (Fig. 2b-d), 1x1 conv (option C, Fig. 2e), dropout (Fig. 2f).
+# On the two units where dimensions change, P2's shortcuts zero-pad (option A) and then do the
+# same (P2 is silent).
+SHORTCUTS: dict[str, Shortcut] = {
+    "zero_pad": Shortcut("", f"{_JOINS}.Add", "zero_pad (option A; alias identity)", in_p2=True),
+    "projection": Shortcut("-B", f"{_JOINS}.Add", "projection (option B)", path="projection"),
+    "scaling": Shortcut(
+        "-scale{shortcut_lambda:g}", f"{_JOINS}.Scale", "scaling (lambda x + F)", ("shortcut_lambda",), in_p2=True
+    ),
+    "frozen_gating": Shortcut(
+        "-frozen{shortcut_lambda:g}",
+        f"{_JOINS}.FrozenGate",
+        "frozen_gating (lambda x + (1-lambda) F)",
+        ("shortcut_lambda",),
+        in_p2=True,
+    ),
+    "exclusive_gating": Shortcut(
+        "-exgate{gate_bias:g}",
+        f"{_JOINS}.ExclusiveGate",
+        "exclusive_gating ((1-g) x + g F)",
+        ("gate_bias",),
+        in_p2=True,
+    ),
+    "shortcut_only_gating": Shortcut(
+        "-shgate{gate_bias:g}", f"{_JOINS}.Gate", "shortcut_only_gating ((1-g) x + F)", ("gate_bias",), in_p2=True
+    ),
+    "full_projection": Shortcut(
+        "-C",
+        f"{_JOINS}.Add",
+        "full_projection (option C, P2's 1x1 conv shortcut)",
+        path="full_projection",
+        in_p2=True,
+    ),
+    "dropout": Shortcut(
+        "-drop{shortcut_dropout:g}",
+        f"{_JOINS}.ShortcutDropout",
+        "dropout (dropout on the shortcut)",
+        ("shortcut_dropout",),
+        in_p2=True,
+    ),
 }
-PARAMETER_KEYS = ("shortcut_lambda", "gate_bias", "shortcut_dropout")
+P2_SHORTCUTS = tuple(name for name, row in SHORTCUTS.items() if row.in_p2)
 
 # P2's Fig. 4: five orders of the same parts in a unit; `post` and `pre` are (a) and (e).
 ACTIVATIONS = ("post", "bn_after_add", "relu_before_add", "relu_only_pre", "pre")
@@ -86,10 +162,33 @@ def resolve_family(depth: int, family: str = "auto") -> str:
 
 
 VALID_SHORTCUTS = (
-    "auto (option A, or B for the bottleneck nets: 50, 101, 152 and family=cifar_bottleneck), zero_pad (option A; "
-    "alias identity), projection (option B), full_projection (option C, P2's 1x1 conv shortcut), or P2's scaling "
-    "(lambda x), frozen_gating (lambda x + (1-lambda) F), exclusive_gating, shortcut_only_gating or dropout"
+    "auto (option A, or B for the bottleneck nets: 50, 101, 152 and family=cifar_bottleneck), "
+    + ", ".join(row.valid for row in SHORTCUTS.values())
+    + ", or one of your own: the dotted path of its Shortcut (my_joins.REZERO; docs/studies.md)"
 )
+
+
+def shortcut_row(shortcut: str) -> Shortcut:
+    """The row of a shortcut: P1's or P2's by its name, one of your own by the dotted path of its
+    Shortcut, imported here (from the launch directory, or PYTHONPATH)."""
+    if shortcut in SHORTCUTS:
+        return SHORTCUTS[shortcut]
+    if "." not in shortcut:
+        raise ValueError(f"shortcut={shortcut!r} is not valid; use {VALID_SHORTCUTS}.")
+    try:
+        row = _imported(shortcut)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"shortcut={shortcut} cannot be imported ({error}); a shortcut of your own is the dotted path of a "
+            "harness.models.Shortcut in a module the launch directory or PYTHONPATH holds, else use one of "
+            f"{', '.join(SHORTCUTS)} (docs/studies.md, 'A variant of your own')."
+        ) from None
+    if not isinstance(row, Shortcut):
+        raise ValueError(
+            f"shortcut={shortcut} is a {type(row).__name__}, not a harness.models.Shortcut; name the row that "
+            "describes your join (docs/studies.md, 'A variant of your own')."
+        )
+    return row
 
 
 def canonical_shortcut(shortcut: str) -> str:
@@ -100,8 +199,7 @@ def canonical_shortcut(shortcut: str) -> str:
             "shortcut='auto' depends on the net; resolve it with resolve_shortcut(shortcut, depth, family)."
         )
     shortcut = "zero_pad" if shortcut == "identity" else shortcut
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut={shortcut!r} is not valid; use {VALID_SHORTCUTS}.")
+    shortcut_row(shortcut)
     return shortcut
 
 
@@ -117,22 +215,10 @@ def resolve_shortcut(shortcut: str, depth: int, family: str = "auto") -> str:
     return "zero_pad"
 
 
-# How a name tells the shortcut: P1's option by its letter, P2's by a word and its parameter.
-SHORTCUT_SUFFIXES = {
-    "zero_pad": "",
-    "projection": "-B",
-    "full_projection": "-C",
-    "scaling": "-scale{shortcut_lambda:g}",
-    "frozen_gating": "-frozen{shortcut_lambda:g}",
-    "exclusive_gating": "-exgate{gate_bias:g}",
-    "shortcut_only_gating": "-shgate{gate_bias:g}",
-    "dropout": "-drop{shortcut_dropout:g}",
-}
 # P2's bottleneck ResNet-164 is named apart from a basic-unit net of P1's family of the same depth.
 FAMILY_SUFFIXES = {"cifar_bottleneck": "-bottleneck"}
 UNIT_SUFFIXES = {"post": "", "bn_after_add": "-bnadd", "relu_before_add": "-reluadd", "relu_only_pre": "-relupre",
                  "pre": "-pre"}  # fmt: skip
-SHORTCUT_DEFAULTS = {"shortcut_lambda": 0.5, "gate_bias": -6.0, "shortcut_dropout": 0.5}  # P2's Table 1
 
 
 def shortcut_parameters(values: dict) -> dict[str, float]:
@@ -158,5 +244,5 @@ def model_name(
     name += FAMILY_SUFFIXES.get(family, "")
     if residual:
         option = canonical_shortcut(shortcut) if depth is None else resolve_shortcut(shortcut, depth, family)
-        name += SHORTCUT_SUFFIXES[option].format(**(SHORTCUT_DEFAULTS | parameters))
+        name += shortcut_row(option).suffix.format(**(SHORTCUT_DEFAULTS | parameters))
     return name + UNIT_SUFFIXES[activation]

@@ -4,8 +4,8 @@ One `ResNet` class builds the families of P1 and P2: the CIFAR nets (3x3 stem, t
 16/32/64 filters: P1's of basic units, depth 6n+2; P2's of bottleneck units, 64/128/256 out,
 depth 9n+2) and the ImageNet nets (7x7/2 stem, 3x3/2 max pool, four stages
 of 64-512 filters). Every unit is one `Unit`: its parts in the order of one of P2's five
-arrangements (Fig. 4), and a shortcut joined to it by one of P1's or P2's joins (Fig. 2), or
-none (a plain net, exactly the residual net with the additions removed).
+arrangements (Fig. 4), and a shortcut joined to it by one of P1's or P2's joins (Fig. 2) or one
+of your own (a `Join`), or none (a plain net, exactly the residual net with the additions removed).
 """
 
 from collections.abc import Callable
@@ -22,11 +22,11 @@ from harness.models import (
     IMAGENET_LAYOUTS,
     IMAGENET_WIDTHS,
     SHORTCUT_DEFAULTS,
-    SHORTCUTS_P1,
     VALID_ACTIVATIONS,
     cifar_units_per_stage,
     resolve_family,
     resolve_shortcut,
+    shortcut_row,
 )
 
 # P2 Fig. 4: the parts of a unit in order; "add" is where the shortcut joins the residual branch.
@@ -100,39 +100,54 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
-# How a shortcut joins the residual branch F. Each takes (shortcut, branch, the unit's input as its
-# weighted layers see it: pre-activated in a pre-activated unit).
+class Join(nn.Module):
+    """How a unit's shortcut joins its residual branch F (a row of harness.models.SHORTCUTS names
+    its class): built from the unit's shape and the shortcut's parameters by key, and called with
+    the shortcut, the branch and the unit's input as its weighted layers see it (pre-activated in
+    a pre-activated unit). The base class takes the shape that most joins do not need."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
 
 
-class Add(nn.Module):
+class Add(Join):
     """P1: shortcut + F."""
 
     def forward(self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return branch + shortcut
 
 
-class Scale(nn.Module):
-    """P2 Fig. 2b, constant scaling: lambda x + F; `frozen` gating scales F by 1 - lambda too."""
+class Scale(Join):
+    """P2 Fig. 2b, constant scaling: lambda x + F."""
 
-    def __init__(self, shortcut_lambda: float, frozen: bool):
-        super().__init__()
+    frozen = False
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, shortcut_lambda: float):
+        super().__init__(in_planes, out_planes, stride)
         self.shortcut_scale = shortcut_lambda
-        self.branch_scale = 1 - shortcut_lambda if frozen else 1.0
+        self.branch_scale = 1 - shortcut_lambda if self.frozen else 1.0
 
     def forward(self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.branch_scale * branch + self.shortcut_scale * shortcut
 
 
-class Gate(nn.Module):
-    """P2 Fig. 2c-d: g = sigmoid(W_g x + b_g), a 1x1 conv of the unit's input with one gate per
-    output channel (strided where the unit strides); (1 - g) x + g F exclusive, else (1 - g) x + F.
-    P2 leaves open BN after the gate (none here) and W_g's init (He, as every conv here)."""
+class FrozenGate(Scale):
+    """P2 Fig. 2b with F scaled by 1 - lambda too: a gate frozen at g = 1 - lambda, P2's frozen gating."""
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int, gate_bias: float, exclusive: bool):
-        super().__init__()
+    frozen = True
+
+
+class Gate(Join):
+    """P2 Fig. 2d, shortcut-only gating: (1 - g) x + F, g = sigmoid(W_g x + b_g), a 1x1 conv of the
+    unit's input with one gate per output channel (strided where the unit strides). P2 leaves
+    open BN after the gate (none here) and W_g's init (He, as every conv here)."""
+
+    exclusive = False
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, gate_bias: float):
+        super().__init__(in_planes, out_planes, stride)
         self.gate = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=True)
         nn.init.constant_(self.gate.bias, gate_bias)
-        self.exclusive = exclusive
 
     def forward(self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(x))
@@ -141,14 +156,20 @@ class Gate(nn.Module):
         return branch + (1 - g) * shortcut
 
 
-class ShortcutDropout(nn.Module):
+class ExclusiveGate(Gate):
+    """P2 Fig. 2c, exclusive gating: (1 - g) x + g F."""
+
+    exclusive = True
+
+
+class ShortcutDropout(Join):
     """P2 Fig. 2f: dropout on the shortcut, which "statistically imposes a scale of lambda with an
     expectation of 0.5" (rate 0.5): in training each element is kept or zeroed, unscaled; in
     evaluation the shortcut is scaled by its expectation, 1 - rate, with no randomness."""
 
-    def __init__(self, rate: float):
-        super().__init__()
-        self.rate = rate
+    def __init__(self, in_planes: int, out_planes: int, stride: int, shortcut_dropout: float):
+        super().__init__(in_planes, out_planes, stride)
+        self.rate = shortcut_dropout
 
     def forward(self, shortcut: torch.Tensor, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -157,28 +178,10 @@ class ShortcutDropout(nn.Module):
         return branch + (1 - self.rate) * shortcut
 
 
-# P1's and P2's shortcuts: (its path's option, how it joins F). Gates need the unit's shape.
-JOINS = {
-    "zero_pad": lambda in_planes, out_planes, stride, p: Add(),
-    "projection": lambda in_planes, out_planes, stride, p: Add(),
-    "full_projection": lambda in_planes, out_planes, stride, p: Add(),
-    "scaling": lambda in_planes, out_planes, stride, p: Scale(p["shortcut_lambda"], frozen=False),
-    "frozen_gating": lambda in_planes, out_planes, stride, p: Scale(p["shortcut_lambda"], frozen=True),
-    "exclusive_gating": lambda in_planes, out_planes, stride, p: Gate(
-        in_planes, out_planes, stride, p["gate_bias"], exclusive=True
-    ),
-    "shortcut_only_gating": lambda in_planes, out_planes, stride, p: Gate(
-        in_planes, out_planes, stride, p["gate_bias"], exclusive=False
-    ),
-    "dropout": lambda in_planes, out_planes, stride, p: ShortcutDropout(p["shortcut_dropout"]),
-}
-
-
 def make_shortcut_path(
     option: str, in_planes: int, out_planes: int, stride: int, norm: nn.Module | None
 ) -> nn.Module | None:
-    """The shortcut's path of one unit: None is the identity; P2's shortcuts take option A's."""
-    option = option if option in SHORTCUTS_P1 else "zero_pad"
+    """The shortcut's path of one unit, by P1's option (a shortcut's `path`): None is the identity."""
     shape_changes = stride != 1 or in_planes != out_planes
     if option == "full_projection" or (option == "projection" and shape_changes):
         layers = [conv1x1(in_planes, out_planes, stride)]
@@ -282,6 +285,7 @@ class ResNet(nn.Module):
         self.design = design
         self.shortcut_option = shortcut
         self.shortcut_parameters = SHORTCUT_DEFAULTS | (parameters or {})
+        self.shortcut_row = None if shortcut is None else shortcut_row(shortcut)
         self.norm_layer = norm_layer
 
         # Pre-activated nets keep the stem's BN-ReLU too: it is the first unit's pre-activation,
@@ -323,8 +327,10 @@ class ResNet(nn.Module):
             return Unit(convs, self.design.parts, self.norm_layer, skip=skip)
         # A projection of a pre-activated unit is normalised by the next unit's pre-activation.
         norm = None if self.design.pre_activated else self.norm_layer(out_planes)
-        path = make_shortcut_path(self.shortcut_option, in_planes, out_planes, stride, norm)
-        join = JOINS[self.shortcut_option](in_planes, out_planes, stride, self.shortcut_parameters)
+        row = self.shortcut_row
+        path = make_shortcut_path(row.path, in_planes, out_planes, stride, norm)
+        parameters = {key: self.shortcut_parameters[key] for key in row.parameters}
+        join = row.join_class()(in_planes, out_planes, stride, **parameters)
         return Unit(convs, self.design.parts, self.norm_layer, path, join, skip)
 
     def _make_stage(self, planes: int, blocks: int, stride: int, first_skip: int = 0) -> nn.Sequential:
