@@ -437,6 +437,7 @@ def check_overrides(args: list[str]) -> None:
         if override.package is not None or key.startswith("hydra") or override.is_delete():
             continue
         if (CONF_DIR / key).is_dir():  # a config group: dataset=..., +experiment=...
+            check_group_override(arg, override)
             continue
         found = schema_field(key)
         if found is None:
@@ -455,6 +456,37 @@ def check_overrides(args: list[str]) -> None:
             what, words = TYPE_WORDS[base]
             valid = found.metadata["valid"] or words + (", or null" if optional else "")
             raise ConfigError(f"{key}={value} is not valid: '{value}' is not a valid {what}; use {valid}.")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def group_defaults() -> dict[str, str | None]:
+    """The config groups that conf/config.yaml's defaults list names, each with its option (None:
+    no option, the group is there to be set as `group=option`)."""
+    chosen = {}
+    for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
+        if OmegaConf.is_dict(entry):
+            chosen.update(entry)
+    return chosen
+
+
+def check_group_override(arg: str, override) -> None:
+    """`group=option`: each option one of the group's files, and `+` only where the defaults list
+    does not name the group (Hydra says either with a traceback in a sweep)."""
+    group = override.key_or_group
+    options = group_options(group)
+    values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+    for value in values:
+        need(
+            value is None or value in options,
+            f"{group}={value} is not valid: conf/{group}/ has no {value}.yaml; use one of {', '.join(options)}.",
+        )
+    need(
+        not (override.is_add() and group in group_defaults()),
+        f"{arg}: conf/config.yaml's defaults list already has {group}; set it without the +: {arg.lstrip('+')}.",
+    )
 
 
 def check_data_root(cfg: DictConfig) -> None:
@@ -545,12 +577,8 @@ def reference() -> str:
     (conf/config.yaml and its groups) and what it does."""
     defaults = compose_config()
     groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
-    # conf/experiment is a link to experiments/
-    options = {group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) for group in groups}
-    chosen = {}  # the groups' defaults, as conf/config.yaml's defaults list names them
-    for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
-        if OmegaConf.is_dict(entry):
-            chosen.update(entry)
+    options = {group: group_options(group) for group in groups}  # conf/experiment is a link to experiments/
+    chosen = group_defaults()
     # Hydra overrides only what the defaults list holds: a group it leaves out is added with +, so
     # the rule is said from the list, and stays true when a group gains or loses its default.
     unset = [group for group in groups if group not in chosen]
@@ -562,9 +590,9 @@ def reference() -> str:
         "a test fails when this page is stale. Back to the [README](../README.md).",
         "",
         "Set a key on the command line as `key=value` (`schedule.iterations=2000`) and sweep it with",
-        f"`-m key=a,b`. A config group with a default takes another option as `group=option` (`{example}`);",
-        f"a group without one ({', '.join(f'`{g}`' for g in unset)}) needs `+group=option` (`+{unset[0]}=NAME`),",
-        "except in a study whose defaults list already adds it.",
+        "`-m key=a,b`. A config group with a default (`null`: none until one is given) takes another option",
+        f"as `group=option` (`{example}`); a group without one ({', '.join(f'`{g}`' for g in unset)}) needs",
+        f"`+group=option` (`+{unset[0]}=NAME`), except in a study whose defaults list already adds it.",
         "",
         "## Config groups",
         "",
@@ -572,7 +600,8 @@ def reference() -> str:
         "|---|---|---|",
     ]
     for group in groups:
-        lines.append(f"| `{group}` | {', '.join(f'`{o}`' for o in options[group])} | {chosen.get(group, 'none')} |")
+        default = _yaml(chosen[group]) if group in chosen else "none"
+        lines.append(f"| `{group}` | {', '.join(f'`{o}`' for o in options[group])} | {default} |")
     hints = typing.get_type_hints(Config)
     sections = [("Top level", Config, "")] + [
         (f"`{f.name}`: {f.metadata['help']}", hints[f.name], f"{f.name}.")

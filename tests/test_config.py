@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness import identity, record
-from harness.config import ConfigError, check_values, compose_config, reference
+from harness.config import ConfigError, check_overrides, check_values, compose_config, reference
 from harness.cores import torch_threads
 from harness.identity import effective_config, fingerprint, recipe, resolve, unused_notes
 from harness.precision import resolve_precision
@@ -223,6 +223,38 @@ def test_a_shortcut_of_your_own_that_is_no_shortcut_is_refused_before_training(o
     with pytest.raises(ConfigError) as refused:
         check_values(compose_config(override))
     assert message in str(refused.value)
+
+
+def test_a_case_of_p2s_table_1_is_set_without_a_plus_and_trains_what_its_keys_say():
+    """p2_shortcut's default is none, which leaves every other config as it was."""
+    assert fp("p2_shortcut=dropout") == fp("shortcut=dropout", "shortcut_dropout=0.5") != fp()
+    assert fp("p2_shortcut=identity") == fp("shortcut=zero_pad") == fp()
+    # The case's keys replace conf/config.yaml's; a key on the command line replaces the case's.
+    assert fp("p2_shortcut=conv1x1") == fp("shortcut=full_projection")
+    assert fp("p2_shortcut=conv1x1", "shortcut=projection") == fp("shortcut=projection")
+    assert fp("+experiment=p2_shortcuts", "p2_shortcut=exclusive_gating") == fp(
+        "+experiment=p2_shortcuts", "shortcut=exclusive_gating", "gate_bias=-6"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-m", "p2_shortcut=identity,skipinit"], "p2_shortcut=skipinit is not valid: conf/p2_shortcut/ has no "
+         "skipinit.yaml; use one of constant_scaling, conv1x1, dropout, exclusive_gating, frozen_gating, identity, "
+         "shortcut_only_gating."),
+        (["+p2_shortcut=dropout"], "set it without the +: p2_shortcut=dropout."),
+        (["+experiment=p2_shortcut"], "experiment=p2_shortcut is not valid: conf/experiment/ has no p2_shortcut.yaml"),
+        (["-m", "p2_shortcut=identity,dropout", "+experiment=p2_units", "dataset=cifar10"], None),
+    ],
+)  # fmt: skip
+def test_a_config_groups_option_is_one_of_its_files(args, message):
+    if message is None:
+        check_overrides(args)
+    else:
+        with pytest.raises(ConfigError) as refused:
+            check_overrides(args)
+        assert message in str(refused.value)
 
 
 def test_the_configuration_reference_is_the_schemas():
