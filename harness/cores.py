@@ -1,5 +1,5 @@
-"""How many torch threads a job takes here: its launcher's share of the cores, and no more cores
-than other work leaves free.
+"""How many torch threads a job takes here: its launcher's share of the cores (how many jobs each
+of Hydra's launchers runs at once), and no more cores than other work leaves free.
 
 On these 2-core machines a job gains little from its second thread and loses much when the
 cores are oversubscribed: two default jobs of 2 threads each took 1.6x (fp32) and 8.1x (bf16)
@@ -64,12 +64,33 @@ def free_cores(cores: int, busy: float) -> int:
     return max(1, cores - int(busy + 0.5))
 
 
+def jobs_at_once(launcher: Mapping | None, cores: int) -> int | None:
+    """How many jobs of a sweep run at once: 1 for the basic launcher, joblib's n_jobs on this
+    machine; None where a cluster (Ray, SLURM) schedules them."""
+    if launcher is None or "n_jobs" not in launcher and not {"ray", "cpus_per_task"} & set(launcher):
+        return 1
+    if "n_jobs" in launcher:  # -1 means one per core, -2 all but one...
+        return max(1, launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs)
+    return None
+
+
+def cpus_per_job(launcher: Mapping | None, cores: int) -> int:
+    """The cores each job of a sweep may use, as its Hydra launcher schedules jobs."""
+    if launcher is None:  # not launched by Hydra: alone on the machine
+        return cores
+    if "n_jobs" in launcher:  # joblib: n_jobs at once on this machine
+        return cores // jobs_at_once(launcher, cores)
+    if "ray" in launcher:  # Ray runs as many tasks on a node as their num_cpus (default 1) allow
+        return launcher.ray.remote.get("num_cpus") or 1
+    if "cpus_per_task" in launcher:  # submitit: SLURM's allocation (1 CPU unless asked), or local processes
+        return launcher.cpus_per_task or 1
+    return cores  # the basic launcher runs one job at a time
+
+
 def torch_threads(cfg: Mapping, launcher: Mapping | None = None, load=load_at_launch) -> int:
     """`threads` if set; else the job's share of the cores (jobs at once x threads <= cores) and,
     where `cores` is not set either, no more than the cores other work leaves free. The launcher
     is this job's (Hydra's), unless given."""
-    from harness.launchers import cpus_per_job  # here: launchers imports record, record precision, precision this
-
     if cfg["threads"]:
         return cfg["threads"]
     cores = cfg["cores"] or len(os.sched_getaffinity(0))

@@ -21,8 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness import identity, plan, study
 from harness.config import ConfigError
+from harness.cores import jobs_at_once
 from harness.device import pick_device
-from harness.launchers import jobs_at_once
 from harness.sequential import Design
 from harness.sweep import opened
 

@@ -1,6 +1,6 @@
-"""What the harness knows about Hydra's launcher plugins: how many cores each job of a
-launcher may use, where a job ran, how SLURM stops a job, which SLURM jobs of a sweep vanished,
-and the one adapter that hydra-ray-launcher needs with Ray 2."""
+"""What the harness knows about Hydra's launcher plugins: where a job ran, how SLURM stops a job,
+which SLURM jobs of a sweep vanished, and the one adapter that hydra-ray-launcher needs with Ray 2
+(how many cores each job of a launcher may use: harness.cores)."""
 
 import _thread
 import glob
@@ -79,29 +79,6 @@ def _watch(pid: int, start: str) -> None:
     _thread.interrupt_main()
     time.sleep(GRACE_SECONDS)
     os._exit(1)
-
-
-def jobs_at_once(launcher: DictConfig | None, cores: int) -> int | None:
-    """How many jobs of a sweep run at once: 1 for the basic launcher, joblib's n_jobs on this
-    machine; None where a cluster (Ray, SLURM) schedules them."""
-    if launcher is None or "n_jobs" not in launcher and not {"ray", "cpus_per_task"} & set(launcher):
-        return 1
-    if "n_jobs" in launcher:  # -1 means one per core, -2 all but one...
-        return max(1, launcher.n_jobs if launcher.n_jobs > 0 else cores + 1 + launcher.n_jobs)
-    return None
-
-
-def cpus_per_job(launcher: DictConfig | None, cores: int) -> int:
-    """The cores each job of a sweep may use, as its Hydra launcher schedules jobs."""
-    if launcher is None:  # not launched by Hydra: alone on the machine
-        return cores
-    if "n_jobs" in launcher:  # joblib: n_jobs at once on this machine
-        return cores // jobs_at_once(launcher, cores)
-    if "ray" in launcher:  # Ray runs as many tasks on a node as their num_cpus (default 1) allow
-        return launcher.ray.remote.get("num_cpus") or 1
-    if "cpus_per_task" in launcher:  # submitit: SLURM's allocation (1 CPU unless asked), or local processes
-        return launcher.cpus_per_task or 1
-    return cores  # the basic launcher runs one job at a time
 
 
 def placement_tags() -> dict[str, str]:

@@ -22,11 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import identity, memory, record
 from harness.analysis import PROBE_IMAGES
-from harness.cores import BUSY_CORES, cpu_seconds, others_busy, torch_threads
+from harness.cores import BUSY_CORES, cpu_seconds, jobs_at_once, others_busy, torch_threads
 from harness.data import DATASETS
 from harness.device import device_name
 from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look
-from harness.launchers import jobs_at_once
 from harness.lease import process_start
 
 CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps

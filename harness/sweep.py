@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from harness import identity, plan, record, study
 from harness.config import ConfigError, check, fail
+from harness.cores import jobs_at_once
 from harness.device import pick_device
-from harness.launchers import INTERRUPT_HOOKS, SLURM_LAUNCHER, VanishedJobs, jobs_at_once, mark_sweep_process
+from harness.launchers import INTERRUPT_HOOKS, SLURM_LAUNCHER, VanishedJobs, mark_sweep_process
 from harness.lease import INTERVAL
 from harness.sequential import Design
 from harness.tracking.mlflow_store import StoreError, connect

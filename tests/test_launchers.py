@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from harness import OPENMP_SPIN_COUNT, record
-from harness.launchers import cpus_per_job, placement_tags
+from harness.cores import cpus_per_job
+from harness.launchers import placement_tags
 
 from helpers.commands import harness_command
 from helpers.servers import free_ports
