@@ -21,6 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 
 log = logging.getLogger(__name__)
 
+# The process of the sweep that started this job: HOST:BOOT:PID:START. Launchers that start jobs
+# on this machine (joblib's loky workers, submitit_local's processes) pass the environment on.
+SWEEP_PROCESS_ENV = "HARNESS_SWEEP_PROCESS"
 # Other processes' work, in cores, above which a core counts as taken (and a timing as measured
 # beside other work): a shell, a tracking server or an editor stay below it.
 BUSY_CORES = 0.5
@@ -56,6 +59,13 @@ def load_at_launch() -> float:
     """The load this process saw once, the first time it asked: every job it starts and the
     planner read the same look, so that a launch decides its threads once."""
     return sample_load()
+
+
+def started_by_a_sweep() -> bool:
+    """A job that a sweep's launcher started in another process: the launch's decisions were made
+    at its edge, in the sweep's process, and this job reads them."""
+    value = os.environ.get(SWEEP_PROCESS_ENV, "")
+    return bool(value) and value.split(":")[2:3] != [str(os.getpid())]
 
 
 def free_cores(cores: int, busy: float) -> int:

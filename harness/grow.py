@@ -12,9 +12,9 @@ not all there trains the rest. A look cut short (killed, Ctrl-C, a run that fail
 judged, so it never counts as a look.
 """
 
-import logging
 import math
 import os
+from pathlib import Path
 
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -25,8 +25,7 @@ from harness.cores import jobs_at_once
 from harness.device import pick_device
 from harness.sequential import Design
 from harness.sweep import opened
-
-log = logging.getLogger(__name__)
+from harness.tracking.runs import write_members
 
 
 def key_of(override: str) -> str:
@@ -65,6 +64,9 @@ def grow(sweeper, arguments: list[str]) -> list:
         announce(sweep, design, number, look_jobs, len(needed), trained_to, config.hydra.launcher)
         returns.append(launcher.launch(batch, initial_job_idx=sum(map(len, returns))))
         trained_to = seeds_at_look
+        # The study as the store holds it after each look: its report, plot and archive cover the
+        # runs so far while later looks train for hours.
+        write_members(sweep.client, sweep.parent_run_id, study.members(sweep), Path(config.hydra.sweep.dir))
         found = study.judged_claims(sweep, config.report.min_effect, config.report.confidence, design)
         print(f"Look {number} of {len(design.looks)} ({seeds_at_look} seeds):")
         for claim in found:

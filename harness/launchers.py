@@ -19,15 +19,13 @@ from submitit.core import utils as submitit_utils
 from submitit.core.utils import UncompletedJobError
 
 from harness import record
+from harness.cores import SWEEP_PROCESS_ENV
 from harness.lease import BOOT, HOST, heartbeat_of, process_start
 
 log = logging.getLogger(__name__)
 # What submitit raises in a SLURM job when SLURM signals it before its time limit (`signal_delay_s`)
 # and does not requeue it (the launcher's max_num_timeout: 0): the run is stopped, not broken.
 SchedulerStop = UncompletedJobError
-# The process of the sweep that started this job: HOST:BOOT:PID:START. Launchers that start jobs
-# on this machine (joblib's loky workers, submitit_local's processes) pass the environment on.
-SWEEP_PROCESS_ENV = "HARNESS_SWEEP_PROCESS"
 WATCH_SECONDS = 1.0  # how often a job looks for its sweep
 GRACE_SECONDS = 30.0  # for the job to mark its run KILLED before the process exits regardless
 _orphaned = threading.Event()

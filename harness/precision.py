@@ -28,7 +28,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from harness.cores import BUSY_CORES, cpu_seconds, others_busy, sample_load, torch_threads
+from harness.cores import BUSY_CORES, cpu_seconds, others_busy, sample_load, started_by_a_sweep, torch_threads
 from harness.device import device_name, device_type
 
 # bf16 must save at least a tenth of a step. Alternated timings on a quiet 2-core machine differ by
@@ -184,7 +184,8 @@ def auto_decision(kind: str, threads: int, measure=measure_step_ms, load=sample_
     """The decision for a device of this type and this many threads here: the cache file's, else
     measured now, kept and said once. One measured beside other work is kept as provisional: read
     while the machine is busy still (the jobs of the launch that measured it, beside each other),
-    measured again by the first launch that finds the machine quiet."""
+    measured again by the first launch that finds the machine quiet, never by a sweep's job, which
+    reads what its launch decided."""
     import torch
 
     if kind == "cuda":
@@ -197,7 +198,7 @@ def auto_decision(kind: str, threads: int, measure=measure_step_ms, load=sample_
             kept = read_cache()
             if machine in kept:
                 decision = Decision(**kept[machine])
-                if not decision.provisional or load() > BUSY_CORES:
+                if not decision.provisional or started_by_a_sweep() or load() > BUSY_CORES:
                     return decision
             decision = choose(machine, *measure(kind, threads))
             write_cache(kept | {machine: asdict(decision)})

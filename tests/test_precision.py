@@ -159,6 +159,16 @@ def test_a_decision_measured_beside_other_work_is_provisional(own_cache, capsys)
     assert len(calls) == 2
 
 
+def test_a_sweeps_job_reads_its_launchs_provisional_decision_even_on_a_quiet_machine(own_cache, monkeypatch):
+    """The launch decided at its edge; a job that its launcher started elsewhere never measures
+    again, or two jobs of one study could train at two precisions."""
+    auto_decision("cpu", 1, measuring(130.0, 90.0, calls := [], busy=1.3), load=busy)
+    monkeypatch.setenv("HARNESS_SWEEP_PROCESS", f"host:boot:{os.getpid() + 1}:0")
+    auto_decision.cache_clear()
+    assert auto_decision("cpu", 1, measuring(130.0, 600.0, calls), load=quiet).precision == "bf16"
+    assert len(calls) == 1
+
+
 def test_a_busy_first_launch_measures_at_the_threads_the_load_leaves_it(own_cache):
     """The issue's host: bf16 1.55x quiet, 0.21x measured with 2 threads beside 1.3 busy cores.
     Beside that load a default job takes 1 thread, and bf16 is measured, and chosen, at 1."""

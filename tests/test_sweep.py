@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from harness import record
 
-from helpers.sweeps import job_runs, sweep
+from helpers.commands import harness_command
+from helpers.sweeps import TINY, job_runs, sweep
 
 pytestmark = pytest.mark.integration
 
@@ -59,10 +60,11 @@ def test_a_sweep_reuses_the_finished_runs_of_an_earlier_sweep(tmp_path, store, d
     assert re.search(
         r"Wall time: \d+:\d\d from the command's start \(estimated at its start: \d+:\d\d\)", second.stdout
     )
-    # 1 seed: the next step is 3 seeds, with the command and its time.
+    # 1 seed: every claim open, the next step the design's first look at 3 seeds, its command and time.
+    assert "Verdicts (looks at 3, 5, 8, 12 seeds" in first.stdout and "C1 plain-14 vs plain-8: " in first.stdout
     assert "What to run next:" in first.stdout
-    assert re.search(r"C1, C1b, C2, C3, C3-test, Fig7 \(1 seed: the direction only\): `python -m harness.run -m "
-                     r".*seed=0,1,2`, about \d+:\d\d here\.", first.stdout)  # fmt: skip
+    assert re.search(r"The design's next look, 1 of 4, is at 3 seeds for the claims still open \(C1 .*\): "
+                     r"`python -m harness.run -m .*seed=0,1,2`, about \d+:\d\d here", first.stdout)  # fmt: skip
     parent = parent_of(second)
     assert parent != parent_of(first)
     runs = job_runs(client)
@@ -111,3 +113,29 @@ def test_a_plain_net_is_trained_once_whatever_shortcut_the_sweep_names(tmp_path,
         line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| resnet")
     }
     assert "Residual variants" in report
+
+
+def test_a_study_grows_itself_look_by_look_and_a_relaunch_trains_nothing_again(tmp_path, store, data_root):
+    """hydra/sweeper=sequential with looks at 3 and 4 seeds: the first look trains seeds 0 to 2 of
+    both nets, the second seed 3 of the nets its open claims compare, each look is judged and said,
+    the members are the runs of both looks, the design is on the parent run; the same command again
+    judges the looks from the store and trains nothing (issue 44)."""
+    design = ("hydra/sweeper=sequential", "depth=8", "residual=true,false", "design.looks=[3,4]")
+    first = sweep(tmp_path, store, data_root, *design)
+    assert "Look 1 of 2: seeds 0 to 2 of 2 net(s), 6 job(s)" in first.stdout
+    assert "Look 1 of 2 (3 seeds):" in first.stdout and "the next look is at 4 seeds" in first.stdout
+    assert "Look 2 of 2: seeds 3 to 3 of 2 net(s), 2 job(s)" in first.stdout
+    assert "Look 2 of 2 (4 seeds):" in first.stdout and ": inconclusive (final, look 2 of 2, 4 seeds" in first.stdout
+    assert "Sweep done: 8 runs: 8 trained" in first.stdout and "Verdicts (looks at 3, 4 seeds" in first.stdout
+    client = MlflowClient(store)
+    parent = client.get_run(parent_of(first))
+    assert record.design_of(parent).looks == (3, 4)
+    assert sorted(members(client, parent.info.run_id)["seed"]) == [0, 0, 1, 1, 2, 2, 3, 3]
+    again = sweep(tmp_path, store, data_root, *design)
+    assert parent_of(again) == parent.info.run_id and again.stdout.count("skip ") == 8
+    assert len(job_runs(client)) == 8 and "Look 2 of 2 (4 seeds):" in again.stdout
+    refused = harness_command(
+        "harness.run", "-m", *design[:-1], "design.looks=[3,5]", *TINY, f"tracking.uri={store}",
+        f"dataset.root={data_root}", cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "declared its design at its first look" in refused.stderr
