@@ -11,12 +11,14 @@ with and records them (the tag `threads`).
 """
 
 import functools
+import json
 import logging
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,15 @@ SWEEP_PROCESS_ENV = "HARNESS_SWEEP_PROCESS"
 # beside other work): a shell, a tracking server or an editor stay below it.
 BUSY_CORES = 0.5
 LOAD_SAMPLE_SECONDS = 0.25
+# How long a launch's claim on the cores counts: from its look at the load until its jobs train,
+# after which the load itself shows them. Two launches at one moment would each see the other idle.
+CLAIM_SECONDS = 60.0
+
+
+def cache_dir() -> Path:
+    """$HARNESS_CACHE_DIR, by default the user's cache folder (~/.cache/harness)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness"
+    return Path(os.environ.get("HARNESS_CACHE_DIR") or default)
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -56,9 +67,43 @@ def sample_load(seconds: float = LOAD_SAMPLE_SECONDS) -> float:
 
 @functools.cache
 def load_at_launch() -> float:
-    """The load this process saw once, the first time it asked: every job it starts and the
-    planner read the same look, so that a launch decides its threads once."""
-    return sample_load()
+    """The cores busy with other work, seen once by this process, the first time it asked: every
+    job it starts and the planner read the same look, so that a launch decides its threads once.
+    Busy are the cores the load shows and those that other launches on this machine claimed in the
+    last CLAIM_SECONDS (`claims.json` in the cache folder, under a lock): launches begun together
+    take turns, not both cores each."""
+    path = cache_dir() / "claims.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock"):
+            now, mine = time.time(), os.getpid()
+            claims = [claim for claim in _read_claims(path) if _counts(claim, now, mine)]
+            busy = max(sample_load(), sum(claim["cores"] for claim in claims))
+            cores = len(os.sched_getaffinity(0))
+            claims.append({"pid": mine, "cores": free_cores(cores, busy), "time": now})
+            path.write_text(json.dumps(claims))
+            return busy
+    except OSError:  # a cache folder that cannot be written: the load alone
+        return sample_load()
+
+
+def _read_claims(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def _counts(claim: dict, now: float, mine: int) -> bool:
+    """A claim of another live process of this launch's kind, young enough that its jobs may not
+    train yet; never that of the sweep that started this job (its jobs' shares are its claim)."""
+    sweep = os.environ.get(SWEEP_PROCESS_ENV, "").split(":")[2:3]
+    return (
+        now - claim["time"] < CLAIM_SECONDS
+        and claim["pid"] != mine
+        and [str(claim["pid"])] != sweep
+        and Path(f"/proc/{claim['pid']}").exists()
+    )
 
 
 def started_by_a_sweep() -> bool:

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import functools
 import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +27,15 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from harness.cores import BUSY_CORES, cpu_seconds, others_busy, sample_load, started_by_a_sweep, torch_threads
+from harness.cores import (
+    BUSY_CORES,
+    cache_dir,
+    cpu_seconds,
+    others_busy,
+    sample_load,
+    started_by_a_sweep,
+    torch_threads,
+)
 from harness.device import device_name, device_type
 
 # bf16 must save at least a tenth of a step. Alternated timings on a quiet 2-core machine differ by
@@ -95,9 +102,8 @@ def decision_key(kind: str, threads: int) -> str:
 
 
 def cache_file() -> Path:
-    """precision.json in $HARNESS_CACHE_DIR, by default the user's cache folder (~/.cache/harness)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness"
-    return Path(os.environ.get("HARNESS_CACHE_DIR") or default) / "precision.json"
+    """precision.json in the harness's cache folder."""
+    return cache_dir() / "precision.json"
 
 
 def step_seconds(model, optimizer, images, labels, precision: str) -> float:

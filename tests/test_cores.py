@@ -1,7 +1,9 @@
 """A job's threads (harness.cores): its launcher's share of the cores, and no more than other
 work leaves free, looked at once as the launch begins (issue 43). Fake loads: no timing here."""
 
+import json
 import os
+import time
 
 import pytest
 from omegaconf import OmegaConf
@@ -59,3 +61,27 @@ def test_the_launch_looks_at_the_load_once(monkeypatch):
     finally:
         cores.load_at_launch.cache_clear()
     assert looks == [1]
+
+
+def test_launches_begun_together_see_each_others_claims(monkeypatch, tmp_path):
+    """Two launches at one moment each see the other idle; the claim the first wrote as it looked
+    counts for the second, for a while and while its process lives (issue 43)."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cores, "sample_load", lambda: 0.0)
+    now = time.time()
+    other = os.getppid()  # a live process that is not this one
+    claims = [
+        {"pid": other, "cores": 2, "time": now},  # a launch that just took both cores
+        {"pid": other, "cores": 2, "time": now - 2 * cores.CLAIM_SECONDS},  # long since training: the load shows it
+        {"pid": 2**22 + 7, "cores": 2, "time": now},  # a process that is gone
+    ]
+    (tmp_path / "claims.json").write_text(json.dumps(claims))
+    cores.load_at_launch.cache_clear()
+    try:
+        assert cores.load_at_launch() == 2
+        assert torch_threads(DEFAULT, ALONE) == 1
+        monkeypatch.setenv(cores.SWEEP_PROCESS_ENV, f"host:boot:{other}:0")  # a job of that launch's sweep
+        cores.load_at_launch.cache_clear()
+        assert cores.load_at_launch() == 0.0
+    finally:
+        cores.load_at_launch.cache_clear()
