@@ -339,7 +339,14 @@ def test_two_launches_at_the_same_instant_on_a_fresh_store_train_one_run_once(tm
 @pytest.mark.integration
 def test_a_second_launch_leaves_a_live_run_alone(tmp_path, store, filled_data_root):
     """While one launch trains, the same command again says `running elsewhere` and touches nothing."""
-    args = [*RUN, "schedule.iterations=400", f"tracking.uri={store}", f"dataset.root={filled_data_root}"]
+    # fp32: a second launch beside the first takes 1 thread, whose precision=auto a fresh cache would measure first
+    args = [
+        *RUN,
+        "schedule.iterations=400",
+        "precision=fp32",
+        f"tracking.uri={store}",
+        f"dataset.root={filled_data_root}",
+    ]
     first = launch(args, tmp_path, "first", FAST_LEASE)
     wait_for(lambda: checkpoints(tmp_path / "mlruns" / "checkpoints"), job=first, what="the first checkpoint")
     second = launch(args, tmp_path, "second", FAST_LEASE)
