@@ -16,7 +16,7 @@ from torch import nn
 from harness.models import model_name, resolve_shortcut
 from harness.models.resnet import DESIGNS, ResNet, Unit, ZeroPadShortcut, build_model
 
-from helpers.nets import count_params, layers_in_execution_order, randomise_batchnorm
+from helpers.nets import assert_same_logits, count_params, layers_in_execution_order, randomise_batchnorm
 
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 SHORTCUT_OPTIONS = ("zero_pad", "projection", "full_projection")
@@ -533,12 +533,7 @@ def test_preact_resnet20_matches_an_independent_preresnet_lua(residual, shortcut
     ours = randomise_batchnorm(build_model(20, residual=residual, shortcut=shortcut, activation="pre"))
     reference = ReferencePreActCifarNet(3, projection=shortcut == "projection", residual=residual).eval()
     x = torch.randn(4, 3, 32, 32)
-    pairs = zip(layers_in_execution_order(ours, x), layers_in_execution_order(reference, x), strict=True)
-    for mine, theirs in pairs:
-        assert type(mine) is type(theirs)
-        theirs.load_state_dict(mine.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(reference(x), ours(x), atol=1e-5, rtol=1e-5)
+    assert_same_logits(ours, reference, x)
 
 
 # --- errors and names --------------------------------------------------------------------------

@@ -32,3 +32,13 @@ def layers_in_execution_order(model: torch.nn.Module, x: torch.Tensor) -> list[t
     for h in hooks:
         h.remove()
     return order
+
+
+def assert_same_logits(ours: torch.nn.Module, reference: torch.nn.Module, x: torch.Tensor) -> None:
+    """`reference` given `ours`'s weights, layer by layer in execution order, computes the same logits."""
+    pairs = zip(layers_in_execution_order(ours, x), layers_in_execution_order(reference, x), strict=True)
+    for mine, theirs in pairs:
+        assert type(mine) is type(theirs)
+        theirs.load_state_dict(mine.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(reference(x), ours(x), atol=1e-5, rtol=1e-5)
