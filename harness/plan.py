@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import identity, memory, record
 from harness.analysis import PROBE_IMAGES
-from harness.cores import BUSY_CORES, cpu_seconds, jobs_at_once, others_busy, torch_threads
+from harness.cores import BUSY_CORES, cpu_seconds, jobs_at_once, others_busy, with_threads
 from harness.data import DATASETS
 from harness.device import device_name
 from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look
@@ -299,7 +299,8 @@ def make_plan(
 ) -> Plan:
     """What a launch of these job configs by this Hydra launcher would do, how long it would
     take here, and how many of its jobs fit in this machine's memory at once."""
-    threads = torch_threads(configs[0], launcher)
+    configs = [with_threads(cfg, launcher) for cfg in configs]
+    threads = configs[0].threads
     here = device_name(device)
     nets, seen, measured, calibrated = [], set(), {}, {}
     experiments = [experiment.experiment_id for experiment in client.search_experiments()] if client else []

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from harness import identity, plan, record, study
 from harness.config import ConfigError, check, fail
-from harness.cores import jobs_at_once
+from harness.cores import jobs_at_once, why_fewer, with_threads
 from harness.device import pick_device
 from harness.launchers import INTERRUPT_HOOKS, SLURM_LAUNCHER, VanishedJobs, mark_sweep_process
 from harness.lease import INTERVAL
@@ -106,14 +106,15 @@ class Study(SweepCallback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         global _opened
         _opened = None
-        jobs = []
+        composed = []
         for overrides in sweep_overrides(config):
             try:
                 cfg = compose(config_name=kwargs.get("config_name") or "config", overrides=overrides)
                 check(cfg)
             except ConfigError as error:
                 fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
-            jobs.append(study.SweepJob(tuple(overrides), identity.resolve(cfg)))
+            composed.append((tuple(overrides), cfg))
+        jobs = resolved(composed, config.hydra.launcher)
         notes = [note for sweep_job in jobs for note in identity.unused_notes(sweep_job.job, sweep_job.overrides)]
         for note in dict.fromkeys(notes):  # once for the sweep, not once per job
             print(note)
@@ -128,20 +129,34 @@ class Study(SweepCallback):
             fail(str(error))
         for note in study.other_precision_notes(client, experiment_id, [sweep_job.job for sweep_job in jobs]):
             print(note)
-        made = planned_to_fit(config, [sweep_job.job.cfg for sweep_job in jobs], client, experiment_id)
+        made = planned_to_fit(config, [cfg for _, cfg in composed], client, experiment_id)
+        if made.threads != jobs[0].job.cfg.threads:  # fewer jobs at once than asked: more threads each
+            jobs = resolved(composed, config.hydra.launcher)
         mark_sweep_process()  # the jobs that a local launcher starts end when this process ends
         INTERRUPT_HOOKS.append(self.on_interrupt)
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        self.user_overrides = list(config.hydra.overrides.task)
         # What jobs need from here travels in their overrides, to whatever process or node runs
-        # them: the parent run's id, and the sweep folder as an absolute path.
+        # them: the parent run's id, the sweep folder as an absolute path, and the threads decided
+        # here for every job (a job in another process would look at a load its siblings make).
         with read_write(config.hydra):
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
+            threads = {sweep_job.job.cfg.threads for sweep_job in jobs}
+            if len(threads) == 1 and not any(cfg.threads for _, cfg in composed):
+                config.hydra.overrides.task.append(f"threads={min(threads)}")
+                if fewer := why_fewer(composed[0][1], min(threads), config.hydra.launcher):
+                    print(fewer)
             parent_run_id = config.tracking.parent_run_id  # the user's own parent run, if given
             if not parent_run_id:
-                overrides = " ".join(config.hydra.overrides.task)
                 try:
                     parent_run_id = study.open_parent_run(
-                        client, experiment_id, jobs, sweep_dir, overrides, config.rerun, Design.of(config.design)
+                        client,
+                        experiment_id,
+                        jobs,
+                        sweep_dir,
+                        " ".join(self.user_overrides),
+                        config.rerun,
+                        Design.of(config.design),
                     )
                 except ConfigError as error:
                     fail(f"{error} (no job was started)")
@@ -165,11 +180,10 @@ class Study(SweepCallback):
         if ending.failure:
             fail(ending.failure, code=1)
 
-    @staticmethod
-    def more_seeds(config: DictConfig) -> Callable[[int], tuple[str, float]]:
+    def more_seeds(self, config: DictConfig) -> Callable[[int], tuple[str, float]]:
         """(the command that trains this sweep's nets on seeds 0..n-1, its estimated seconds here)."""
-        own = ("seed", "tracking.parent_run_id", "hydra.sweep.dir")
-        kept = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in own]
+        own = ("seed", "tracking.parent_run_id")
+        kept = [o for o in self.user_overrides if o.split("=", 1)[0].lstrip("+~") not in own]
 
         def command(seeds: int) -> tuple[str, float]:
             seed_list = ",".join(map(str, range(seeds)))
@@ -202,6 +216,11 @@ class Study(SweepCallback):
                 f"Sweep stopped (Ctrl-C); its runs could not all be marked: {type(error).__name__}: {error}",
                 file=sys.stderr,
             )
+
+
+def resolved(composed: list[tuple[tuple[str, ...], DictConfig]], launcher: DictConfig) -> list[study.SweepJob]:
+    """The sweep's jobs, each resolved at the threads it takes under this launcher."""
+    return [study.SweepJob(overrides, identity.resolve(with_threads(cfg, launcher))) for overrides, cfg in composed]
 
 
 def sweep_plan(config: DictConfig, configs: list[DictConfig], client, experiment_id: str) -> plan.Plan:

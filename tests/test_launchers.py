@@ -2,6 +2,7 @@
 tracked under one parent run, with the threads of parallel jobs budgeted to the cores."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -42,10 +43,13 @@ def test_threads_per_job_follow_the_launcher(launcher, cores, expected):
 
 
 @pytest.mark.integration
-def test_joblib_runs_jobs_at_once_into_sqlite(tmp_path, data_root):
+def test_joblib_runs_jobs_at_once_into_sqlite(tmp_path, data_root, monkeypatch):
     """The default store, written by 2 processes at once: no lost run or metric point, one
     parent, and each job with one of the 2 cores it is told it has (torch alone would take 2
-    threads)."""
+    threads). precision=auto is decided by the sweep, at the jobs' 1 thread, once: the sweep once
+    decided it at 2 threads while its jobs measured again at 1 and trained runs the sweep could
+    not find (CI, 2026-12-07: both NOT STARTED)."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     result = harness_command(
         "harness.run",
         "-m",
@@ -66,6 +70,9 @@ def test_joblib_runs_jobs_at_once_into_sqlite(tmp_path, data_root):
     # The sweep's workers wait as the harness set it before torch loaded (issue 14).
     assert {run.data.tags["openmp_wait"] for run in children} == {f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}"}
     assert most_at_once(children) >= 2
+    decided = json.loads((tmp_path / "cache" / "precision.json").read_text())
+    assert [key.rsplit(", ", 1)[1] for key in decided] == ["1 thread(s)"]
+    assert result.stdout.count("precision=auto is") == 1
 
 
 @pytest.mark.integration

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from harness import record
 
 from helpers.commands import harness_command
-from helpers.sweeps import TINY, job_runs, sweep
+from helpers.sweeps import STEADY, TINY, job_runs, sweep
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ def test_a_study_grows_itself_look_by_look_and_a_relaunch_trains_nothing_again(t
     assert parent_of(again) == parent.info.run_id and again.stdout.count("skip ") == 8
     assert len(job_runs(client)) == 8 and "Look 2 of 2 (4 seeds):" in again.stdout
     refused = harness_command(
-        "harness.run", "-m", *design[:-1], "design.looks=[3,5]", *TINY, f"tracking.uri={store}",
+        "harness.run", "-m", *design[:-1], "design.looks=[3,5]", *TINY, *STEADY, f"tracking.uri={store}",
         f"dataset.root={data_root}", cwd=tmp_path,
     )  # fmt: skip
     assert refused.returncode == 2 and "declared its design at its first look" in refused.stderr
