@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import record
 from harness.config import default_store
+from harness.errors import HarnessError
 from harness.tracking.mlflow_store import StoreError, connect, find_run, missing_sqlite_file, supersede
 from harness.tracking.runs import latest_sweep, sweep_members
 from harness.tracking.writer import BATCH_POINTS
@@ -41,7 +42,7 @@ MACHINE_TAGS = (record.HEARTBEAT, record.CHECKPOINT, record.RUN_NAME)  # the nam
 ARCHIVED_FROM = "harness.archived_from"  # on an imported run: its run id in the store it was exported from
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(HarnessError):
     """A folder that is not an archive of this format, or a sweep that is not there."""
 
 

@@ -46,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from harness import OPENMP_WAIT, OPENMP_WAIT_VARIABLES, record
+from harness import OPENMP_WAIT, OPENMP_WAIT_VARIABLES, edge, record
 from harness.analysis import PROBE_IMAGES, probe
 from harness.config import compose_config
 from harness.cores import torch_threads
@@ -54,7 +54,7 @@ from harness.data.memory import load_data
 from harness.device import autocast
 from harness.identity import resolve
 from harness.models.resnet import build_model
-from harness.precision import resolve_precision, step_seconds
+from harness.precision import step_seconds
 from harness.stats import t_interval
 from harness.tracking import MemoryTracker
 from harness.tracking.mlflow_store import MlflowRun, connect
@@ -148,11 +148,12 @@ def harness_loop(depth: int, steps: int, data, run: MlflowRun, precision: str) -
         *common,
     )
     model = new_model(depth)
-    warm_up = resolve(compose_config("schedule.iterations=3", *common))
+    warm_up = compose_config("schedule.iterations=3", *common)
+    warm_up = resolve(warm_up, edge.decide(warm_up))
     train(warm_up, model, data, MemoryTracker(), torch.device("cpu"))
     tracker = TimedTracker(run)
     start = time.perf_counter()
-    train(resolve(cfg), model, data, tracker, torch.device("cpu"))
+    train(resolve(cfg, edge.decide(cfg)), model, data, tracker, torch.device("cpu"))
     tracker.finish()  # the last flush belongs to the run's cost
     seconds = time.perf_counter() - start
     return steps * BATCH / seconds, tracker.seconds / seconds
@@ -299,13 +300,13 @@ WHOLE_RUN_TARGET = 1.15
 
 def bare_step_seconds(cfg, steps: int, image_size: int = 28) -> list[float]:
     """Seconds of each of `steps` training steps of the config's net, batch, threads and precision."""
-    torch.set_num_threads(threads := torch_threads(cfg))
-    precision = resolve_precision(cfg.precision, "cpu", threads)
+    decided = edge.decide(cfg)
+    torch.set_num_threads(decided.threads)
     model = new_model(cfg.depth)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     batch = cfg.schedule.batch_size
     images, labels = torch.randn(batch, 1, image_size, image_size), torch.randint(0, 10, (batch,))
-    seconds = [step_seconds(model, optimizer, images, labels, precision) for _ in range(steps + 3)]
+    seconds = [step_seconds(model, optimizer, images, labels, decided.precision) for _ in range(steps + 3)]
     return seconds[3:]  # after 3 warm-up steps
 
 
@@ -337,9 +338,9 @@ def whole_run(depths: list[int], precisions: list[str], steps: int, root: Path, 
 
 def whole_run_line(depth: int, precision: str, cfg, step: float, seconds: float, loop: float) -> None:
     iterations = cfg.schedule.iterations
-    ratio, threads = seconds / (iterations * step), torch_threads(cfg)
+    ratio, decided = seconds / (iterations * step), edge.decide(cfg)
     print(
-        f"{depth:5d}  {resolve_precision(precision, 'cpu', threads):>9}  {threads:7d}  {1000 * step:12.1f}  "
+        f"{depth:5d}  {decided.precision:>9}  {decided.threads:7d}  {1000 * step:12.1f}  "
         f"{iterations:10d}  {seconds:11.1f}  {loop:6.1f}  {ratio:6.3f} (target <= {WHOLE_RUN_TARGET})",
         flush=True,
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from harness import edge
 from harness.config import compose_config
 from harness.data.memory import random_data
 from harness.device import deterministic_kernels
@@ -93,7 +94,7 @@ def measure(
     )  # fmt: skip
     deterministic_kernels(cfg.deterministic)
     torch.manual_seed(0)
-    job = resolve(cfg)
+    job = resolve(cfg, edge.decide(cfg))
     model = build_for(job, 3, 10).to(device, memory_format=torch.channels_last)
     tracker = tracker or RateTracker(seconds)
     torch.cuda.reset_peak_memory_stats(device)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from harness import identity, plan, record
+from harness import edge, identity, plan, record
 from harness.config import compose_config
 from harness.device import device_name
 from harness.tracking.mlflow_store import MlflowRun, connect
@@ -26,7 +26,7 @@ def finished_run(client, experiment_id: str, overrides: list[str], machine_name:
     """A finished run as a job logs it: its tags and params through the record's writers, its curve."""
     cfg = compose_config(*overrides, "precision=fp32", "threads=2", "device=cpu")
     machine = record.Machine(threads=2, device_name=machine_name)
-    job = identity.resolve(cfg)
+    job = identity.resolve(cfg, edge.decide(cfg))
     run = MlflowRun.start(client, experiment_id, job.name, record.job_tags(job, machine, "unknown"), None)
     run.log_params(record.job_params(job, machine))
     for step in range(20, cfg.schedule.iterations + 1, 20):

@@ -9,7 +9,6 @@ beside the class they belong to. Hydra checks names and types when it composes a
 import dataclasses
 import math
 import os
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.data import DATASETS, NORMALIZATIONS, SMALLEST_RESIZE, complete
+from harness.errors import HarnessError
 from harness.models import (
     ACTIVATIONS,
     SHORTCUTS,
@@ -38,14 +38,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 OPTIMIZERS = ("sgd", "adam")
 
 
-class ConfigError(ValueError):
+class ConfigError(HarnessError):
     """A config value that the schema's types allow but the harness cannot run."""
-
-
-def fail(message: str, code: int = 2) -> None:
-    """End the command with one paragraph on stderr and a non-zero exit, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def need(ok: bool, message: str) -> None:

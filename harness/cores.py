@@ -157,17 +157,6 @@ def torch_threads(cfg: Mapping, launcher: Mapping | None = None, load=load_at_la
     return min(share, free_cores(cores, load()))
 
 
-def with_threads(cfg, launcher: Mapping | None):
-    """The job's config with the threads it takes, decided where the launch begins: a job that a
-    launcher starts in another process then neither looks at the load nor guesses its launcher,
-    and what the launch resolved for those threads (precision=auto) is what the job trains."""
-    if cfg.threads:
-        return cfg
-    pinned = cfg.copy()
-    pinned.threads = torch_threads(cfg, launcher)
-    return pinned
-
-
 def why_fewer(cfg: Mapping, threads: int, launcher: Mapping | None = None) -> str | None:
     """What a job says when the load left it fewer threads than its share, or none."""
     share = torch_threads(cfg, launcher, load=lambda: 0.0)

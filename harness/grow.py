@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from harness import identity, plan, study
+from harness import edge, identity, plan, study
 from harness.config import ConfigError
 from harness.cores import jobs_at_once
 from harness.device import pick_device
@@ -39,6 +39,13 @@ def nets_and_seeds(jobs: list[list[str]]) -> tuple[list[tuple[str, ...]], list[i
     return nets, seeds
 
 
+def resolved(overrides: list[str], launcher) -> identity.Job:
+    """A job of the study, with what this machine decides for it (its threads: the sweep's, in
+    its overrides)."""
+    cfg = compose(config_name="config", overrides=overrides)
+    return identity.resolve(cfg, edge.decide(cfg, launcher))
+
+
 def grow(sweeper, arguments: list[str]) -> list:
     """The sequential sweeper's sweep: the looks, each a batch for Hydra's launcher."""
     sweep = opened()
@@ -53,12 +60,11 @@ def grow(sweeper, arguments: list[str]) -> list:
             f"{', '.join(map(str, range(design.looks[0])))} at the first look (design.looks={list(design.looks)}); "
             "leave `seed` out, or set the looks."
         )
-    names = {net: identity.resolve(compose(config_name="config", overrides=[*net, "seed=0"])).name for net in nets}
+    names = {net: resolved([*net, "seed=0"], config.hydra.launcher).name for net in nets}
     returns, needed, trained_to = [], list(nets), 0
     for number, seeds_at_look in enumerate(design.looks, 1):
         batch = [[*net, f"seed={seed}"] for seed in range(trained_to, seeds_at_look) for net in needed]
-        look_jobs = [study.SweepJob(tuple(job), identity.resolve(compose(config_name="config", overrides=job)))
-                     for job in batch]  # fmt: skip
+        look_jobs = [study.SweepJob(tuple(job), resolved(job, config.hydra.launcher)) for job in batch]
         # The study is the looks' jobs: the first look's replace the Study callback's expansion of the grid.
         sweep.jobs = look_jobs if number == 1 else sweep.jobs + look_jobs
         announce(sweep, design, number, look_jobs, len(needed), trained_to, config.hydra.launcher)

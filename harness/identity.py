@@ -8,10 +8,10 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.cores import torch_threads
 from harness.models import (
     PARAMETER_KEYS,
     model_name,
@@ -20,7 +20,9 @@ from harness.models import (
     shortcut_parameters,
     shortcut_row,
 )
-from harness.precision import resolve_precision
+
+if TYPE_CHECKING:
+    from harness.edge import Decided
 
 # Where and how a run is executed, tracked and reported, not what it trains.
 PRESENTATION_KEYS = ("tracking", "report", "design", "threads", "cores", "device", "rerun", "analysis", "plan",
@@ -41,9 +43,12 @@ def _drop(tree: dict, keys) -> dict:
     return tree
 
 
-def _recipe_rules(trained: dict, unused: dict[str, str]) -> None:
-    """`precision=auto` resolved for the device; keys that no net of the recipe uses leave it."""
-    trained["precision"] = resolve_precision(trained["precision"], trained["device"], torch_threads(trained))
+def _recipe_rules(trained: dict, unused: dict[str, str], precision: str | None) -> None:
+    """The precision the launch decided (`precision=auto` measured at its edge: harness.edge); keys
+    that no net of the recipe uses leave it."""
+    trained["precision"] = precision or trained["precision"]
+    if trained["precision"] == "auto":
+        raise ValueError("precision=auto reached a job's identity undecided: harness.edge.decide decides it")
     if trained["optimizer"]["name"] != "sgd":
         unused["optimizer.momentum"] = f"optimizer={trained['optimizer']['name']} has no momentum parameter"
         _drop(trained, ["optimizer.momentum"])
@@ -80,12 +85,13 @@ def _net_rules(trained: dict, unused: dict[str, str]) -> None:
         _drop(trained, [f"schedule.{key}" for key in WARMUP_KEYS])
 
 
-def effective_config(cfg: DictConfig) -> tuple[dict, dict[str, str]]:
+def effective_config(cfg: DictConfig, precision: str | None = None) -> tuple[dict, dict[str, str]]:
     """(what this config trains, {key: why it has no effect}): the resolved config with `auto`
-    values resolved and the keys this net does not use removed (a plain net's shortcut, Adam's
-    momentum, ...). Two configs that train the same net are equal here."""
+    values resolved (precision: as the launch decided it, where the config says auto) and the
+    keys this net does not use removed (a plain net's shortcut, Adam's momentum, ...). Two configs
+    that train the same net are equal here."""
     trained, unused = OmegaConf.to_container(cfg, resolve=True), {}
-    _recipe_rules(trained, unused)
+    _recipe_rules(trained, unused, precision)
     _net_rules(trained, unused)
     return trained, unused
 
@@ -96,9 +102,9 @@ def _hash(tree: dict) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fingerprint(cfg: DictConfig) -> str:
+def fingerprint(cfg: DictConfig, precision: str | None = None) -> str:
     """One net, as a short hash of what it trains."""
-    return fingerprint_of(effective_config(cfg)[0])
+    return fingerprint_of(effective_config(cfg, precision)[0])
 
 
 def fingerprint_of(trained: dict) -> str:
@@ -111,7 +117,8 @@ class Job:
     """A job's config resolved once, at its start: what the run's life passes on, so that
     nothing downstream derives it again."""
 
-    cfg: DictConfig  # as composed: how the job runs (schedule, tracking, threads, ...)
+    cfg: DictConfig  # as composed: how the job runs (schedule, tracking, ...)
+    decided: "Decided"  # what the launch decided for it on this machine: its threads, its precision
     trained: dict  # the effective config: `auto` values resolved, unused keys removed
     unused: dict[str, str]  # key -> why it has no effect here
     fingerprint: str
@@ -135,16 +142,18 @@ class Job:
         return shortcut_parameters(self.trained)
 
 
-def resolve(cfg: DictConfig) -> Job:
-    trained, unused = effective_config(cfg)
+def resolve(cfg: DictConfig, decided: "Decided") -> Job:
+    """The job of a checked config, with what the launch decided for it (harness.edge.decide)."""
+    trained, unused = effective_config(cfg, decided.precision)
     parameters = shortcut_parameters(trained)
     name = model_name(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, trained["family"], **parameters)
     return Job(
         cfg=cfg,
+        decided=decided,
         trained=trained,
         unused=unused,
         fingerprint=fingerprint_of(trained),
-        recipe=recipe(cfg),
+        recipe=recipe(cfg, decided.precision),
         name=name,
     )
 
@@ -155,9 +164,9 @@ def recipe_of(tree: dict) -> str:
     return _hash(_drop(tree, PRESENTATION_KEYS + NET_KEYS))
 
 
-def recipe(cfg: DictConfig) -> str:
+def recipe(cfg: DictConfig, precision: str | None = None) -> str:
     trained = OmegaConf.to_container(cfg, resolve=True)
-    _recipe_rules(trained, {})
+    _recipe_rules(trained, {}, precision)
     return recipe_of(trained)
 
 
@@ -172,13 +181,6 @@ def recipe_of_params(params: dict[str, str]) -> str:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return "old-" + recipe_of(tree)
-
-
-def with_precision(cfg: DictConfig, precision: str) -> DictConfig:
-    """The same config at another precision."""
-    other = cfg.copy()
-    other.precision = precision
-    return other
 
 
 def study(fingerprints: list[str]) -> str:

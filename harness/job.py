@@ -9,7 +9,8 @@ import contextlib
 import gc
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from harness import OPENMP_WAIT, config, record
-from harness.cores import torch_threads, why_fewer
+from harness.cores import why_fewer
 from harness.data import DataError
 from harness.data.memory import Data, load_data
 from harness.device import deterministic_kernels, device_name, pick_device
@@ -285,40 +286,50 @@ ENVIRONMENT_ERRORS = (OSError, CheckpointError, StoreError, StoreOutage, DataErr
 INFO, NOTE, STDERR, LOG, ERROR = "info", "note", "stderr", "log", "error"
 
 
+class Kind(Enum):
+    """How a job can end: (in words, its run's last status (None: left as it was, or no run), the
+    failure tag, the command's exit code when the job runs alone, how it is said)."""
+
+    FINISHED = ("finished", "FINISHED", None, 0, INFO)
+    SKIPPED = ("skipped", None, None, 0, NOTE)  # finished or diverged before, or trained elsewhere now
+    CTRL_C = ("Ctrl-C", "KILLED", None, 130, STDERR)  # resumes from its last checkpoint
+    SCHEDULER_STOP = ("scheduler stop", "KILLED", None, 1, LOG)  # SLURM's time limit is near: stopped, not failed
+    LEASE_LOST = ("lease lost", None, None, 1, STDERR)  # another launch trains the run
+    DIVERGED = ("diverged", "FAILED", record.DIVERGED, 1, ERROR)  # a result: a relaunch keeps it
+    ENVIRONMENT_FAILURE = ("environment failure", "FAILED", record.ENVIRONMENT, 1, ERROR)  # resumes from its checkpoint
+    BUG = ("bug", "FAILED", record.RUN, 1, ERROR)  # alone: with its traceback
+    NOT_CLOSED = ("not closed", None, None, 1, ERROR)  # trained to its end, but the store did not take the end
+    NOT_OPENED = ("not opened", None, None, 1, ERROR)  # its data or the store failed before the run opened
+    BAD_CONFIG = ("bad config", None, None, 2, ERROR)
+
+    def __init__(self, words: str, status: str | None, failure: str | None, exit_code: int, said_as: str):
+        self.words, self.status, self.failure, self.exit_code, self.said_as = words, status, failure, exit_code, said_as
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """How a job ended: its run's last status (None: left as it was, or no run), the failure
-    tag, the command's exit code when the job runs alone, and what a person reads."""
+    """How a job ended, and what a person reads."""
 
-    status: str | None
-    failure: str | None  # record.FAILURE
-    exit_code: int
-    said_as: str  # INFO, NOTE, STDERR, LOG or ERROR
-    kind: str = ""
+    kind: Kind
     message: str = ""
     eval_error: float | None = None  # a finished run's final test (or validation) error
     error: BaseException | None = None  # a bug's own exception: alone, it ends with its traceback
 
-    def said(self, message: str, **values) -> "Outcome":
-        return replace(self, message=message, **values)
+    @property
+    def status(self) -> str | None:
+        return self.kind.status
 
+    @property
+    def failure(self) -> str | None:
+        return self.kind.failure
 
-OUTCOMES = {
-    kind: replace(outcome, kind=kind)
-    for kind, outcome in {
-        "finished": Outcome("FINISHED", None, 0, INFO),
-        "skipped": Outcome(None, None, 0, NOTE),  # finished or diverged before, or trained elsewhere now
-        "Ctrl-C": Outcome("KILLED", None, 130, STDERR),  # resumes from its last checkpoint
-        "scheduler stop": Outcome("KILLED", None, 1, LOG),  # SLURM's time limit is near: stopped, not failed
-        "lease lost": Outcome(None, None, 1, STDERR),  # another launch trains the run
-        "diverged": Outcome("FAILED", record.DIVERGED, 1, ERROR),  # a result: a relaunch keeps it
-        "environment failure": Outcome("FAILED", record.ENVIRONMENT, 1, ERROR),  # resumes from its checkpoint
-        "bug": Outcome("FAILED", record.RUN, 1, ERROR),  # alone: with its traceback
-        "not closed": Outcome(None, None, 1, ERROR),  # trained to its end, but the store did not take the end
-        "not opened": Outcome(None, None, 1, ERROR),  # its data or the store failed before the run opened
-        "bad config": Outcome(None, None, 2, ERROR),
-    }.items()
-}
+    @property
+    def exit_code(self) -> int:
+        return self.kind.exit_code
+
+    @property
+    def said_as(self) -> str:
+        return self.kind.said_as
 
 
 def scheduler_stop(error: BaseException | None) -> SchedulerStop | None:
@@ -331,26 +342,26 @@ def scheduler_stop(error: BaseException | None) -> SchedulerStop | None:
     return None
 
 
-def outcome_of(error: BaseException | None) -> str:
+def outcome_of(error: BaseException | None) -> Kind:
     if error is None:
-        return "finished"
+        return Kind.FINISHED
     if scheduler_stop(error) is not None and not isinstance(error, KeyboardInterrupt):
-        return "scheduler stop"
+        return Kind.SCHEDULER_STOP
     for kind, errors in (
-        ("Ctrl-C", KeyboardInterrupt),
-        ("lease lost", LeaseLost),
-        ("diverged", DivergedError),
-        ("environment failure", ENVIRONMENT_ERRORS),
+        (Kind.CTRL_C, KeyboardInterrupt),
+        (Kind.LEASE_LOST, LeaseLost),
+        (Kind.DIVERGED, DivergedError),
+        (Kind.ENVIRONMENT_FAILURE, ENVIRONMENT_ERRORS),
     ):
         if isinstance(error, errors):
             return kind
-    return "bug"
+    return Kind.BUG
 
 
-def record_failure(run: MlflowRun, error: BaseException, outcome: Outcome) -> str:
+def record_failure(run: MlflowRun, error: BaseException, kind: Kind) -> str:
     """Mark the run FAILED with its failure tag; the message that says so."""
-    resumable = outcome.failure == record.ENVIRONMENT and run.has_checkpoint()
-    tags = {record.FAILURE: outcome.failure}
+    resumable = kind.failure == record.ENVIRONMENT and run.has_checkpoint()
+    tags = {record.FAILURE: kind.failure}
     if isinstance(error, DivergedError):
         tags[record.DIVERGED_AT] = error.step
     message = f"{run.name} (MLflow run {run.run_id}) failed: {error}"
@@ -380,44 +391,48 @@ def then(run: MlflowRun) -> str:
 def close(run: MlflowRun, result: Result | None, error: BaseException | None) -> Outcome:
     """Close the run as its outcome says, and say how it ended."""
     kind = outcome_of(error)
-    outcome = OUTCOMES[kind]
-    if kind == "finished":
+    if kind is Kind.FINISHED:
         try:
             run.finish("FINISHED")
         except (LeaseLost, *ENVIRONMENT_ERRORS) as error:  # trained, but its last writes did not reach the store
-            return OUTCOMES["not closed"].said(
+            return Outcome(
+                Kind.NOT_CLOSED,
                 f"{run.name} (MLflow run {run.run_id}) trained to its end but was not closed as FINISHED: {error}; "
-                f"{then(run)}"
+                f"{then(run)}",
             )
-        return outcome.said(
+        return Outcome(
+            kind,
             f"{run.name}: final training error {100 * result.final_train_error:.2f}%, {result.eval_split} error "
             f"{100 * result.eval_error:.2f}% in {result.seconds:.0f} s",
             eval_error=result.eval_error,
         )
-    if kind == "lease lost":
+    if kind is Kind.LEASE_LOST:
         run.abandon()
-        return outcome.said(f"{run.name}: {error}")
-    if kind == "scheduler stop":
+        return Outcome(kind, f"{run.name}: {error}")
+    if kind is Kind.SCHEDULER_STOP:
         with contextlib.suppress(LeaseLost):
             run.finish("KILLED", scheduler_stop(error))
-        return outcome.said(
+        return Outcome(
+            kind,
             f"{run.name} (MLflow run {run.run_id}) stopped by SLURM and marked KILLED ({scheduler_stop(error)}); "
-            f"{then(run)}"
+            f"{then(run)}",
         )
-    if kind == "Ctrl-C":
+    if kind is Kind.CTRL_C:
         with contextlib.suppress(LeaseLost):
             run.finish("KILLED", error)
         if not run.has_checkpoint():
-            return outcome.said(
+            return Outcome(
+                kind,
                 f"stopped {run.name}: MLflow run {run.run_id} marked KILLED before its first checkpoint; "
-                "the same command trains it again."
+                "the same command trains it again.",
             )
         at = f" at iteration {run.saved_iteration}" if run.saved_iteration else ""
-        return outcome.said(
+        return Outcome(
+            kind,
             f"stopped {run.name}: MLflow run {run.run_id} marked KILLED; the same command resumes it from its last "
-            f"checkpoint{at}."
+            f"checkpoint{at}.",
         )
-    return outcome.said(record_failure(run, error, outcome), error=error if kind == "bug" else None)
+    return Outcome(kind, record_failure(run, error, kind), error=error if kind is Kind.BUG else None)
 
 
 # The whole life.
@@ -431,7 +446,7 @@ def setup(job: Job) -> tuple[Any, str, torch.device]:
     watch_sweep()  # a job that a sweep's launcher started ends when the sweep's process is gone
     deterministic_kernels(cfg.deterministic)
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(threads := torch_threads(cfg))
+    torch.set_num_threads(threads := job.decided.threads)
     if fewer := why_fewer(cfg, threads):
         log.info("%s", fewer)
     # What the job's start-up has loaded (the store's client, Hydra's plugins) lives to its end:
@@ -448,12 +463,12 @@ def run_job(job: Job) -> Outcome:
     try:
         client, experiment_id, device = setup(job)
     except (config.ConfigError, StoreError) as error:
-        return OUTCOMES["bad config"].said(str(error))
+        return Outcome(Kind.BAD_CONFIG, str(error))
     try:
         stored = look(client, experiment_id, job.fingerprint, checkpoint_dir(cfg))
         decision = decide(stored, cfg.rerun)
         if decision.action in (SKIP, ELSEWHERE):
-            return OUTCOMES["skipped"].said(said(decision, job.name))
+            return Outcome(Kind.SKIPPED, said(decision, job.name))
         data = job_data(cfg, device)  # before anything of this run is stored
         run, resumed = open_run(job, client, experiment_id, machine_of(device), decision, stored)
     except (DataError, MlflowException, OSError) as error:
@@ -465,9 +480,9 @@ def run_job(job: Job) -> Outcome:
                 f"{type(error).__name__}: {str(error)[:300]}"
             )
         )
-        return OUTCOMES["not opened"].said(message)
+        return Outcome(Kind.NOT_OPENED, message)
     if isinstance(run, str):  # another launch has it
-        return OUTCOMES["skipped"].said(run)
+        return Outcome(Kind.SKIPPED, run)
     log.info("%s: MLflow run %s in %s", run.name, run.run_id, cfg.tracking.uri)
     try:
         result = execute(job, run, device, machine_of(device), resumed, data)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import identity, memory, record
+from harness import edge, identity, memory, record
 from harness.analysis import PROBE_IMAGES
-from harness.cores import BUSY_CORES, cpu_seconds, jobs_at_once, others_busy, with_threads
+from harness.cores import BUSY_CORES, cpu_seconds, jobs_at_once, others_busy
 from harness.data import DATASETS
 from harness.device import device_name
 from harness.job import ELSEWHERE, NEW, RESUME, SKIP, checkpoint_dir, decide, look
@@ -215,7 +215,7 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
     from harness.tracking import MemoryTracker
     from harness.train import eval_batch, evaluate, train
 
-    job = identity.resolve(cfg)
+    job = identity.resolve(cfg, edge.decide(cfg, threads=threads))
     evaluated = eval_batch(device)
     data = random_data(cfg.dataset.name, max(2 * cfg.schedule.batch_size, evaluated), device, cfg.dataset.resize)
     images, labels = data.eval_images[:evaluated], data.eval_labels[:evaluated]
@@ -234,7 +234,7 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
             short = {"iterations": iterations, "eval_every": iterations + 1, "final_train_subset": 1}
             run = OmegaConf.merge(cfg, {"schedule": short, "analysis": False})
             start = time.perf_counter()
-            train(identity.resolve(run), model, data, MemoryTracker(), device)
+            train(identity.resolve(run, job.decided), model, data, MemoryTracker(), device)
             return time.perf_counter() - start
 
         with memory.Peak(device) as peak:  # the first run pays the first steps' costs, as the short one does not
@@ -299,13 +299,12 @@ def make_plan(
 ) -> Plan:
     """What a launch of these job configs by this Hydra launcher would do, how long it would
     take here, and how many of its jobs fit in this machine's memory at once."""
-    configs = [with_threads(cfg, launcher) for cfg in configs]
-    threads = configs[0].threads
+    threads = edge.decide(configs[0], launcher).threads
     here = device_name(device)
     nets, seen, measured, calibrated = [], set(), {}, {}
     experiments = [experiment.experiment_id for experiment in client.search_experiments()] if client else []
     for cfg in configs:
-        job = identity.resolve(cfg)
+        job = identity.resolve(cfg, edge.decide(cfg, launcher))
         fingerprint = job.fingerprint
         if fingerprint in seen:
             continue
@@ -417,16 +416,12 @@ def plan_lines(plan: Plan, device) -> list[str]:
 
 def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
     """Print the plan of a launch of these job configs; nothing is trained or stored."""
-    from harness.config import fail
     from harness.device import pick_device
-    from harness.tracking.mlflow_store import StoreError, look_in
+    from harness.tracking.mlflow_store import look_in
 
     cfg = configs[0]
     device = pick_device(cfg.device)
-    try:
-        client, experiment_id = look_in(cfg.tracking.uri, cfg.tracking.experiment)
-    except StoreError as error:
-        fail(str(error))
+    client, experiment_id = look_in(cfg.tracking.uri, cfg.tracking.experiment)
     for line in plan_lines(make_plan(configs, launcher, client, experiment_id, device), device):
         print(line)
     if len(configs) > 1:  # a study
@@ -449,7 +444,7 @@ def design_lines(configs: list[DictConfig], launcher, client, experiment_id, dev
 
     cfg = configs[0]
     design, min_effect = Design.of(cfg.design), cfg.report.min_effect
-    jobs = [identity.resolve(config) for config in configs]
+    jobs = [identity.resolve(config, edge.decide(config, launcher)) for config in configs]
     family = [claim for claim in claims(_unrun(jobs), min_effect, design=design) if claim.verdict != "not judged"]
     if not family:
         return [f"Design: {design.describe()}; no claim of the table compares these nets."]

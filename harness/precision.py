@@ -224,13 +224,6 @@ def auto_decision(kind: str, threads: int, measure=measure_step_ms, load=sample_
     return decision
 
 
-def resolve_precision(precision: str, device: str, threads: int) -> str:
-    """fp32 or bf16: `precision` with auto resolved for the `device` value and the job's threads."""
-    if precision != "auto":
-        return precision
-    return auto_decision(device_type(device), threads).precision
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.precision", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -19,7 +19,6 @@ from typing import Any
 from harness import identity
 from harness.models import PARAMETER_KEYS, model_name, resolve_shortcut, shortcut_parameters
 from harness.palette import SWEEP_COLOUR, run_colour
-from harness.precision import auto_decision
 from harness.sequential import Design
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +203,7 @@ def job_tags(job: identity.Job, machine: Machine, commit: str) -> dict[str, str]
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
         "precision": job.precision,
-        **(auto_decision(machine.device, machine.threads).tags() if cfg.precision == "auto" else {}),
+        **(job.decided.measured.tags() if job.decided.measured else {}),
         "git_commit": commit,
         "torch_version": machine.torch_version,
         "device": machine.device,

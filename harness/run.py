@@ -17,8 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness import config, identity, plan
-from harness.job import ERROR, INFO, LOG, NOTE, Outcome, run_job
+from harness import config, edge, identity, plan
+from harness.errors import Ended, HarnessError, ends_the_command
+from harness.job import ERROR, INFO, LOG, NOTE, Kind, Outcome, run_job
 from harness.launchers import INTERRUPT_HOOKS, orphaned
 
 config.register()
@@ -48,27 +49,25 @@ def say(outcome: Outcome, in_sweep: bool) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@ends_the_command
 def main(cfg: DictConfig) -> Outcome | None:
     """One job: alone, its outcome ends the command with its exit code; in a sweep, the job's
     outcome is its return value (Hydra's JobReturn) and the sweep goes on, but for Ctrl-C."""
-    try:
-        config.check(cfg)
-    except config.ConfigError as error:
-        config.fail(str(error))
+    config.check(cfg)
     if cfg.plan:  # a sweep's callback plans all its jobs before any starts, and stops the command
         return plan.show([cfg], None)
-    job = identity.resolve(cfg)
+    job = identity.resolve(cfg, edge.decide(cfg))
     in_sweep = in_a_sweep()
     if HydraConfig.initialized() and not in_sweep:  # a sweep's callback says these once for all its jobs
         for note in identity.unused_notes(job, list(HydraConfig.get().overrides.task)):
             print(note)
     outcome = run_job(job)
-    if outcome.kind == "Ctrl-C" and orphaned():  # the sweep that started this job is gone: so is the job
+    if outcome.kind is Kind.CTRL_C and orphaned():  # the sweep that started this job is gone: so is the job
         os._exit(1)
-    if outcome.kind == "bad config":  # in a sweep too: its callback checked every job before any started
-        config.fail(outcome.message, code=outcome.exit_code)
+    if outcome.kind is Kind.BAD_CONFIG:  # in a sweep too: its callback checked every job before any started
+        raise HarnessError(outcome.message, code=outcome.exit_code)
     if in_sweep:
-        if outcome.kind == "Ctrl-C":  # the sweep stops, and says what it stopped
+        if outcome.kind is Kind.CTRL_C:  # the sweep stops, and says what it stopped
             raise KeyboardInterrupt
         say(outcome, in_sweep)
         return replace(outcome, error=None)  # what a launcher sends back to the sweep must pickle
@@ -76,24 +75,32 @@ def main(cfg: DictConfig) -> Outcome | None:
         raise outcome.error
     say(outcome, in_sweep)
     if outcome.exit_code:
-        sys.exit(outcome.exit_code)
+        raise Ended(code=outcome.exit_code)
     return outcome
 
 
 def cli() -> None:
-    """Bad overrides and Ctrl-C end the command with one line each, never a traceback."""
+    """The command's one exit: bad input, a failed sweep and Ctrl-C end it with one paragraph
+    each, never a traceback."""
     try:
         config.check_overrides(sys.argv[1:])
-    except config.ConfigError as error:
-        config.fail(str(error))
-    try:
         main()
+    except HarnessError as error:
+        end(Ended(error))
+    except Ended as ended:
+        end(ended)
     except KeyboardInterrupt:
         for hook in INTERRUPT_HOOKS:
             hook()
         if not INTERRUPT_HOOKS:
             print("stopped (Ctrl-C) before any run was opened", file=sys.stderr)
         sys.exit(130)
+
+
+def end(ended: Ended) -> None:
+    if ended.error is not None:
+        print(f"error: {ended.error}", file=sys.stderr)
+    sys.exit(ended.code)
 
 
 if __name__ == "__main__":

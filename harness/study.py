@@ -56,9 +56,7 @@ def other_precision_notes(client, experiment_id: str, jobs: list[Job]) -> list[s
         if job.cfg.precision != "auto" or find_run(client, experiment_id, job.fingerprint):
             continue
         for other in ("fp32", "bf16"):
-            if other != job.precision and find_run(
-                client, experiment_id, identity.fingerprint(identity.with_precision(job.cfg, other))
-            ):
+            if other != job.precision and find_run(client, experiment_id, identity.fingerprint(job.cfg, other)):
                 others.setdefault((job.precision, other), set()).add(job.name)
     return [
         f"note: precision=auto is {resolved} on this machine; {len(names)} net(s) of this sweep have {other} runs in "

@@ -28,14 +28,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 from tqdm import tqdm
 
-from harness import identity, plan, record, study
-from harness.config import ConfigError, check, fail
-from harness.cores import jobs_at_once, why_fewer, with_threads
+from harness import edge, identity, plan, record, study
+from harness.config import ConfigError, check
+from harness.cores import jobs_at_once, why_fewer
 from harness.device import pick_device
+from harness.errors import Ended, HarnessError
 from harness.launchers import INTERRUPT_HOOKS, SLURM_LAUNCHER, VanishedJobs, mark_sweep_process
 from harness.lease import INTERVAL
 from harness.sequential import Design
-from harness.tracking.mlflow_store import StoreError, connect
+from harness.tracking.mlflow_store import connect
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0  # how often the sweep looks for jobs that ended
@@ -63,16 +64,19 @@ def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
 
 def stop_on_error(hook):
     """Hydra turns an exception in a callback into a warning and goes on; a sweep without its
-    parent run, or one that silently lost its figures, must end with an error instead."""
+    parent run, or one that silently lost its figures, must end the command instead."""
 
     @functools.wraps(hook)
     def checked(self, *args, **kwargs):
         try:
             return hook(self, *args, **kwargs)
+        except HarnessError as error:
+            raise Ended(error) from error
         except Exception as error:
             name = f"{type(self).__name__}.{hook.__name__}"
             log.exception("The sweep's %s failed", name)
-            fail(f"the sweep's {name} failed: {type(error).__name__}: {error} (traceback above)", code=1)
+            failed = HarnessError(f"the sweep's {name} failed: {type(error).__name__}: {error} (traceback above)", 1)
+            raise Ended(failed) from error
 
     return checked
 
@@ -112,7 +116,7 @@ class Study(SweepCallback):
                 cfg = compose(config_name=kwargs.get("config_name") or "config", overrides=overrides)
                 check(cfg)
             except ConfigError as error:
-                fail(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)")
+                raise ConfigError(f"{error} (in the sweep's job {' '.join(overrides)}; no job was started)") from None
             composed.append((tuple(overrides), cfg))
         jobs = resolved(composed, config.hydra.launcher)
         notes = [note for sweep_job in jobs for note in identity.unused_notes(sweep_job.job, sweep_job.overrides)]
@@ -122,15 +126,12 @@ class Study(SweepCallback):
             print(f"note: the sweep's {len(jobs)} jobs train {distinct} distinct nets; each is trained once.")
         if config.plan:
             plan.show([sweep_job.job.cfg for sweep_job in jobs], config.hydra.launcher)
-            raise SystemExit(0)  # no parent run, no job
-        try:
-            client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
-        except StoreError as error:
-            fail(str(error))
+            raise Ended()  # no parent run, no job
+        client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
         for note in study.other_precision_notes(client, experiment_id, [sweep_job.job for sweep_job in jobs]):
             print(note)
         made = planned_to_fit(config, [cfg for _, cfg in composed], client, experiment_id)
-        if made.threads != jobs[0].job.cfg.threads:  # fewer jobs at once than asked: more threads each
+        if made.threads != jobs[0].job.decided.threads:  # fewer jobs at once than asked: more threads each
             jobs = resolved(composed, config.hydra.launcher)
         mark_sweep_process()  # the jobs that a local launcher starts end when this process ends
         INTERRUPT_HOOKS.append(self.on_interrupt)
@@ -141,7 +142,7 @@ class Study(SweepCallback):
         # here for every job (a job in another process would look at a load its siblings make).
         with read_write(config.hydra):
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
-            threads = {sweep_job.job.cfg.threads for sweep_job in jobs}
+            threads = {sweep_job.job.decided.threads for sweep_job in jobs}
             if len(threads) == 1 and not any(cfg.threads for _, cfg in composed):
                 config.hydra.overrides.task.append(f"threads={min(threads)}")
                 if fewer := why_fewer(composed[0][1], min(threads), config.hydra.launcher):
@@ -159,7 +160,7 @@ class Study(SweepCallback):
                         Design.of(config.design),
                     )
                 except ConfigError as error:
-                    fail(f"{error} (no job was started)")
+                    raise ConfigError(f"{error} (no job was started)") from None
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{parent_run_id}'")
         _opened = study.Sweep(client, experiment_id, parent_run_id, jobs, planned=made)
 
@@ -178,7 +179,7 @@ class Study(SweepCallback):
         for line in ending.lines:
             print(line)
         if ending.failure:
-            fail(ending.failure, code=1)
+            raise HarnessError(ending.failure, code=1)
 
     def more_seeds(self, config: DictConfig) -> Callable[[int], tuple[str, float]]:
         """(the command that trains this sweep's nets on seeds 0..n-1, its estimated seconds here)."""
@@ -219,8 +220,8 @@ class Study(SweepCallback):
 
 
 def resolved(composed: list[tuple[tuple[str, ...], DictConfig]], launcher: DictConfig) -> list[study.SweepJob]:
-    """The sweep's jobs, each resolved at the threads it takes under this launcher."""
-    return [study.SweepJob(overrides, identity.resolve(with_threads(cfg, launcher))) for overrides, cfg in composed]
+    """The sweep's jobs, each resolved with what this machine decides for it under this launcher."""
+    return [study.SweepJob(overrides, identity.resolve(cfg, edge.decide(cfg, launcher))) for overrides, cfg in composed]
 
 
 def sweep_plan(config: DictConfig, configs: list[DictConfig], client, experiment_id: str) -> plan.Plan:
@@ -241,7 +242,7 @@ def planned_to_fit(config: DictConfig, configs: list[DictConfig], client, experi
     with the numbers, before its parent run opens or a job starts."""
     made = sweep_plan(config, configs, client, experiment_id)
     if not made.fits:
-        fail(plan.memory_line(made).removeprefix("Memory: "))
+        raise HarnessError(plan.memory_line(made).removeprefix("Memory: "))
     if made.at_once is not None and made.at_once < made.asked:
         print(plan.memory_line(made))
         with read_write(config.hydra.launcher):

@@ -5,21 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from harness import identity, record
+from harness import edge, record
 from harness.config import ConfigError, check_values, compose_config, reference
-from harness.cores import torch_threads
-from harness.identity import effective_config, fingerprint, recipe, resolve, unused_notes
-from harness.precision import resolve_precision
+from harness.identity import effective_config, unused_notes
 
-from helpers.config import check_refused
+from helpers.config import check_refused, resolved
 
 
 def fp(*overrides: str) -> str:
-    return fingerprint(compose_config(*overrides))
+    return resolved(compose_config(*overrides)).fingerprint
 
 
 def rc(*overrides: str) -> str:
-    return recipe(compose_config(*overrides))
+    return resolved(compose_config(*overrides)).recipe
 
 
 SHORTCUTS = ("zero_pad", "projection", "full_projection")
@@ -29,7 +27,7 @@ def test_a_plain_nets_shortcut_does_not_change_what_it_trains():
     assert len({fp("residual=false", f"shortcut={s}") for s in SHORTCUTS}) == 1
     assert fp("residual=false", "shortcut=projection") == fp("residual=false")  # auto
     assert len({fp("residual=true", f"shortcut={s}") for s in SHORTCUTS}) == 3
-    trained, unused = effective_config(compose_config("residual=false", "shortcut=projection"))
+    trained, unused = effective_config(compose_config("residual=false", "shortcut=projection"), "fp32")
     assert trained["shortcut"] == "none" and "shortcut" in unused
 
 
@@ -75,7 +73,9 @@ def test_family_auto_and_its_resolved_family_are_one_net():
 
 @pytest.mark.parametrize("depth", [56, 110, 164])
 def test_p2s_bottleneck_net_is_another_net_than_p1s_of_the_same_depth(depth):
-    basic, bottleneck = (resolve(compose_config(f"depth={depth}", f"family={f}")) for f in ("auto", "cifar_bottleneck"))
+    basic, bottleneck = (
+        resolved(compose_config(f"depth={depth}", f"family={family}")) for family in ("auto", "cifar_bottleneck")
+    )
     assert basic.fingerprint == fp(f"depth={depth}", "family=cifar") != bottleneck.fingerprint
     assert (basic.name, bottleneck.name) == (f"resnet-{depth}", f"resnet-{depth}-bottleneck-B")  # P2: B, as auto says
     assert bottleneck.trained["family"] == "cifar_bottleneck" and bottleneck.shortcut == "projection"
@@ -96,7 +96,9 @@ def test_a_depth_its_family_cannot_have_is_refused_before_training(overrides, me
 
 
 def test_where_and_how_a_run_is_tracked_leaves_the_fingerprint():
-    assert fp() == fp(
+    # At a named precision: what precision=auto is, the edge decides per thread count.
+    assert fp("precision=fp32") == fp(
+        "precision=fp32",
         "tracking.uri=sqlite:////tmp/elsewhere.db",
         "threads=3",
         "device=cpu",
@@ -119,7 +121,7 @@ def test_what_is_trained_changes_the_fingerprint(override):
     ["depth=56", "residual=false", "shortcut=projection", "activation=pre", "seed=2", "family=cifar", "threads=1"],
 )
 def test_the_nets_of_one_study_share_its_recipe(override):
-    assert rc(override) == rc()
+    assert rc(override, "precision=fp32") == rc("precision=fp32")
 
 
 @pytest.mark.parametrize(
@@ -139,15 +141,15 @@ def test_the_warmup_rule_is_part_of_the_recipe_even_for_nets_it_skips():
 
 def test_notes_name_what_the_user_set_and_this_net_does_not_use():
     overrides = ["residual=false", "shortcut=projection"]
-    notes = unused_notes(resolve(compose_config(*overrides)), overrides)
+    notes = unused_notes(resolved(compose_config(*overrides)), overrides)
     assert len(notes) == 1
     assert "note: shortcut has no effect" in notes[0] and "plain net" in notes[0]
     assert (
-        unused_notes(resolve(compose_config("residual=false")), ["residual=false"]) == []
+        unused_notes(resolved(compose_config("residual=false")), ["residual=false"]) == []
     )  # the user said nothing of shortcuts
-    assert unused_notes(resolve(compose_config("residual=true", "shortcut=projection")), ["shortcut=projection"]) == []
+    assert unused_notes(resolved(compose_config("residual=true", "shortcut=projection")), ["shortcut=projection"]) == []
     adam = ["optimizer=adam", "optimizer.momentum=0.5"]
-    (note,) = unused_notes(resolve(compose_config(*adam)), adam)
+    (note,) = unused_notes(resolved(compose_config(*adam)), adam)
     assert "optimizer.momentum" in note and "adam" in note
 
 
@@ -159,7 +161,7 @@ def test_p2s_shortcut_parameters_count_only_where_the_shortcut_uses_them():
     assert fp("residual=false", "shortcut=scaling", "shortcut_lambda=0.9") == fp("residual=false")
     assert fp("shortcut=scaling") != fp("shortcut=frozen_gating") != fp()
     assert rc("shortcut=scaling", "shortcut_lambda=0.9") == rc()  # the nets of one study
-    trained, unused = effective_config(compose_config("shortcut=exclusive_gating"))
+    trained, unused = effective_config(compose_config("shortcut=exclusive_gating"), "fp32")
     assert trained["gate_bias"] == -6.0 and "shortcut_lambda" not in trained and "shortcut_lambda" in unused
 
 
@@ -172,7 +174,7 @@ def test_p2s_shortcut_parameters_count_only_where_the_shortcut_uses_them():
     ],
 )
 def test_a_p2_parameter_the_net_does_not_use_gets_a_note(overrides, key, why):
-    (note,) = unused_notes(resolve(compose_config(*overrides)), overrides)
+    (note,) = unused_notes(resolved(compose_config(*overrides)), overrides)
     assert note.startswith(f"note: {key} has no effect here") and why in note
 
 
@@ -263,8 +265,10 @@ def test_the_configuration_reference_is_the_schemas():
 
 
 def test_precision_is_resolved_and_tells_nets_and_recipes_apart():
-    here = resolve_precision("auto", "auto", torch_threads(compose_config()))
-    assert effective_config(compose_config("precision=auto"))[0]["precision"] == here
+    here = edge.decide(compose_config()).precision
+    assert resolved(compose_config("precision=auto")).trained["precision"] == here
+    with pytest.raises(ValueError, match="precision=auto reached a job's identity undecided"):
+        effective_config(compose_config("precision=auto"))  # a pure function: the edge decides auto
     assert fp("precision=auto") == fp(f"precision={here}") and rc("precision=auto") == rc(f"precision={here}")
     assert fp() == fp("precision=auto")  # the default
     assert fp("precision=bf16") != fp("precision=fp32") and rc("precision=bf16") != rc("precision=fp32")
@@ -273,7 +277,7 @@ def test_precision_is_resolved_and_tells_nets_and_recipes_apart():
 def test_compile_and_deterministic_are_how_a_net_is_run_not_which():
     assert fp("compile=true") == fp() == fp("deterministic=false") == fp("compile=max-autotune")
     params = record.job_params(
-        identity.resolve(compose_config("compile=reduce-overhead", "deterministic=false")), record.Machine()
+        resolved(compose_config("compile=reduce-overhead", "deterministic=false")), record.Machine()
     )
     assert params["compile"] == "reduce-overhead" and params["deterministic"] is False
 

@@ -20,13 +20,14 @@ from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
 import harness.data.sources as sources
-from harness import identity
 from harness.config import check_values, compose_config
 from harness.data import NORMALIZATIONS, DataError
 from harness.data.memory import BatchSampler, augment, load_data
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import train
+
+from helpers.config import resolved
 
 CPU = torch.device("cpu")
 PER_BATCH = 8  # images per CIFAR batch file
@@ -216,7 +217,7 @@ def test_every_batch_the_model_sees_is_resized(cifar10):
         model = build_model(8)
         shapes = set()
         model.register_forward_pre_hook(lambda _, inputs: shapes.add(tuple(inputs[0].shape)))
-        train(identity.resolve(cfg), model, data, MemoryTracker(), CPU)
+        train(resolved(cfg), model, data, MemoryTracker(), CPU)
         # 16-image training batches, the 8-image test split and probe batch, the final 16 training images
         assert shapes == {(16, 3, size, size), (8, 3, size, size)}
 

@@ -5,7 +5,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from harness import record
-from harness.job import ELSEWHERE, NEW, OUTCOMES, RESUME, SKIP, Stored, decide, outcome_of, scheduler_stop
+from harness.job import ELSEWHERE, NEW, RESUME, SKIP, Kind, Outcome, Stored, decide, outcome_of, scheduler_stop
 from harness.launchers import SchedulerStop
 from harness.lease import LeaseLost
 from harness.tracking.mlflow_store import CheckpointError, StoreError
@@ -45,26 +45,26 @@ def test_what_the_store_holds_decides_the_launch(latest, rerun, action, replaces
 @pytest.mark.parametrize(
     "error, kind, status, failure, exit_code",
     [
-        (None, "finished", "FINISHED", None, 0),
-        (KeyboardInterrupt(), "Ctrl-C", "KILLED", None, 130),
-        (SchedulerStop("timed-out"), "scheduler stop", "KILLED", None, 1),
-        (LeaseLost("taken over"), "lease lost", None, None, 1),
-        (DivergedError(7, float("nan")), "diverged", "FAILED", record.DIVERGED, 1),
-        (OSError("disk full"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
-        (StoreError("down"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
-        (CheckpointError("no space"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
-        (StoreOutage("unreachable for 601 s"), "environment failure", "FAILED", record.ENVIRONMENT, 1),
-        (ValueError("a bug"), "bug", "FAILED", record.RUN, 1),
+        (None, Kind.FINISHED, "FINISHED", None, 0),
+        (KeyboardInterrupt(), Kind.CTRL_C, "KILLED", None, 130),
+        (SchedulerStop("timed-out"), Kind.SCHEDULER_STOP, "KILLED", None, 1),
+        (LeaseLost("taken over"), Kind.LEASE_LOST, None, None, 1),
+        (DivergedError(7, float("nan")), Kind.DIVERGED, "FAILED", record.DIVERGED, 1),
+        (OSError("disk full"), Kind.ENVIRONMENT_FAILURE, "FAILED", record.ENVIRONMENT, 1),
+        (StoreError("down"), Kind.ENVIRONMENT_FAILURE, "FAILED", record.ENVIRONMENT, 1),
+        (CheckpointError("no space"), Kind.ENVIRONMENT_FAILURE, "FAILED", record.ENVIRONMENT, 1),
+        (StoreOutage("unreachable for 601 s"), Kind.ENVIRONMENT_FAILURE, "FAILED", record.ENVIRONMENT, 1),
+        (ValueError("a bug"), Kind.BUG, "FAILED", record.RUN, 1),
     ],
 )
 def test_each_way_a_run_ends_has_one_status_failure_and_exit_code(error, kind, status, failure, exit_code):
-    assert outcome_of(error) == kind
-    outcome = OUTCOMES[kind]
+    assert outcome_of(error) is kind
+    outcome = Outcome(kind)
     assert (outcome.status, outcome.failure, outcome.exit_code) == (status, failure, exit_code)
 
 
 def test_every_stop_but_a_finished_run_exits_non_zero():
-    assert [kind for kind, outcome in OUTCOMES.items() if outcome.exit_code == 0] == ["finished", "skipped"]
+    assert [kind for kind in Kind if kind.exit_code == 0] == [Kind.FINISHED, Kind.SKIPPED]
 
 
 def test_slurms_stop_inside_a_store_call_is_a_scheduler_stop():
@@ -76,6 +76,6 @@ def test_slurms_stop_inside_a_store_call_is_a_scheduler_stop():
         except Exception as stop:
             raise MlflowException(f"API request to /api/2.0/mlflow/runs/log-batch failed with exception {stop}")
     except MlflowException as wrapped:
-        assert outcome_of(wrapped) == "scheduler stop"
+        assert outcome_of(wrapped) is Kind.SCHEDULER_STOP
         assert isinstance(scheduler_stop(wrapped), SchedulerStop)
-    assert outcome_of(MlflowException("the server is down")) == "environment failure"
+    assert outcome_of(MlflowException("the server is down")) is Kind.ENVIRONMENT_FAILURE

@@ -121,3 +121,35 @@ def test_the_import_orders_leaves_are_imported_as_the_page_says():
         else:
             bad.append(f"{', '.join(imported)} <- {', '.join(importers)}: one module on either side, to be checked")
     assert len(clauses) >= 3 and not bad, "docs/layout.md, Import order:\n" + "\n".join(bad)
+
+
+# Where the process may end: a command's own exit (`python -m harness.run`'s cli, its one `end`,
+# the `__main__` guard of the others), and a job whose sweep is gone: its watchdog interrupts the
+# main thread and ends the process only if that did not stop it; harness.run's task ends it at once.
+EXITS = {("harness.run", "cli"), ("harness.run", "end"), ("harness.run", "main"), ("harness.launchers", "_watch")}
+
+
+def exits(tree: ast.AST, function: str | None = None, guarded: bool = False):
+    """(the function, whether under `if __name__ == ...`) of each sys.exit, os._exit and raise SystemExit."""
+    for node in ast.iter_child_nodes(tree):
+        inner, guard = function, guarded
+        if isinstance(node, ast.FunctionDef):
+            inner = node.name
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+            guard = True
+        call = isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.exit", "os._exit", "exit", "quit")
+        if call or isinstance(node, ast.Raise) and node.exc is not None and "SystemExit" in ast.unparse(node.exc):
+            yield inner, guard
+        yield from exits(node, inner, guard)
+
+
+def test_only_a_commands_main_ends_the_process():
+    """Anything else raises a HarnessError (its one paragraph and exit code), which the command's
+    main alone says and exits on (issue 46)."""
+    found = {
+        (module_name(path), function)
+        for path in PACKAGE.rglob("*.py")
+        for function, guarded in exits(ast.parse(path.read_text()))
+        if not guarded
+    }
+    assert found == EXITS

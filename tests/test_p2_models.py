@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from harness import identity
 from harness.config import check_values, compose_config
 from harness.data.memory import load_data
 from harness.models import (
@@ -30,6 +29,7 @@ from harness.tracking import MemoryTracker
 from harness.train import DivergedError, train
 
 from helpers import REPO
+from helpers.config import resolved
 from helpers.nets import assert_same_logits, count_params, randomise_batchnorm
 
 CPU = torch.device("cpu")
@@ -504,7 +504,7 @@ class DiesAtStep2(MemoryTracker):
 def trains_and_resumes(data, *overrides: str) -> MemoryTracker:
     """Two steps of the net at batch 2, and the same run killed after step 1's checkpoint and
     resumed: the curves must be equal (NaN as NaN). The uninterrupted run's tracker."""
-    job = identity.resolve(compose_config(*TWO_STEPS, *overrides))
+    job = resolved(compose_config(*TWO_STEPS, *overrides))
     whole = MemoryTracker()
     torch.manual_seed(0)
     train(job, build_for(job, 1, 10), data, whole, CPU)
@@ -542,7 +542,7 @@ def test_resnet_1001_with_bn_after_the_addition_diverges_in_its_second_step(data
     """Unit (b), which P2 ran at 110 and 164 layers only: through 333 BNs after additions its
     gradient at initialisation is about 1e12 (1e4 with unit (e)), so its first step, even at P2's
     warm-up lr, leaves weights that give NaN, and the harness stops the run as diverged."""
-    job = identity.resolve(compose_config(*TWO_STEPS, "depth=1001", "activation=bn_after_add", "optimizer.lr=0.01"))
+    job = resolved(compose_config(*TWO_STEPS, "depth=1001", "activation=bn_after_add", "optimizer.lr=0.01"))
     torch.manual_seed(0)
     with pytest.raises(DivergedError, match="diverged at iteration 2"):
         train(job, build_for(job, 1, 10), data, MemoryTracker(), CPU)
@@ -554,9 +554,9 @@ def test_a_join_of_your_own_is_checked_named_fingerprinted_and_trained_by_the_ha
     trains and resumes bit for bit (its alpha is in the checkpoint)."""
     cfg = compose_config(*TWO_STEPS, "depth=11", f"shortcut={OWN_SHORTCUT}")
     check_values(cfg)
-    job = identity.resolve(cfg)
+    job = resolved(cfg)
     assert job.trained["shortcut"] == OWN_SHORTCUT and job.name == "resnet-11-bottleneck-rezero"
     assert set(job.unused) >= set(PARAMETER_KEYS)  # it reads none of P2's parameters
-    assert job.fingerprint != identity.resolve(compose_config(*TWO_STEPS, "depth=11", "shortcut=zero_pad")).fingerprint
+    assert job.fingerprint != resolved(compose_config(*TWO_STEPS, "depth=11", "shortcut=zero_pad")).fingerprint
     whole = trains_and_resumes(data, "depth=11", f"shortcut={OWN_SHORTCUT}")
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in whole.history["train_loss"])

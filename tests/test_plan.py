@@ -15,13 +15,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness import identity, memory, plan, record, sweep
+from harness import memory, plan, record, sweep
 from harness.config import compose_config
 from harness.device import device_name
+from harness.errors import HarnessError
 from harness.stats import make_claim
 from harness.tracking.mlflow_store import MlflowRun, connect
 
 from helpers.commands import harness_command
+from helpers.config import resolved
 from helpers.stores import empty_store
 
 # Long enough to be calibrated (plan.CALIBRATED_FROM): a plan trains none of it.
@@ -41,7 +43,7 @@ def finished_run(client, experiment_id: str, *overrides: str, seconds_per_iterat
     machine, unless another's name is given)."""
     cfg = compose_config(*overrides)
     machine = record.Machine(threads=2, device_name=machine_name or device_name(torch.device("cpu")))
-    job = identity.resolve(cfg)
+    job = resolved(cfg)
     run = MlflowRun.start(client, experiment_id, job.name, record.job_tags(job, machine, "unknown"), None)
     run.log_params(record.job_params(job, machine))
     run.log_metrics({record.SECONDS_PER_ITERATION: seconds_per_iteration}, cfg.schedule.iterations)
@@ -477,11 +479,11 @@ def test_a_sweep_whose_jobs_do_not_fit_together_runs_them_one_at_a_time(monkeypa
 def test_a_sweep_whose_largest_job_does_not_fit_alone_is_refused_with_the_numbers(monkeypatch, capsys):
     fake_machine(monkeypatch, 6 * GIB, {8: 3 * GIB, 14: 8 * GIB})
     configs, config = joblib_sweep(2)
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(HarnessError) as refused:
         sweep.planned_to_fit(config, configs, None, None)
-    assert stopped.value.code == 2 and config.hydra.launcher.n_jobs == 2
-    assert capsys.readouterr().err == (
-        "error: one job of resnet-14 seed 0 needs 8.0 GiB at its peak, more than the 6.0 GiB available here now "
+    assert refused.value.code == 2 and config.hydra.launcher.n_jobs == 2
+    assert str(refused.value) == (
+        "one job of resnet-14 seed 0 needs 8.0 GiB at its peak, more than the 6.0 GiB available here now "
         "(MemAvailable, or the device's free memory): the launch refuses to start. Free memory, or train a shallower "
-        "net or a smaller batch (schedule.batch_size) on this machine.\n"
+        "net or a smaller batch (schedule.batch_size) on this machine."
     )

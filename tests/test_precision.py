@@ -8,11 +8,13 @@ import pytest
 import torch
 
 import harness.device
-from harness import identity, precision, record
+from harness import edge, precision, record
 from harness.config import compose_config
 from harness.cores import torch_threads
 from harness.device import device_name
-from harness.precision import BF16_MIN_SPEEDUP, auto_decision, resolve_precision
+from harness.precision import BF16_MIN_SPEEDUP, auto_decision
+
+from helpers.config import resolved
 
 
 @pytest.fixture
@@ -95,23 +97,24 @@ def test_the_real_measurement_times_both_precisions():
     assert decision.precision == ("bf16" if decision.fp32_ms / decision.bf16_ms >= BF16_MIN_SPEEDUP else "fp32")
 
 
-def test_resolve_precision_leaves_an_explicit_choice_alone(own_cache):
-    def never(kind):
-        raise AssertionError("an explicit precision is not measured")
-
-    assert resolve_precision("fp32", "cpu", 2) == "fp32" and resolve_precision("bf16", "cpu", 2) == "bf16"
-    assert auto_decision("cpu", 2, measuring(130.0, 150.0, [])).precision == resolve_precision("auto", "cpu", 2)
+def test_the_edge_leaves_a_named_precision_alone_and_reads_autos_decision(own_cache):
+    auto_decision("cpu", 2, measuring(130.0, 150.0, []))  # kept: fp32, 0.87x
+    for named in ("fp32", "bf16"):
+        decided = edge.decide(compose_config("device=cpu", "threads=2", f"precision={named}"))
+        assert (decided.threads, decided.precision, decided.measured) == (2, named, None)
+    decided = edge.decide(compose_config("device=cpu", "threads=2"))
+    assert (decided.threads, decided.precision, decided.measured.fp32_ms) == (2, "fp32", 130.0)
 
 
 def test_a_run_records_the_decision_and_its_timings(own_cache):
     auto_decision("cpu", 2, measuring(130.0, 150.0, []))
     auto_decision.cache_clear()  # the run's process reads the kept decision
     machine = record.Machine(threads=2)
-    tags = record.job_tags(identity.resolve(compose_config("device=cpu", "threads=2")), machine, "unknown")
+    tags = record.job_tags(resolved(compose_config("device=cpu", "threads=2")), machine, "unknown")
     assert tags["precision"] == "fp32"
     assert tags["precision_fp32_ms"] == "130.0" and tags["precision_bf16_ms"] == "150.0"
     assert "bf16 0.87x fp32 here" in tags["precision_auto"]
-    forced = record.job_tags(identity.resolve(compose_config("device=cpu", "precision=bf16")), machine, "unknown")
+    forced = record.job_tags(resolved(compose_config("device=cpu", "precision=bf16")), machine, "unknown")
     assert forced["precision"] == "bf16" and "precision_auto" not in forced
 
 

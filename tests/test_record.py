@@ -15,11 +15,11 @@ from mlflow.utils import mlflow_tags
 from harness import identity, precision, record, study
 from harness.config import compose_config
 from harness.device import device_name
-from harness.job import run_job
-from harness.precision import resolve_precision
+from harness.job import Kind, run_job
 from harness.tracking.runs import load_curves, load_runs
 
 from helpers.commands import harness_command
+from helpers.config import resolved
 from helpers.sweeps import EXPECTED_STEPS, TINY
 
 LEGACY_STORE = Path(__file__).parent / "data" / "store-3f14647.db.gz"
@@ -61,7 +61,8 @@ def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path,
         f"dataset.root={data_root}",
         "tracking.log_model=false",
     )
-    assert run_job(identity.resolve(cfg)).kind == "finished"
+    job = resolved(cfg)
+    assert run_job(job).kind is Kind.FINISHED
     client = MlflowClient(store)
     experiment_id = client.get_experiment_by_name("degradation").experiment_id
     (row,) = load_runs(client, [experiment_id]).to_dict("records")
@@ -78,11 +79,12 @@ def test_a_tiny_run_reads_back_through_the_reader_as_it_was_configured(tmp_path,
         "validation",
         "FINISHED",
     )
-    assert row["recipe"] == identity.recipe(cfg)
+    assert row["recipe"] == job.recipe
     run = client.get_run(row["run_id"])
-    assert run.data.tags[record.FINGERPRINT] == identity.fingerprint(cfg)
-    assert run.data.tags[record.ROLE] == record.JOB and run.info.run_name == identity.resolve(cfg).name
-    precision = resolve_precision("auto", "cpu", int(run.data.tags["threads"]))  # what precision=auto is here
+    assert run.data.tags[record.FINGERPRINT] == job.fingerprint
+    assert run.data.tags[record.ROLE] == record.JOB and run.info.run_name == job.name
+    assert int(run.data.tags["threads"]) == job.decided.threads
+    precision = job.decided.precision  # what precision=auto is here, at the run's threads
     assert run.data.tags["precision"] == run.data.params["precision"] == row["precision"] == precision
     assert set(run.data.metrics) == set(EXPECTED_STEPS)  # every metric the loop and the probes write
     assert 100 * run.data.metrics[record.FINAL_TRAIN_ERROR] == pytest.approx(row["final_train_error"])
@@ -116,9 +118,10 @@ def test_runs_of_an_earlier_version_parse_and_keep_their_identity(tmp_path):
     assert sorted(runs.index) == ["plain-20", "resnet-20"] and set(runs["status"]) == {"FINISHED"}
     for residual in (True, False):
         cfg = compose_config(f"residual={residual}", *LEGACY_SWEEP[1:], "precision=fp32")
-        stored = client.get_run(runs.loc[identity.resolve(cfg).name, "run_id"]).data.tags
-        assert stored[record.FINGERPRINT] == identity.fingerprint(cfg)
-        assert stored[record.RECIPE] == identity.recipe(cfg) == runs.loc[identity.resolve(cfg).name, "recipe"]
+        job = resolved(cfg)
+        stored = client.get_run(runs.loc[job.name, "run_id"]).data.tags
+        assert stored[record.FINGERPRINT] == job.fingerprint
+        assert stored[record.RECIPE] == job.recipe == runs.loc[job.name, "recipe"]
     (parent,) = client.search_runs([client.get_experiment_by_name("degradation").experiment_id], record.SWEEPS_FILTER)
     fingerprints = [
         identity.fingerprint(compose_config(f"residual={r}", *LEGACY_SWEEP[1:], "precision=fp32"))
@@ -185,7 +188,7 @@ def test_a_store_of_an_earlier_version_is_matched_on_relaunch(tmp_path, data_roo
     assert len(client.search_runs([experiment_id], record.JOBS_FILTER)) == 2
     bf16_machine()
     nets = [compose_config(*LEGACY_SWEEP[1:], f"residual={residual}") for residual in (True, False)]
-    (note,) = study.other_precision_notes(client, experiment_id, [identity.resolve(cfg) for cfg in nets])
+    (note,) = study.other_precision_notes(client, experiment_id, [resolved(cfg) for cfg in nets])
     assert note.startswith("note: precision=auto is bf16 on this machine; 2 net(s) of this sweep have fp32 runs")
 
 

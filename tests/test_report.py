@@ -17,13 +17,13 @@ from matplotlib.container import ErrorbarContainer
 
 from harness import figures, plot
 from harness.config import compose_config
-from harness.identity import recipe
 from harness.report import budget_table, report_runs, report_sweep, signal_verdicts
 from harness.sequential import Design
 from harness.stats import t_interval
 from harness.tracking.runs import load_analysis, load_curves, load_runs, write_members
 
 from helpers import REPO
+from helpers.config import resolved
 from helpers.known_runs import experiment_store, log_run, probe_rows, sweep_run, table_row
 
 # Final training error and test error (%) for seeds 0, 1, 2: plain nets degrade clearly.
@@ -88,7 +88,7 @@ def test_runs_are_read_back_with_their_errors_in_percent(tmp_path):
     assert plain["eval_error"] == pytest.approx(23.25)
     assert plain["eval_split"] == "test" and plain["status"] == "FINISHED"
     assert (plain["iterations"], plain["batch_size"], plain["family"]) == (400, 64, "cifar")
-    assert plain["recipe"] == recipe(compose_config("schedule.iterations=400"))
+    assert plain["recipe"] == resolved(compose_config("schedule.iterations=400")).recipe
     assert plain["response_std_mean"] == pytest.approx(
         probe_rows(False, 2, 400, 0.5).query("kind == 'response'")["value"].mean()
     )
@@ -114,7 +114,7 @@ def test_two_recipes_get_two_sections_and_are_never_pooled(tmp_path):
             for seed in (0, 1):
                 log_run(client, experiment_id, depth, residual, seed, train[seed], test[seed], iterations=iterations)
     runs = load_runs(client, [experiment_id])
-    assert set(runs["recipe"]) == {recipe(compose_config(f"schedule.iterations={n}")) for n in (1000, 5000)}
+    assert set(runs["recipe"]) == {resolved(compose_config(f"schedule.iterations={n}")).recipe for n in (1000, 5000)}
     written = report_runs(client, runs, tmp_path / "out", "two budgets")
     report = (tmp_path / "out" / "report.md").read_text()
     found = sections(report)

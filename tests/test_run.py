@@ -12,16 +12,18 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from harness import identity, record
+from harness import record
 from harness.config import ConfigError, check_values, compose_config
 from harness.data.memory import load_data
 from harness.device import deterministic_kernels, device_name
+from harness.errors import Ended
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import get_lr, train
 
 from helpers import REPO
 from helpers.commands import harness_command, wait_for
+from helpers.config import resolved
 from helpers.stores import empty_store
 from helpers.sweeps import TINY, job_runs
 
@@ -196,7 +198,7 @@ def tiny_training(data, seed: int, iterations: int = 6) -> MemoryTracker:
     torch.manual_seed(seed)
     model = build_model(20, in_channels=1).to(memory_format=torch.channels_last)
     tracker = MemoryTracker()
-    train(identity.resolve(cfg), model, data, tracker, torch.device("cpu"))
+    train(resolved(cfg), model, data, tracker, torch.device("cpu"))
     return tracker
 
 
@@ -219,11 +221,11 @@ def test_warmup_holds_the_low_rate_until_training_error_falls_below_the_threshol
         "schedule.lr_drops=[]",
     )
     tracker = MemoryTracker()
-    train(identity.resolve(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
+    train(resolved(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
     assert [lr for _, lr in tracker.history["lr"]] == [0.01] * 4  # an error < 0 never comes
     cfg.schedule.warmup_until_error = 1.01
     tracker = MemoryTracker()
-    train(identity.resolve(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
+    train(resolved(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
     assert [lr for _, lr in tracker.history["lr"]] == [0.01, 0.1, 0.1, 0.1]
 
 
@@ -257,7 +259,7 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
     )  # fmt: skip
     whole = MemoryTracker()
     torch.manual_seed(0)
-    train(identity.resolve(cfg), build_model(8, in_channels=1).to(device), data, whole, device)
+    train(resolved(cfg), build_model(8, in_channels=1).to(device), data, whole, device)
 
     class Killed(Exception):
         pass
@@ -271,10 +273,10 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
     stopped = DiesAtStep15()
     torch.manual_seed(0)
     with pytest.raises(Killed):
-        train(identity.resolve(cfg), build_model(8, in_channels=1).to(device), data, stopped, device)
+        train(resolved(cfg), build_model(8, in_channels=1).to(device), data, stopped, device)
     stopped.__class__ = MemoryTracker  # the relaunched process no longer dies
     torch.manual_seed(123)  # a resumed run must not depend on the fresh model's initialisation
-    train(identity.resolve(cfg), build_model(8, in_channels=1).to(device), data, stopped, device)
+    train(resolved(cfg), build_model(8, in_channels=1).to(device), data, stopped, device)
     assert stopped.curves() == whole.curves()
 
 
@@ -362,6 +364,6 @@ def test_an_error_in_the_sweep_callback_stops_the_command():
     its parent run, or end without its figures, and exit 0."""
     from harness.sweep import Study
 
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(Ended) as stopped:
         Study().on_multirun_end(config=OmegaConf.create({"tracking": {"figures": True}}))
     assert stopped.value.code == 1

@@ -237,7 +237,7 @@ def test_a_failure_behind_writes_the_store_refuses_is_recorded_with_its_kind(tmp
     from mlflow.exceptions import MlflowException
 
     from harness import record
-    from harness.job import OUTCOMES, record_failure
+    from harness.job import Kind, record_failure
     from harness.tracking import mlflow_store
 
     monkeypatch.setattr(mlflow_store, "STOPPED_WAIT", 0.5)
@@ -251,7 +251,7 @@ def test_a_failure_behind_writes_the_store_refuses_is_recorded_with_its_kind(tmp
     monkeypatch.setattr(client, "log_batch", refused)
     run.log_metrics({record.TRAIN_ERROR: 0.5}, step=20)
     run.flush()
-    record_failure(run, OSError(28, "No space left on device"), OUTCOMES["environment failure"])
+    record_failure(run, OSError(28, "No space left on device"), Kind.ENVIRONMENT_FAILURE)
 
     stored = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run.run_id)
     assert stored.info.status == "FAILED"

@@ -5,11 +5,12 @@ import json
 
 import pytest
 
-from harness import identity, record, study
+from harness import record, study
 from harness.config import ConfigError, compose_config
 from harness.sequential import Design
 from harness.tracking.mlflow_store import MlflowRun, connect
 
+from helpers.config import resolved
 from helpers.stores import empty_store
 
 OVERRIDES = [
@@ -24,7 +25,7 @@ def opened(tmp_path):
     """A sweep of three jobs (two of them one net) whose parent run is open and whose first net
     trained; the plain net never opened a run."""
     client, experiment_id = connect(empty_store(tmp_path / "mlflow.db"), "degradation")
-    jobs = [study.SweepJob(overrides, identity.resolve(compose_config(*overrides))) for overrides in OVERRIDES]
+    jobs = [study.SweepJob(overrides, resolved(compose_config(*overrides))) for overrides in OVERRIDES]
     parent = study.open_parent_run(client, experiment_id, jobs, str(tmp_path), "depth=8 residual=true,false", False)
     job = jobs[0].job
     run = MlflowRun.start(client, experiment_id, job.name, record.job_tags(job, record.Machine(), "unknown"), parent)

@@ -5,12 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import identity
 from harness.config import compose_config
 from harness.data.memory import load_data
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
 from harness.train import get_lr, train, warmup_end
+
+from helpers.config import resolved
 
 CPU = torch.device("cpu")
 
@@ -27,7 +28,7 @@ def run(data, *overrides: str, depth: int = 8):
     torch.manual_seed(0)
     model = build_model(depth, in_channels=1)
     tracker = MemoryTracker()
-    result = train(identity.resolve(cfg), model, data, tracker, CPU)
+    result = train(resolved(cfg), model, data, tracker, CPU)
     return cfg, model, tracker, result
 
 
@@ -139,7 +140,7 @@ def test_precision_is_the_arithmetic_of_the_convolutions_and_the_weights_stay_fp
     model = build_model(8, in_channels=1)
     outputs = set()
     model.stem[0].register_forward_hook(lambda module, inputs, output: outputs.add(output.dtype))
-    result = train(identity.resolve(cfg), model, data, MemoryTracker(), torch.device("cpu"))
+    result = train(resolved(cfg), model, data, MemoryTracker(), torch.device("cpu"))
     assert outputs == {dtype}  # in training and in the evaluations
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert {b.dtype for name, b in model.named_buffers() if "running" in name} == {torch.float32}

@@ -10,8 +10,10 @@ gets the same treatment (our documented analogue). The starting project fed Fash
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import HarnessError
 
-class DataError(RuntimeError):
+
+class DataError(HarnessError):
     """A data set that is missing, truncated or not in its documented format."""
 
 

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness import record
+from harness.errors import HarnessError
 from harness.lease import LeaseLost
 from harness.tracking.ui import experiment_tags, mark_experiment
 from harness.tracking.writer import BATCH_POINTS, StoreWriter, Write
@@ -63,7 +64,7 @@ if not any(isinstance(f, RaisedStoreErrorLog) for f in STORE_ERROR_LOGGER.filter
     STORE_ERROR_LOGGER.addFilter(RaisedStoreErrorLog())
 
 
-class StoreError(RuntimeError):
+class StoreError(HarnessError):
     """The tracking store cannot be reached or used."""
 
 

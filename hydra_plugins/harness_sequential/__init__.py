@@ -21,6 +21,7 @@ class SequentialSweeper(BasicSweeper):
     """The basic sweeper's grid of nets, its seeds grown by the study's design, one batch a look."""
 
     def sweep(self, arguments: list[str]) -> list:
+        from harness.errors import ends_the_command
         from harness.grow import grow  # torch and MLflow, only where a study grows
 
-        return grow(self, arguments)
+        return ends_the_command(grow)(self, arguments)

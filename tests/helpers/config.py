@@ -1,8 +1,11 @@
-"""Checking a command line's overrides as `harness.run` does before Hydra composes anything."""
+"""Configs as `harness.run` takes them: its check of the overrides before Hydra composes anything, and a
+composed config resolved into its job."""
 
 import pytest
 
+from harness import edge, identity
 from harness.config import ConfigError, check_overrides
+from harness.identity import Job
 
 
 def check_refused(args: list[str], message: str | None) -> None:
@@ -13,3 +16,9 @@ def check_refused(args: list[str], message: str | None) -> None:
     with pytest.raises(ConfigError) as refused:
         check_overrides(args)
     assert message in str(refused.value)
+
+
+def resolved(cfg) -> Job:
+    """The job of a config as `harness.run` resolves it here: its threads and precision decided by
+    this machine (harness.edge)."""
+    return identity.resolve(cfg, edge.decide(cfg))

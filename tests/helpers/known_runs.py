@@ -6,10 +6,11 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness import identity, record
+from harness import record
 from harness.config import compose_config
 from harness.tracking.mlflow_store import MlflowRun
 
+from helpers.config import resolved
 from helpers.stores import empty_store
 
 LAYERS = ["stem.conv", "s1.b01.conv1", "s2.b01.conv1", "s3.b01.conv1", "fc"]
@@ -65,7 +66,7 @@ def log_run(
     ] + (["dataset.validation_size=5000"] if split == "validation" else [])
     cfg = compose_config(*overrides)
     machine = record.Machine()
-    job = identity.resolve(cfg)
+    job = resolved(cfg)
     run = MlflowRun.start(client, experiment_id, job.name, record.job_tags(job, machine, "unknown"), parent)
     run.log_params(record.job_params(job, machine))
     steps = [iterations // 4 * k for k in (1, 2, 3, 4)]
