@@ -17,16 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness import config, edge, identity, plan
+from harness import config
 from harness.errors import Ended, HarnessError, ends_the_command
-from harness.job import ERROR, INFO, LOG, NOTE, Kind, Outcome, run_job
-from harness.launchers import INTERRUPT_HOOKS, orphaned
 
 config.register()
-# What is loaded by now (torch, MLflow, Hydra: about a million objects) lives as long as the
-# process: the collector need never scan it again. Unfrozen, its full collections cost a
-# default run about 2 s, 1.5 s of them at exit (docs/performance.md, "Where a run's time goes").
-gc.freeze()
 log = logging.getLogger("harness.job")  # a job's lines, under one name wherever they are said
 
 
@@ -34,8 +28,10 @@ def in_a_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def say(outcome: Outcome, in_sweep: bool) -> None:
+def say(outcome, in_sweep: bool) -> None:
     """A job's last word. In a sweep an error is a logged line: the sweep's summary names the job."""
+    from harness.job import ERROR, INFO, LOG, NOTE
+
     if outcome.said_as == INFO:
         log.info("%s", outcome.message)
     elif outcome.said_as == NOTE:
@@ -50,10 +46,20 @@ def say(outcome: Outcome, in_sweep: bool) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @ends_the_command
-def main(cfg: DictConfig) -> Outcome | None:
-    """One job: alone, its outcome ends the command with its exit code; in a sweep, the job's
-    outcome is its return value (Hydra's JobReturn) and the sweep goes on, but for Ctrl-C."""
+def main(cfg: DictConfig):
+    """One job: alone, its outcome (harness.job.Outcome) ends the command with its exit code; in a
+    sweep, the job's outcome is its return value (Hydra's JobReturn) and the sweep goes on, but for
+    Ctrl-C."""
     config.check(cfg)
+    # torch, MLflow and the run's modules (3 s) load once the config is checked: bad input is said
+    # before. What is loaded by then (about a million objects) lives as long as the process: the
+    # collector need never scan it again. Unfrozen, its full collections cost a default run about
+    # 2 s, 1.5 s of them at exit (docs/performance.md, "Where a run's time goes").
+    from harness import edge, identity, plan
+    from harness.job import Kind, run_job
+    from harness.launchers import orphaned
+
+    gc.freeze()
     if cfg.plan:  # a sweep's callback plans all its jobs before any starts, and stops the command
         return plan.show([cfg], None)
     job = identity.resolve(cfg, edge.decide(cfg))
@@ -90,9 +96,10 @@ def cli() -> None:
     except Ended as ended:
         end(ended)
     except KeyboardInterrupt:
-        for hook in INTERRUPT_HOOKS:
+        hooks = getattr(sys.modules.get("harness.launchers"), "INTERRUPT_HOOKS", [])  # none before it loaded
+        for hook in hooks:
             hook()
-        if not INTERRUPT_HOOKS:
+        if not hooks:
             print("stopped (Ctrl-C) before any run was opened", file=sys.stderr)
         sys.exit(130)
 

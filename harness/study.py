@@ -270,9 +270,9 @@ def conclude(
     names = ", ".join(
         f"{row.name} (run {row.run_id}, {row.overrides}): {stopped_as(client, row)}" for row in failed.itertuples()
     )
-    return Ending(
-        lines, f"{len(failed)} run(s) did not finish: {names}; their errors are in the MLflow tag harness.error."
-    )
+    where = [f"the MLflow tag {record.ERROR}" if (failed["run_id"] != "none").any() else None]
+    where += [f"the job's log under {folder.resolve()}" if (failed["run_id"] == "none").any() else None]
+    return Ending(lines, f"{len(failed)} run(s) did not finish: {names}; why: {' and '.join(filter(None, where))}.")
 
 
 def interrupted(sweep: Sweep, grace_seconds: float = 15.0) -> list[str]:

@@ -390,7 +390,7 @@ def test_a_job_killed_outright_is_noticed_and_resumes_when_launched_again(
     assert f"the SLURM job {job} vanished: squeue no longer lists it" in out, out[-3000:]
     assert "Sweep done: 2 runs: 2 trained, 0 reused from earlier sweeps, 1 not finished" in out
     assert f"1 run(s) did not finish: resnet-8 (run {victim.info.run_id}, " in err
-    assert "): FAILED (environment); their errors are in" in err
+    assert "): FAILED (environment); why: the MLflow tag harness.error" in err
     runs = {r.data.tags["residual"]: r for r in client.search_runs([victim.info.experiment_id], record.JOBS_FILTER)}
     assert runs["False"].info.status == "FINISHED"
     vanished = runs["True"]
