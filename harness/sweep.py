@@ -13,7 +13,6 @@ reverse order, so `Study` sums up after the others have stopped.
 """
 
 import functools
-import itertools
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
@@ -48,18 +48,13 @@ def opened() -> study.Sweep | None:
 
 
 def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
-    """The override list of every job of the sweep, expanded as Hydra's basic sweeper does: the
-    sweeper's params, then the command line's overrides (a key given in both: the command line's
-    values, at the params' place), every combination of the swept values."""
+    """The override list of every job of the sweep, as the sweeper expands them (the basic
+    sweeper's expansion, which the sequential one shares): its params, then the command line's."""
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
-    choices: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(params + list(cfg.hydra.overrides.task)):
-        key = override.get_key_element()
-        values = (
-            override.sweep_string_iterator() if override.is_sweep_override() else [override.get_value_element_as_str()]
-        )
-        choices[key] = [f"{key}={value}" for value in values]
-    return [list(job) for job in itertools.product(*choices.values())]
+    (jobs,) = BasicSweeper.split_arguments(
+        OverridesParser.create().parse_overrides(params + list(cfg.hydra.overrides.task)), None
+    )
+    return jobs
 
 
 def stop_on_error(hook):
