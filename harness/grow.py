@@ -24,7 +24,7 @@ from harness.config import ConfigError
 from harness.cores import jobs_at_once
 from harness.device import pick_device
 from harness.sequential import Design
-from harness.sweep import opened
+from harness.sweep import study_of
 from harness.tracking.runs import write_members
 
 
@@ -48,7 +48,7 @@ def resolved(overrides: list[str], launcher) -> identity.Job:
 
 def grow(sweeper, arguments: list[str]) -> list:
     """The sequential sweeper's sweep: the looks, each a batch for Hydra's launcher."""
-    sweep = opened()
+    sweep = study_of(sweeper.hydra_context.callbacks).sweep
     config, launcher = sweeper.config, sweeper.launcher
     design = Design.of(config.design)
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)

@@ -1,15 +1,14 @@
-"""The Hydra callbacks around a sweep (`-m`), each one concern, listed in conf/config.yaml:
+"""The Hydra callback around a sweep (`-m`), listed in conf/config.yaml: `Study` checks every
+job's config before the first one trains, decides what this machine gives each job (harness.edge),
+plans the sweep (harness.plan: its jobs' time and memory, and as many at once as fit in memory),
+opens the sweep's parent run and hands its id to every job, whichever launcher runs it and
+wherever; at the end it records the study's members, reports on them and says which
+configurations failed (harness.study). It owns the sweep it opened (`Study.sweep`) and the parts
+that watch it while it runs, each one concern:
 
-- `Study` checks every job's config before the first one trains, plans the sweep (harness.plan:
-  its jobs' time and memory, and as many at once as fit in memory), opens the sweep's parent run
-  and hands its id to every job, whichever launcher runs it and wherever; at the end it records
-  the study's members, reports on them and says which configurations failed (harness.study).
 - `Progress` prints the sweep's estimate as it starts and a line as each job ends (harness.plan).
 - `VanishedSlurmJobs`, on SLURM, ends the jobs that vanished without a result, which the launcher
   would wait for forever (harness.launchers).
-
-The callbacks after `Study` work on the sweep that it opened (`opened`); Hydra ends callbacks in
-reverse order, so `Study` sums up after the others have stopped.
 """
 
 import functools
@@ -40,11 +39,6 @@ from harness.tracking.mlflow_store import connect
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0  # how often the sweep looks for jobs that ended
-_opened: study.Sweep | None = None  # the sweep this process runs, once `Study` has opened it
-
-
-def opened() -> study.Sweep | None:
-    return _opened
 
 
 def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
@@ -101,10 +95,11 @@ class SweepCallback(Callback):
 
 
 class Study(SweepCallback):
+    sweep: study.Sweep | None = None  # the sweep this process runs, once opened
+    parts: tuple = ()  # what watches it while it runs
+
     @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        global _opened
-        _opened = None
         composed = []
         for overrides in sweep_overrides(config):
             try:
@@ -157,11 +152,14 @@ class Study(SweepCallback):
                 except ConfigError as error:
                     raise ConfigError(f"{error} (no job was started)") from None
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{parent_run_id}'")
-        _opened = study.Sweep(client, experiment_id, parent_run_id, jobs, planned=made)
+        self.sweep = study.Sweep(client, experiment_id, parent_run_id, jobs, planned=made)
+        self.parts = (Progress(self.sweep), VanishedSlurmJobs(config, self.sweep))
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep = _opened
+        for part in reversed(self.parts):
+            part.stop()
+        sweep = self.sweep
         estimate = sweep.estimate
         wall_time = f"Wall time: {plan.clock(plan.seconds_since_start())} from the command's start" + (
             f" (estimated at its start: {plan.clock(estimate)})." if estimate is not None else "."
@@ -183,12 +181,14 @@ class Study(SweepCallback):
 
         def command(seeds: int) -> tuple[str, float]:
             seed_list = ",".join(map(str, range(seeds)))
-            jobs = {tuple(o for o in sweep_job.overrides if o.split("=", 1)[0] != "seed") for sweep_job in _opened.jobs}
+            jobs = {
+                tuple(o for o in sweep_job.overrides if o.split("=", 1)[0] != "seed") for sweep_job in self.sweep.jobs
+            }
             configs = [
                 compose(config_name="config", overrides=[*job, f"seed={n}"]) for job in jobs for n in range(seeds)
             ]
             made = plan.make_plan(
-                configs, config.hydra.launcher, _opened.client, _opened.experiment_id, pick_device(config.device)
+                configs, config.hydra.launcher, self.sweep.client, self.sweep.experiment_id, pick_device(config.device)
             )
             return f"python -m harness.run -m {' '.join([*kept, f'seed={seed_list}'])}", made.wall_seconds
 
@@ -196,15 +196,15 @@ class Study(SweepCallback):
 
     def on_interrupt(self) -> None:
         """Ctrl-C: one line per run of this sweep that did not finish, the parent run KILLED."""
-        if _opened is None:
+        if self.sweep is None:
             print("Sweep stopped (Ctrl-C) before its parent run was opened.", file=sys.stderr)
             return
         try:
-            for line in study.interrupted(_opened):
+            for line in study.interrupted(self.sweep):
                 print(line, file=sys.stderr)
             print(
-                f"Sweep stopped (Ctrl-C): MLflow parent run {_opened.parent_run_id} KILLED; the same command resumes "
-                "its runs from their last checkpoints.",
+                f"Sweep stopped (Ctrl-C): MLflow parent run {self.sweep.parent_run_id} KILLED; the same command "
+                "resumes its runs from their last checkpoints.",
                 file=sys.stderr,
             )
         except BaseException as error:  # Ctrl-C again, or the store: one line
@@ -246,13 +246,12 @@ def planned_to_fit(config: DictConfig, configs: list[DictConfig], client, experi
     return made
 
 
-class Progress(SweepCallback):
+class Progress:
     """The sweep's estimate, and a line as each job ends with the time left. Where a cluster
     runs the jobs, the count only."""
 
-    @stop_on_error
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        sweep, made = _opened, _opened.planned
+    def __init__(self, sweep: study.Sweep):
+        self.sweep, made = sweep, sweep.planned
         if made.at_once:
             print(plan.summary(made))
             sweep.estimate = made.wall_seconds if math.isfinite(made.wall_seconds) else None
@@ -262,33 +261,36 @@ class Progress(SweepCallback):
 
     def look(self) -> None:
         try:
-            runs = _opened.client.search_runs([_opened.experiment_id], record.children_filter(_opened.parent_run_id))
+            runs = self.sweep.client.search_runs(
+                [self.sweep.experiment_id], record.children_filter(self.sweep.parent_run_id)
+            )
         except Exception:  # the store's trouble is the jobs' to report; the count waits
             return
-        for line in _opened.progress.lines(runs):
+        for line in self.sweep.progress.lines(runs):
             tqdm.write(line)
 
-    @stop_on_error
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    def stop(self) -> None:
         self.watcher.stop()
         self.look()  # the jobs that ended since the watcher last looked
 
 
-class VanishedSlurmJobs(SweepCallback):
+class VanishedSlurmJobs:
     """With the SLURM launcher: every heartbeat's interval (no faster than a job can tell), the
     jobs that squeue no longer lists and that wrote no result are ended for them."""
 
-    @stop_on_error
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+    def __init__(self, config: DictConfig, sweep: study.Sweep):
         self.watcher = None
         if config.hydra.launcher.get("_target_") != SLURM_LAUNCHER:
             return
-        sweep = _opened
-        self.jobs = VanishedJobs(config.hydra.launcher.submitit_folder, sweep.client, sweep.experiment_id)
-        self.watcher = Repeating(lambda: self.jobs.look(sweep.parent_run_id, sweep.vanished), INTERVAL, "sweep-slurm")
+        jobs = VanishedJobs(config.hydra.launcher.submitit_folder, sweep.client, sweep.experiment_id)
+        self.watcher = Repeating(lambda: jobs.look(sweep.parent_run_id, sweep.vanished), INTERVAL, "sweep-slurm")
         self.watcher.start()
 
-    @stop_on_error
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+
+
+def study_of(callbacks) -> Study:
+    """The Study among a Hydra run's callbacks (a sweeper's `hydra_context.callbacks`)."""
+    return next(callback for callback in callbacks.callbacks if isinstance(callback, Study))
