@@ -128,12 +128,14 @@ class Study(SweepCallback):
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         self.user_overrides = list(config.hydra.overrides.task)
         # What jobs need from here travels in their overrides, to whatever process or node runs
-        # them: the parent run's id, the sweep folder as an absolute path, and the threads decided
-        # here for every job (a job in another process would look at a load its siblings make).
+        # them: the parent run's id, the sweep folder as an absolute path, and, where they run on
+        # this machine, the threads decided here for every job (a job in another process would look
+        # at a load its siblings make); a cluster's node decides its own.
         with read_write(config.hydra):
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
             threads = {sweep_job.job.decided.threads for sweep_job in jobs}
-            if len(threads) == 1 and not any(cfg.threads for _, cfg in composed):
+            here = made.at_once is not None
+            if here and len(threads) == 1 and not any(cfg.threads for _, cfg in composed):
                 config.hydra.overrides.task.append(f"threads={min(threads)}")
                 if fewer := why_fewer(composed[0][1], min(threads), config.hydra.launcher):
                     print(fewer)
