@@ -32,6 +32,8 @@ CALIBRATION_STEPS = 3  # timed, after 2 warm-up steps
 # A calibration costs about ten steps, an evaluation of a few hundred images and a net built:
 # a run shorter than this is not estimated (a test's smoke run would spend half its time on it).
 CALIBRATED_FROM = 200  # iterations
+# Each net's calibration, once per process: a study's plan asks again for its later looks.
+CALIBRATIONS: dict[tuple, tuple[float, float, float, float]] = {}
 # The time left scales by the jobs that ended last, this many per slot: they ran under the
 # machine's load of now, and a test suite beside the sweep an hour ago says nothing of the rest.
 RECENT_JOBS = 2
@@ -301,7 +303,7 @@ def make_plan(
     take here, and how many of its jobs fit in this machine's memory at once."""
     threads = edge.decide(configs[0], launcher).threads
     here = device_name(device)
-    nets, seen, measured, calibrated = [], set(), {}, {}
+    nets, seen, measured = [], set(), {}
     experiments = [experiment.experiment_id for experiment in client.search_experiments()] if client else []
     for cfg in configs:
         job = identity.resolve(cfg, edge.decide(cfg, launcher))
@@ -331,9 +333,9 @@ def make_plan(
         elif iterations < CALIBRATED_FROM:
             seconds, source = math.nan, f"not estimated: under {CALIBRATED_FROM} iterations, not worth a calibration"
         else:
-            if key not in calibrated:
-                calibrated[key] = calibrated_under_load(calibrate_nets, cfg, device, threads)
-            step, per_image, need, busy = calibrated[key]
+            if (calibrate_nets, key) not in CALIBRATIONS:
+                CALIBRATIONS[calibrate_nets, key] = calibrated_under_load(calibrate_nets, cfg, device, threads)
+            step, per_image, need, busy = CALIBRATIONS[calibrate_nets, key]
             seconds = estimated_seconds(cfg, iterations, step, per_image)
             source = f"calibrated: {1000 * step:.0f} ms a step"
             if busy > BUSY_CORES:
