@@ -180,6 +180,8 @@ def import_sweep(uri: str, folder: Path) -> tuple[str, int, int]:
         if data["tags"].get(record.PARENT) == original["run_id"]:  # a run the sweep trained (not one it reused)
             tags[record.PARENT] = parent_id
         run_id = create(client, experiment_id, data, {**tags, ARCHIVED_FROM: data["run_id"]})
+        for path, text in data["artifacts"].items():  # config, summary, probe tables: the report reads them
+            client.log_text(run_id, text, path)
         new_ids[data["run_id"]] = run_id
         imported += 1
         if held is not None:  # an unfinished run of the same net, there before: this one takes its place

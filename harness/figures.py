@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from harness.models import PARAMETER_KEYS, variant_words
 from harness.palette import depth_colour
 from harness.stats import base_variant, t_interval
 from harness.tracking.runs import describe_recipe
@@ -339,8 +340,16 @@ def variant_colours(nets: pd.DataFrame) -> dict[str, tuple]:
     return dict(zip(models, plt.get_cmap("tab10").colors))
 
 
+def variant_label(net: pd.Series) -> str:
+    """A legend's name for a P2 variant: P2's words, then the net's own name."""
+    if not net["residual"]:
+        return net["model"]
+    parameters = {key: net[key] for key in PARAMETER_KEYS if pd.notna(net[key])}
+    return f"{variant_words(net['shortcut'], net['activation'], **parameters)} ({net['model']})"
+
+
 def p2_curves(nets: pd.DataFrame, curves: pd.DataFrame, title: str) -> plt.Figure | None:
-    """P2 Fig. 3 and 6: running training error (left) and test or validation error (right)
+    """P2 Fig. 1, 3 and 6: running training error (left) and test or validation error (right)
     against iterations, one colour per variant, the mean over seeds with a min-max band. A
     variant that diverged ends where it did."""
     if nets.empty or curves.empty:
@@ -353,7 +362,8 @@ def p2_curves(nets: pd.DataFrame, curves: pd.DataFrame, title: str) -> plt.Figur
             if points.empty:
                 continue
             by_step = points.groupby("step")["value"].agg(["mean", "min", "max"])
-            ax.plot(by_step.index, by_step["mean"], color=colours[model], linewidth=1.5, label=model)
+            label = variant_label(group.iloc[0])
+            ax.plot(by_step.index, by_step["mean"], color=colours[model], linewidth=1.5, label=label)
             if group["seed"].nunique() > 1:
                 ax.fill_between(by_step.index, by_step["min"], by_step["max"], color=colours[model], alpha=0.12)
         ax.set_title(f"{name} error", fontsize=9)
@@ -393,8 +403,9 @@ def p2_backward_signal(nets: pd.DataFrame, analysis: pd.DataFrame, title: str) -
         at = signal[signal["step"] == steps].merge(nets[["run_id", "model"]], on="run_id")
         for model, group in at.groupby("model", sort=False):
             profile = group.groupby("index")["value"].apply(lambda v: float(np.exp(np.log(v).mean())))
-            ax.plot(profile.index, profile.values, color=colours[model], linewidth=1.5, label=model)
-            factor = shortcut_factor(nets[nets["model"] == model].iloc[0])
+            net = nets[nets["model"] == model].iloc[0]
+            ax.plot(profile.index, profile.values, color=colours[model], linewidth=1.5, label=variant_label(net))
+            factor = shortcut_factor(net)
             if factor is not None and 0 < factor < 1:
                 units = profile.index.max()
                 predicted = profile.iloc[-1] * factor ** (units - profile.index.to_numpy())

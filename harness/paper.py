@@ -37,10 +37,11 @@ def published_test_error(dataset: str, model: str) -> Published | None:
     return PUBLISHED_TEST_ERROR.get((dataset, model))
 
 
-# P2 Tables 1 and 2: ResNet-110 on CIFAR-10 for 64k iterations, keyed by the variant's name
+# P2 Tables 1 and 2: ResNet-110 (and Table 2's ResNet-164) on CIFAR-10, keyed by the variant's name
 # (`model_name` without a depth): what a P2 study at another depth, data and budget sets its nets beside.
 P2_TABLE1 = "P2 Table 1, ResNet-110, CIFAR-10"
 P2_TABLE2 = "P2 Table 2, ResNet-110, CIFAR-10"
+P2_TABLE2_164 = "P2 Table 2, ResNet-164, CIFAR-10"
 FAIL = "fail (test error above 20%)"
 P2_VARIANT_TEST_ERROR: dict[str, Published] = {
     "resnet": Published(6.61, "median of 5", "P2 Tables 1 and 2, ResNet-110, CIFAR-10, the original unit (a)"),
@@ -57,6 +58,17 @@ P2_VARIANT_TEST_ERROR: dict[str, Published] = {
     "resnet-reluadd": Published(7.84, "one number", f"{P2_TABLE2}, (c)"),
     "resnet-relupre": Published(6.71, "one number", f"{P2_TABLE2}, (d)"),
     "resnet-pre": Published(6.37, "one number", f"{P2_TABLE2}, (e)"),
+    # Table 2's second row, the CIFAR bottleneck ResNet-164 (projection shortcuts where dimensions change).
+    **{
+        f"resnet-bottleneck-B{suffix}": Published(error, "one number", f"{P2_TABLE2_164}, ({letter})")
+        for suffix, error, letter in (
+            ("", 5.93, "a"),
+            ("-bnadd", 6.50, "b"),
+            ("-reluadd", 6.14, "c"),
+            ("-relupre", 5.91, "d"),
+            ("-pre", 5.46, "e"),
+        )
+    },
 }
 
 

@@ -115,9 +115,9 @@ def variant_table(runs: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
-def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    """(title, file stem, nets) of each of P2's studies among these runs (finished or diverged):
-    Table 1, the shortcuts on the original unit beside identity (P2's, and any of your own: all
+def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, str, pd.DataFrame]]:
+    """(title, file stem, P2's figure of its curves, nets) of each of P2's studies among these runs
+    (finished or diverged): Table 1, the shortcuts on the original unit beside identity (P2's, and any of your own: all
     but P1's option B, a projection only where dimensions change), where more than P1's options
     are there; Table 2, the unit arrangements with identity shortcuts, where more than P1's (a)
     and P2's (e) are there; Fig. 1, the original unit and full pre-activation in P2's CIFAR
@@ -127,12 +127,12 @@ def p2_studies(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     table2 = residual[residual["shortcut"] == "zero_pad"]
     studies = []
     if (~table1["shortcut"].isin(SHORTCUTS_P1)).any():
-        studies.append(("P2 Table 1: shortcuts", "p2_shortcuts", table1))
+        studies.append(("P2 Table 1: shortcuts", "p2_shortcuts", "P2 Fig. 3", table1))
     if (~table2["activation"].isin(("post", "pre"))).any():
-        studies.append(("P2 Table 2: residual units", "p2_units", table2))
+        studies.append(("P2 Table 2: residual units", "p2_units", "P2 Fig. 6", table2))
     deep = residual[(residual["family"] == "cifar_bottleneck") & residual["activation"].isin(("post", "pre"))]
     if not deep.empty:
-        studies.append(("P2 Fig. 1: original and pre-activation bottleneck nets", "p2_deep", deep))
+        studies.append(("P2 Fig. 1: original and pre-activation bottleneck nets", "p2_deep", "P2 Fig. 1", deep))
     return studies
 
 
@@ -149,7 +149,7 @@ def p2_table(nets: pd.DataFrame, confidence: float) -> str:
     split = figures.eval_name(nets)
     lines = [
         f"| net | seeds | final training error % | {split} error % | failed to train | P2's CIFAR-10 test error % "
-        "(ResNet-110, 64k iterations) |",
+        "(of the net its source names) |",
         "|---|---|---|---|---|---|",
     ]
 
@@ -184,16 +184,25 @@ def p2_table(nets: pd.DataFrame, confidence: float) -> str:
 
 
 def p2_section(
-    title: str, stem: str, nets: pd.DataFrame, found, curves, analysis, out_dir: Path, prefix: str, confidence: float
+    title: str,
+    stem: str,
+    figure: str,
+    nets: pd.DataFrame,
+    found,
+    curves,
+    analysis,
+    out_dir: Path,
+    prefix: str,
+    confidence: float,
 ):
     """(markdown lines, files written) of one of P2's studies."""
     nets = nets.sort_values(["depth", "shortcut", "activation"], key=p2_order, kind="stable")
     text = [
         f"### {title}",
         "",
-        f"Mean and {confidence:.0%} t interval over seeds. P2's numbers are CIFAR-10 test errors of ResNet-110 after "
-        '64k iterations ("fail": above 20%), a different data set, depth and budget: they show P2\'s ranking, not '
-        "a value to meet.",
+        f"Mean and {confidence:.0%} t interval over seeds. P2's numbers are CIFAR-10 test errors of ResNet-110 "
+        '(Tables 1 and 2) or ResNet-164 (Table 2) after 64k iterations ("fail": above 20%), a different data set, '
+        "depth and budget: they show P2's ranking, not a value to meet.",
         "",
         p2_table(nets, confidence),
         "",
@@ -202,7 +211,7 @@ def p2_section(
     ]
     written = []
     drawings = (
-        ("curves", "training and test error per variant (P2 Fig. 3 and 6)", figures.p2_curves(nets, curves, title)),
+        ("curves", f"training and test error per variant ({figure})", figures.p2_curves(nets, curves, title)),
         (
             "signal",
             "backward signal per unit, measured and as P2's equations predict",
@@ -317,9 +326,9 @@ def recipe_section(
             f"- {family}-style nets: no claim of P1 can be checked (too few depths or variants)."
         ]
     written = []
-    for title, stem, nets in p2_studies(results):
+    for title, stem, figure, nets in p2_studies(results):
         mine = [claim for claim in p2_found if set(claim.failed) <= set(nets["model"])]
-        section, files = p2_section(title, stem, nets, mine, curves, analysis, out_dir, prefix, confidence)
+        section, files = p2_section(title, stem, figure, nets, mine, curves, analysis, out_dir, prefix, confidence)
         text += ["", *section]
         written += files
     text += ["", "### Backward signal (P1 §4.1)", ""]

@@ -63,6 +63,10 @@ def test_a_sweep_moves_to_a_fresh_store_and_its_command_skips_what_it_finished(t
     assert parent.info.status == "FINISHED"
     children = client.search_runs([experiment_id], record.children_filter(parent.info.run_id))
     assert len(children) == 2
+    for child in children:  # the report's probe figures read the tables in the new store
+        assert record.probe_table(20) in [
+            artifact.path for artifact in client.list_artifacts(child.info.run_id, record.PROBE_FOLDER)
+        ]
     assert archive.import_sweep(target, folder)[1:] == (0, 2)  # again: nothing new
 
     relaunched = sweep(tmp_path, target, data_root, *NETS, "tracking.figures=false")

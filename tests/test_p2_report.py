@@ -9,11 +9,11 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from harness import record
+from harness import figures, models, record
 from harness.report import report_runs
 from harness.sequential import Design
 from harness.stats import CLAIM_ROWS, ClaimRow, claims, p2_shortcuts_vs_identity
-from harness.tracking.runs import load_runs
+from harness.tracking.runs import load_curves, load_runs
 
 from helpers.known_runs import experiment_store, log_run, table_row
 
@@ -207,3 +207,25 @@ def test_a_shortcut_of_your_own_gets_the_shortcut_studys_section_and_figures_wit
     assert not [line for line in section.splitlines() if line.startswith("- P2-T1")]
     for stem in ("p2_shortcuts_curves", "p2_shortcuts_signal"):
         assert tmp_path / f"{stem}.png" in written and f"({stem}.png)" in section
+
+
+def test_the_curves_name_each_variant_in_p2s_words(shortcut_study):
+    client, runs, _ = shortcut_study
+    fig = figures.p2_curves(runs, load_curves(client, runs), "P2 shortcuts")
+    labels = {text.get_text() for text in fig.axes[0].get_legend().get_texts()}
+    assert {
+        "(a) original (resnet-56)",
+        "constant scaling, λ = 0.5 (resnet-56-scale0.5)",
+        "exclusive gating, b_g = -6 (resnet-56-exgate-6)",
+        "1x1 conv shortcut (resnet-56-C)",
+    } <= labels
+
+
+def test_every_variant_of_p2_has_its_words():
+    words = models.variant_words
+    assert words("zero_pad", "bn_after_add") == "(b) BN after addition"
+    assert words("projection", "pre") == "(e) full pre-activation"  # P1's option is the name's to say
+    assert words("dropout", "pre", shortcut_dropout=0.3) == "dropout shortcut, 0.3; (e) full pre-activation"
+    assert words("shortcut_only_gating", "post") == "shortcut-only gating, b_g = -6"
+    assert set(models.UNIT_WORDS) == set(models.ACTIVATIONS)
+    assert all(row.words for name, row in models.SHORTCUTS.items() if row.in_p2 and name != "zero_pad")

@@ -32,6 +32,7 @@ class Shortcut:
     parameters: tuple[str, ...] = ()  # the keys of PARAMETER_KEYS its join takes
     path: str = "zero_pad"  # one of SHORTCUTS_P1: what the shortcut carries to the join
     in_p2: bool = False  # one of P2's Table 1 (Fig. 2), identity included
+    words: str = ""  # P2's words for it in a figure's legend (a parameter by its key); P1's options have none
 
     def __post_init__(self):
         unknown = [key for key in self.parameters if key not in PARAMETER_KEYS]
@@ -60,7 +61,12 @@ SHORTCUTS: dict[str, Shortcut] = {
     "zero_pad": Shortcut("", f"{_JOINS}.Add", "zero_pad (option A; alias identity)", in_p2=True),
     "projection": Shortcut("-B", f"{_JOINS}.Add", "projection (option B)", path="projection"),
     "scaling": Shortcut(
-        "-scale{shortcut_lambda:g}", f"{_JOINS}.Scale", "scaling (lambda x + F)", ("shortcut_lambda",), in_p2=True
+        "-scale{shortcut_lambda:g}",
+        f"{_JOINS}.Scale",
+        "scaling (lambda x + F)",
+        ("shortcut_lambda",),
+        in_p2=True,
+        words="constant scaling, λ = {shortcut_lambda:g}",
     ),
     "frozen_gating": Shortcut(
         "-frozen{shortcut_lambda:g}",
@@ -68,6 +74,7 @@ SHORTCUTS: dict[str, Shortcut] = {
         "frozen_gating (lambda x + (1-lambda) F)",
         ("shortcut_lambda",),
         in_p2=True,
+        words="frozen gating, λ = {shortcut_lambda:g}",
     ),
     "exclusive_gating": Shortcut(
         "-exgate{gate_bias:g}",
@@ -75,9 +82,15 @@ SHORTCUTS: dict[str, Shortcut] = {
         "exclusive_gating ((1-g) x + g F)",
         ("gate_bias",),
         in_p2=True,
+        words="exclusive gating, b_g = {gate_bias:g}",
     ),
     "shortcut_only_gating": Shortcut(
-        "-shgate{gate_bias:g}", f"{_JOINS}.Gate", "shortcut_only_gating ((1-g) x + F)", ("gate_bias",), in_p2=True
+        "-shgate{gate_bias:g}",
+        f"{_JOINS}.Gate",
+        "shortcut_only_gating ((1-g) x + F)",
+        ("gate_bias",),
+        in_p2=True,
+        words="shortcut-only gating, b_g = {gate_bias:g}",
     ),
     "full_projection": Shortcut(
         "-C",
@@ -85,6 +98,7 @@ SHORTCUTS: dict[str, Shortcut] = {
         "full_projection (option C, P2's 1x1 conv shortcut)",
         path="full_projection",
         in_p2=True,
+        words="1x1 conv shortcut",
     ),
     "dropout": Shortcut(
         "-drop{shortcut_dropout:g}",
@@ -92,6 +106,7 @@ SHORTCUTS: dict[str, Shortcut] = {
         "dropout (dropout on the shortcut)",
         ("shortcut_dropout",),
         in_p2=True,
+        words="dropout shortcut, {shortcut_dropout:g}",
     ),
 }
 P2_SHORTCUTS = tuple(name for name, row in SHORTCUTS.items() if row.in_p2)
@@ -102,10 +117,25 @@ UNIT_LETTERS = dict(zip(ACTIVATIONS, "abcde"))
 # Units that begin with their activation: the net's first unit takes it from the stem, and the
 # net ends with one more BN-ReLU before pooling (P2 section 4.1, said of (e); (d) is built alike).
 PRE_ACTIVATED = ("relu_only_pre", "pre")
-VALID_ACTIVATIONS = (
-    "post ((a) P1's original unit), bn_after_add ((b) BN after addition), relu_before_add ((c) ReLU before "
-    "addition), relu_only_pre ((d) ReLU-only pre-activation) or pre ((e) P2's full pre-activation)"
-)
+UNIT_WORDS = {
+    "post": "(a) original",
+    "bn_after_add": "(b) BN after addition",
+    "relu_before_add": "(c) ReLU before addition",
+    "relu_only_pre": "(d) ReLU-only pre-activation",
+    "pre": "(e) full pre-activation",
+}
+VALID_ACTIVATIONS = ", ".join(f"{name} ({words})" for name, words in UNIT_WORDS.items())
+
+
+def variant_words(shortcut: str, activation: str, **parameters: float) -> str:
+    """A residual net's variant in P2's words, as figures' legends say it: "exclusive gating, b_g = -6",
+    "(b) BN after addition", "dropout shortcut, 0.5; (e) full pre-activation". The unit (a) goes
+    unsaid beside a shortcut of P2's, and P1's options (A, B) are the name's to say."""
+    words = shortcut_row(shortcut).words.format(**(SHORTCUT_DEFAULTS | parameters))
+    if not words:
+        return UNIT_WORDS[activation]
+    return words if activation == "post" else f"{words}; {UNIT_WORDS[activation]}"
+
 
 IMAGENET_LAYOUTS = {
     18: ("basic", [2, 2, 2, 2]),
