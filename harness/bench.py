@@ -58,7 +58,7 @@ from harness.precision import step_seconds
 from harness.stats import t_interval
 from harness.tracking import MemoryTracker
 from harness.tracking.mlflow_store import MlflowRun, connect
-from harness.train import train
+from harness.train import train_job
 
 BATCH = 128
 
@@ -150,10 +150,10 @@ def harness_loop(depth: int, steps: int, data, run: MlflowRun, precision: str) -
     model = new_model(depth)
     warm_up = compose_config("schedule.iterations=3", *common)
     warm_up = resolve(warm_up, edge.decide(warm_up))
-    train(warm_up, model, data, MemoryTracker(), torch.device("cpu"))
+    train_job(warm_up, model, data, MemoryTracker(), torch.device("cpu"))
     tracker = TimedTracker(run)
     start = time.perf_counter()
-    train(resolve(cfg, edge.decide(cfg)), model, data, tracker, torch.device("cpu"))
+    train_job(resolve(cfg, edge.decide(cfg)), model, data, tracker, torch.device("cpu"))
     tracker.finish()  # the last flush belongs to the run's cost
     seconds = time.perf_counter() - start
     return steps * BATCH / seconds, tracker.seconds / seconds

@@ -28,7 +28,7 @@ from harness.data.memory import random_data
 from harness.device import deterministic_kernels
 from harness.identity import resolve
 from harness.models.resnet import build_for
-from harness.train import train
+from harness.train import train_job
 
 WARMUP = 60  # iterations before timing: compilation, CUDA graphs' capture, cuDNN's choice
 LOG_EVERY = 20
@@ -99,7 +99,7 @@ def measure(
     tracker = tracker or RateTracker(seconds)
     torch.cuda.reset_peak_memory_stats(device)
     try:
-        train(job, model, random_data("cifar10", 50000, device), tracker, device)
+        train_job(job, model, random_data("cifar10", 50000, device), tracker, device)
     except Stop:
         pass
     return tracker.rate(), torch.cuda.max_memory_allocated(device) / 2**20

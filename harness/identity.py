@@ -5,9 +5,9 @@ nets: a report never pools runs of different recipes) and a sweep's study (all i
 """
 
 import copy
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +22,7 @@ from harness.models import (
 )
 
 if TYPE_CHECKING:
+    from harness.config import Config
     from harness.edge import Decided
 
 # Where and how a run is executed, tracked and reported, not what it trains.
@@ -112,30 +113,20 @@ def fingerprint_of(trained: dict) -> str:
     return _hash(_drop(copy.deepcopy(trained), PRESENTATION_KEYS))
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Job:
-    """A job's config resolved once, at its start: what the run's life passes on, so that
-    nothing downstream derives it again."""
+    """A job resolved once, at its start: what it trains, typed, and what the store knows it by.
+    `config` is the truth every part downstream reads (train, record, plan, the model);
+    `requested` is only what was asked, `auto` and all."""
 
-    cfg: DictConfig  # as composed: how the job runs (schedule, tracking, ...)
+    config: "Config"  # typed, resolved: family, shortcut, precision, threads decided; no warm-up where the net has none
+    requested: DictConfig  # as composed, before resolution (the run's config.yaml)
     decided: "Decided"  # what the launch decided for it on this machine: its threads, its precision
-    trained: dict  # the effective config: `auto` values resolved, unused keys removed
+    trained: dict  # the effective config, as the store records it: `auto` values resolved, unused keys removed
     unused: dict[str, str]  # key -> why it has no effect here
     fingerprint: str
     recipe: str
     name: str  # the paper's name of the net: the run's name
-
-    @property
-    def precision(self) -> str:
-        return self.trained["precision"]
-
-    @property
-    def family(self) -> str:
-        return self.trained["family"]
-
-    @property
-    def shortcut(self) -> str:
-        return self.trained["shortcut"]
 
     @property
     def parameters(self) -> dict[str, float]:
@@ -145,16 +136,26 @@ class Job:
 def resolve(cfg: DictConfig, decided: "Decided") -> Job:
     """The job of a checked config, with what the launch decided for it (harness.edge.decide)."""
     trained, unused = effective_config(cfg, decided.precision)
+    asked = OmegaConf.to_object(cfg)  # the schema's dataclasses
+    config = dataclasses.replace(
+        asked,
+        family=trained["family"],
+        shortcut=trained["shortcut"],
+        precision=trained["precision"],
+        threads=decided.threads,
+        # The warm-up rule is _net_rules': a net it leaves without one has none.
+        schedule=dataclasses.replace(asked.schedule, warmup_lr=trained["schedule"].get("warmup_lr")),
+    )
     parameters = shortcut_parameters(trained)
-    name = model_name(cfg.depth, cfg.residual, trained["shortcut"], cfg.activation, trained["family"], **parameters)
     return Job(
-        cfg=cfg,
+        config=config,
+        requested=cfg,
         decided=decided,
         trained=trained,
         unused=unused,
         fingerprint=fingerprint_of(trained),
         recipe=recipe(cfg, decided.precision),
-        name=name,
+        name=model_name(config.depth, config.residual, config.shortcut, config.activation, config.family, **parameters),
     )
 
 

@@ -41,7 +41,7 @@ from harness.tracking.mlflow_store import (
     supersede,
 )
 from harness.tracking.writer import StoreOutage
-from harness.train import DivergedError, Result, train
+from harness.train import DivergedError, Result, train_job
 
 log = logging.getLogger(__name__)
 SMALLEST_IMAGENET_INPUT = 64  # pixels; below it the ImageNet stem leaves stage 4 almost nothing
@@ -128,7 +128,7 @@ def machine_of(device: torch.device) -> record.Machine:
     )
 
 
-def checkpoint_dir(cfg: DictConfig) -> Path | None:
+def checkpoint_dir(cfg: config.Config | DictConfig) -> Path | None:
     """Checkpoints go beside a SQLite store, else into ./checkpoints, unless configured."""
     if not cfg.schedule.checkpoint_every:
         return None
@@ -138,7 +138,7 @@ def checkpoint_dir(cfg: DictConfig) -> Path | None:
     return store_folder / "checkpoints" if store_folder else config.launch_dir() / "checkpoints"
 
 
-def job_data(cfg: DictConfig, device: torch.device) -> Data:
+def job_data(cfg: config.Config, device: torch.device) -> Data:
     dataset = cfg.dataset
     try:
         return load_data(
@@ -198,7 +198,7 @@ def open_run(
 
     Two launches that decide at the same moment both claim what they saw (harness.lease.claimed):
     one wins; the other looks again and finds the winner's live run."""
-    cfg, name, fingerprint, folder = job.cfg, job.name, job.fingerprint, checkpoint_dir(job.cfg)
+    cfg, name, fingerprint, folder = job.config, job.name, job.fingerprint, checkpoint_dir(job.config)
     writer_limits = {"outage_limit": cfg.tracking.outage_limit, "buffer_points": cfg.tracking.buffer_points}
     decision = first
     for attempt in range(CLAIM_ATTEMPTS):
@@ -247,14 +247,13 @@ def open_run(
 def execute(
     job: Job, run: MlflowRun, device: torch.device, machine: record.Machine, resumed: bool, data: Data
 ) -> Result:
-    cfg = job.cfg
     if not resumed:  # a resumed run has its params already, and MLflow never changes a param
         run.log_params(record.job_params(job, machine))
-        run.log_text(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)), record.CONFIG_FILE)
+        run.log_text(OmegaConf.to_yaml(OmegaConf.to_container(job.requested, resolve=True)), record.CONFIG_FILE)
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         run.log_text(OmegaConf.to_yaml(overrides), record.OVERRIDES_FILE)
 
-    if job.family == "imagenet" and data.image_size < SMALLEST_IMAGENET_INPUT:
+    if job.config.family == "imagenet" and data.image_size < SMALLEST_IMAGENET_INPUT:
         # The 7x7/2 stem and max pool shrink a 28-pixel image to 7, and stage 4 convolves 1x1 maps.
         log.warning(
             "%s: an ImageNet-style net on %dx%d inputs (under %d pixels): its last stage sees 1x1 maps; "
@@ -266,10 +265,10 @@ def execute(
         )
         run.set_tags({record.SMALL_INPUT: data.image_size})
     model = build_for(job, data.in_channels, data.num_classes).to(device, memory_format=torch.channels_last)
-    result = train(job, model, data, run, device)
+    result = train_job(job, model, data, run, device)
 
     run.log_json({"run": run.name, **vars(result)}, record.SUMMARY_FILE)
-    if cfg.tracking.log_model:
+    if job.config.tracking.log_model:
         run.log_torch_state(model.state_dict(), record.MODEL_FILE)
     return result
 
@@ -440,14 +439,14 @@ def close(run: MlflowRun, result: Result | None, error: BaseException | None) ->
 
 def setup(job: Job) -> tuple[Any, str, torch.device]:
     """The store, and this process's torch settings."""
-    cfg = job.cfg
+    cfg = job.config
     device = pick_device(cfg.device)
     client, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment)
     watch_sweep()  # a job that a sweep's launcher started ends when the sweep's process is gone
     deterministic_kernels(cfg.deterministic)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(threads := job.decided.threads)
-    if fewer := why_fewer(cfg, threads):
+    if fewer := why_fewer(job.requested, threads):  # its share, as asked
         log.info("%s", fewer)
     # What the job's start-up has loaded (the store's client, Hydra's plugins) lives to its end:
     # frozen like harness.run's imports, after a collection that leaves no earlier job's garbage.
@@ -459,7 +458,7 @@ def setup(job: Job) -> tuple[Any, str, torch.device]:
 def run_job(job: Job) -> Outcome:
     """Train and track the net of a checked config: how it ended. Nothing here prints or exits:
     harness.run says the outcome, and a sweep goes on to its other jobs."""
-    cfg = job.cfg
+    cfg = job.config
     try:
         client, experiment_id, device = setup(job)
     except (config.ConfigError, StoreError) as error:

@@ -126,14 +126,14 @@ def speed_key(model, family, dataset, resize, batch_size, precision, device, nam
 
 def job_key(job: identity.Job, device, name: str, threads: int) -> tuple[str, ...]:
     """The speed key of a job on `device`, named `name` (harness.device.device_name)."""
-    cfg = job.cfg
+    cfg = job.config
     return speed_key(
         job.name,
-        job.family,
+        cfg.family,
         cfg.dataset.name,
         cfg.dataset.resize,
         cfg.schedule.batch_size,
-        job.precision,
+        cfg.precision,
         device.type,
         name,
         threads,
@@ -215,7 +215,7 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
     from harness.device import deterministic_kernels
     from harness.models.resnet import build_for
     from harness.tracking import MemoryTracker
-    from harness.train import eval_batch, evaluate, train
+    from harness.train import eval_batch, evaluate, train_job
 
     job = identity.resolve(cfg, edge.decide(cfg, threads=threads))
     evaluated = eval_batch(device)
@@ -236,15 +236,15 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
             short = {"iterations": iterations, "eval_every": iterations + 1, "final_train_subset": 1}
             run = OmegaConf.merge(cfg, {"schedule": short, "analysis": False})
             start = time.perf_counter()
-            train(identity.resolve(run, job.decided), model, data, MemoryTracker(), device)
+            train_job(identity.resolve(run, job.decided), model, data, MemoryTracker(), device)
             return time.perf_counter() - start
 
         with memory.Peak(device) as peak:  # the first run pays the first steps' costs, as the short one does not
             longer = seconds(2 + CALIBRATION_STEPS)
         step = (longer - seconds(2)) / CALIBRATION_STEPS
-        evaluate(model, data, images, labels, job.precision)  # warm-up
+        evaluate(model, data, images, labels, job.config.precision)  # warm-up
         start = time.perf_counter()
-        evaluate(model, data, images, labels, job.precision)
+        evaluate(model, data, images, labels, job.config.precision)
         return max(step, 0.0), (time.perf_counter() - start) / evaluated, peak.peak + dataset_bytes(cfg)
     finally:
         torch.set_num_threads(settings[0])
@@ -491,7 +491,7 @@ def _unrun(jobs):
         variant = job.name.replace(f"-{trained['depth']}", "", 1)
         row |= {
             "model": job.name, "variant": variant, "depth": trained["depth"], "residual": trained["residual"],
-            "shortcut": job.shortcut, "activation": trained["activation"], "family": job.family,
+            "shortcut": job.config.shortcut, "activation": trained["activation"], "family": job.config.family,
             "seed": trained["seed"], "eval_split": "test", "status": "FINISHED",
         }  # fmt: skip
         rows.append(row)

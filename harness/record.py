@@ -189,7 +189,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def job_tags(job: identity.Job, machine: Machine, commit: str) -> dict[str, str]:
     """A training run's tags, as it is opened."""
-    cfg, family, shortcut = job.cfg, job.family, job.shortcut
+    cfg = job.config
+    family, shortcut = cfg.family, cfg.shortcut
     default_shortcut = resolve_shortcut("auto", cfg.depth, family)
     tags = {
         ROLE: JOB,
@@ -202,7 +203,7 @@ def job_tags(job: identity.Job, machine: Machine, commit: str) -> dict[str, str]
         "activation": cfg.activation,
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
-        "precision": job.precision,
+        "precision": cfg.precision,
         **(job.decided.measured.tags() if job.decided.measured else {}),
         "git_commit": commit,
         "torch_version": machine.torch_version,

@@ -53,11 +53,13 @@ def other_precision_notes(client, experiment_id: str, jobs: list[Job]) -> list[s
     runs of these nets, those runs are not reused: one note per pair of precisions."""
     others: dict[tuple[str, str], set[str]] = {}
     for job in jobs:
-        if job.cfg.precision != "auto" or find_run(client, experiment_id, job.fingerprint):
+        if job.requested.precision != "auto" or find_run(client, experiment_id, job.fingerprint):
             continue
         for other in ("fp32", "bf16"):
-            if other != job.precision and find_run(client, experiment_id, identity.fingerprint(job.cfg, other)):
-                others.setdefault((job.precision, other), set()).add(job.name)
+            if other != job.config.precision and find_run(
+                client, experiment_id, identity.fingerprint(job.requested, other)
+            ):
+                others.setdefault((job.config.precision, other), set()).add(job.name)
     return [
         f"note: precision=auto is {resolved} on this machine; {len(names)} net(s) of this sweep have {other} runs in "
         f"the store (from a machine where auto is {other}, or from before the key), which it does not reuse: "
@@ -203,7 +205,7 @@ def not_finished(sweep: Sweep, jobs: list[SweepJob]) -> list[str]:
         diverged = run is not None and record.DIVERGED_AT in run.data.tags
         if run is None or (run.info.status != "FINISHED" and not diverged):
             state = "no run" if run is None else run.info.status
-            missing.append(f"{sweep_job.job.name} seed {sweep_job.job.cfg.seed}: {state}")
+            missing.append(f"{sweep_job.job.name} seed {sweep_job.job.config.seed}: {state}")
     return missing
 
 

@@ -115,7 +115,7 @@ class Study(SweepCallback):
         if (distinct := len(study.distinct(jobs))) < len(jobs):
             print(f"note: the sweep's {len(jobs)} jobs train {distinct} distinct nets; each is trained once.")
         if config.plan:
-            plan.show([sweep_job.job.cfg for sweep_job in jobs], config.hydra.launcher)
+            plan.show([sweep_job.job.requested for sweep_job in jobs], config.hydra.launcher)
             raise Ended()  # no parent run, no job
         client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
         for note in study.other_precision_notes(client, experiment_id, [sweep_job.job for sweep_job in jobs]):

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
 from harness import analysis, record
+from harness.config import OptimizerConfig, ScheduleConfig
 from harness.data.memory import BatchSampler, Data, augment
 from harness.device import autocast
 from harness.identity import Job
@@ -84,10 +84,11 @@ class Result:
     seconds: float
 
 
-def make_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def make_optimizer(settings: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    lr, decay = settings.lr, settings.weight_decay
+    if settings.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=decay)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
 
 
 def compiled(model: nn.Module, setting: str) -> nn.Module:
@@ -105,12 +106,11 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def warmup_end(cfg: DictConfig) -> int:
-    """The iteration at which P1's warm-up ends at the latest; 0 for nets that do not warm up.
-    It ends earlier, at a logging boundary, once the training error is below
-    `schedule.warmup_until_error`."""
-    schedule = cfg.schedule
-    if schedule.warmup_lr is None or cfg.depth < schedule.warmup_min_depth:
+def warmup_end(schedule: ScheduleConfig) -> int:
+    """The iteration at which P1's warm-up ends at the latest; 0 without one (a job resolved for
+    a net too shallow to warm up has none: harness.identity). It ends earlier, at a logging
+    boundary, once the training error is below `schedule.warmup_until_error`."""
+    if schedule.warmup_lr is None:
         return 0
     first_drop = min(
         (round(fraction * schedule.iterations) for fraction in schedule.lr_drops), default=schedule.iterations
@@ -118,17 +118,14 @@ def warmup_end(cfg: DictConfig) -> int:
     return min(first_drop, schedule.warmup_max_iterations or schedule.iterations)
 
 
-def get_lr(step: int, cfg: DictConfig, warming_up: bool) -> float:
+def get_lr(step: int, schedule: ScheduleConfig, base_lr: float, warming_up: bool) -> float:
     """The learning rate of a step, from the iteration and what the loop has seen: P1's warm-up
     rate while the net warms up (up to `warmup_end`, unless the training error fell below
     `schedule.warmup_until_error` before), then the base rate divided by 10 at each fraction of the
     iterations in `schedule.lr_drops`."""
-    schedule = cfg.schedule
-    if warming_up and step < warmup_end(cfg):
+    if warming_up and step < warmup_end(schedule):
         return schedule.warmup_lr
-    return cfg.optimizer.lr * 0.1 ** sum(
-        step >= round(fraction * schedule.iterations) for fraction in schedule.lr_drops
-    )
+    return base_lr * 0.1 ** sum(step >= round(fraction * schedule.iterations) for fraction in schedule.lr_drops)
 
 
 def eval_batch(device: torch.device) -> int:
@@ -196,21 +193,37 @@ def final_metrics(model: nn.Module, data: Data, subset: int, precision: str) -> 
     }
 
 
-def train(job: Job, model: nn.Module, data: Data, tracker: Tracker, device: torch.device) -> Result:
-    cfg, precision = job.cfg, job.precision
-    schedule = cfg.schedule
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+def train(
+    model: nn.Module,
+    data: Data,
+    schedule: ScheduleConfig,
+    optimizer: torch.optim.Optimizer,
+    tracker: Tracker,
+    *,
+    device: torch.device,
+    seed: int,
+    precision: str = "fp32",
+    crop_pad: int | None = None,
+    probe: bool = True,
+    compile: str = "False",
+) -> Result:
+    """Train `model` for `schedule.iterations` steps from the optimizer's own base rate, telling
+    `tracker`; a run the tracker holds a checkpoint of goes on from it. `seed` orders the data and
+    the augmentation, `crop_pad` pads each image before P1's random crop and flip (None: no
+    augmentation), `probe` logs layer responses and gradients (P1 Fig. 7) every
+    `schedule.analysis_every` iterations, `compile` is torch.compile's mode or "False"."""
+    generator = torch.Generator(device=device).manual_seed(seed)
     sampler = BatchSampler(len(data.train_images), schedule.batch_size, generator)
-    optimizer = make_optimizer(cfg.optimizer, model)
+    base_lr = optimizer.defaults["lr"]
     # P1 (ResNet-110): a low rate until the training error falls below 80%, then the base rate.
-    warmup_until = warmup_end(cfg)
+    warmup_until = warmup_end(schedule)
     warming_up = warmup_until > 0
     start = 0
     saved = tracker.restore()
     if saved is not None:  # a stopped run: continue exactly where its last checkpoint left it
         start, warming_up = restore_state(saved, model, optimizer, sampler)
 
-    if cfg.analysis:  # P1 Fig. 7 and §4.1: responses and gradients on a fixed probe batch
+    if probe:  # P1 Fig. 7 and §4.1: responses and gradients on a fixed probe batch
         probe_images = data.normalise(data.eval_images[: analysis.PROBE_IMAGES])
         probe_labels = data.eval_labels[: analysis.PROBE_IMAGES]
 
@@ -219,7 +232,7 @@ def train(job: Job, model: nn.Module, data: Data, tracker: Tracker, device: torc
     window_wrong = torch.zeros((), device=device)
     window_steps = 0
     train_loss = train_error = math.nan
-    step_model = compiled(model, cfg.compile)
+    step_model = compiled(model, compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start_time = time.perf_counter()
@@ -230,14 +243,14 @@ def train(job: Job, model: nn.Module, data: Data, tracker: Tracker, device: torc
     )
     progress_log = ProgressLog(tracker.name, start, schedule.iterations, schedule.batch_size, enabled=progress.disable)
     for step in progress:
-        lr = get_lr(step, cfg, warming_up)
+        lr = get_lr(step, schedule, base_lr, warming_up)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         indices = sampler.next()
         images = data.normalise(data.train_images[indices])
-        if cfg.dataset.augment:
-            images = augment(images, cfg.dataset.pad, generator)
+        if crop_pad is not None:
+            images = augment(images, crop_pad, generator)
         labels = data.train_labels[indices]
 
         with autocast(device, precision):  # bf16: convolutions and linear layers; the loss in fp32
@@ -276,7 +289,7 @@ def train(job: Job, model: nn.Module, data: Data, tracker: Tracker, device: torc
             )
             tracker.log_metrics({eval_loss_key: eval_loss, eval_error_key: eval_error}, step=iteration)
 
-        if cfg.analysis and (iteration % schedule.analysis_every == 0 or iteration == schedule.iterations):
+        if probe and (iteration % schedule.analysis_every == 0 or iteration == schedule.iterations):
             analysis.log_probe(model, probe_images, probe_labels, tracker, iteration)
 
         # Checkpoints fall on logging boundaries (the config checks it): the window is empty.
@@ -301,4 +314,22 @@ def train(job: Job, model: nn.Module, data: Data, tracker: Tracker, device: torc
         eval_split=data.eval_split,
         iterations=schedule.iterations,
         seconds=seconds,
+    )
+
+
+def train_job(job: Job, model: nn.Module, data: Data, tracker: Tracker, device: torch.device) -> Result:
+    """The loop, as a job's config sets it."""
+    config = job.config
+    return train(
+        model,
+        data,
+        config.schedule,
+        make_optimizer(config.optimizer, model),
+        tracker,
+        device=device,
+        seed=config.seed,
+        precision=config.precision,
+        crop_pad=config.dataset.pad if config.dataset.augment else None,
+        probe=config.analysis,
+        compile=config.compile,
     )

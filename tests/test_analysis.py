@@ -10,7 +10,7 @@ from harness.config import compose_config
 from harness.data.memory import load_data
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
-from harness.train import train
+from harness.train import train_job
 
 from helpers.config import resolved
 
@@ -179,7 +179,7 @@ def test_analysis_does_not_change_the_training_curves(data_root):
         cfg = compose_config("schedule=smoke", "schedule.analysis_every=5", f"analysis={analysis}")
         torch.manual_seed(0)
         tracker = MemoryTracker()
-        train(resolved(cfg), build_model(8, in_channels=1), data, tracker, torch.device("cpu"))
+        train_job(resolved(cfg), build_model(8, in_channels=1), data, tracker, torch.device("cpu"))
         histories.append(tracker)
     with_probes, without = histories
     assert sorted(with_probes.tables) == [f"analysis/step-{s:07d}.csv" for s in (5, 10, 15, 20)]

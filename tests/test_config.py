@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness import edge, record
-from harness.config import ConfigError, check_values, compose_config, reference
+from harness.config import Config, ConfigError, ScheduleConfig, check_values, compose_config, reference
 from harness.identity import effective_config, unused_notes
 
 from helpers.config import check_refused, resolved
@@ -78,7 +78,20 @@ def test_p2s_bottleneck_net_is_another_net_than_p1s_of_the_same_depth(depth):
     )
     assert basic.fingerprint == fp(f"depth={depth}", "family=cifar") != bottleneck.fingerprint
     assert (basic.name, bottleneck.name) == (f"resnet-{depth}", f"resnet-{depth}-bottleneck-B")  # P2: B, as auto says
-    assert bottleneck.trained["family"] == "cifar_bottleneck" and bottleneck.shortcut == "projection"
+    assert bottleneck.trained["family"] == "cifar_bottleneck" and bottleneck.config.shortcut == "projection"
+
+
+def test_a_job_is_its_config_typed_and_resolved_beside_what_was_asked():
+    job = resolved(compose_config("depth=56", "precision=fp32", "threads=1"))
+    assert isinstance(job.config, Config) and isinstance(job.config.schedule, ScheduleConfig)
+    assert (job.config.family, job.config.shortcut, job.config.precision, job.config.threads) == (
+        "cifar", "zero_pad", "fp32", 1
+    )  # fmt: skip
+    assert (job.requested.family, job.requested.shortcut) == ("auto", "auto")  # what was asked, only that
+    plain = resolved(compose_config("depth=20", "residual=false", "precision=fp32"))
+    assert plain.config.shortcut == "none" and plain.name == "plain-20"
+    shallow = resolved(compose_config("depth=20", "schedule.warmup_lr=0.01", "schedule.warmup_min_depth=110"))
+    assert shallow.config.schedule.warmup_lr is None  # no warm-up below its depth: the one rule, in identity
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from harness.data import NORMALIZATIONS, DataError
 from harness.data.memory import BatchSampler, augment, load_data
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
-from harness.train import train
+from harness.train import train_job
 
 from helpers.config import resolved
 
@@ -217,7 +217,7 @@ def test_every_batch_the_model_sees_is_resized(cifar10):
         model = build_model(8)
         shapes = set()
         model.register_forward_pre_hook(lambda _, inputs: shapes.add(tuple(inputs[0].shape)))
-        train(resolved(cfg), model, data, MemoryTracker(), CPU)
+        train_job(resolved(cfg), model, data, MemoryTracker(), CPU)
         # 16-image training batches, the 8-image test split and probe batch, the final 16 training images
         assert shapes == {(16, 3, size, size), (8, 3, size, size)}
 

@@ -26,7 +26,7 @@ from harness.models import (
 )
 from harness.models.resnet import BASIC_UNITS, BOTTLENECK_UNITS, Gate, ShortcutDropout, Unit, build_for, build_model
 from harness.tracking import MemoryTracker
-from harness.train import DivergedError, train
+from harness.train import DivergedError, train_job
 
 from helpers import REPO
 from helpers.config import resolved
@@ -507,14 +507,14 @@ def trains_and_resumes(data, *overrides: str) -> MemoryTracker:
     job = resolved(compose_config(*TWO_STEPS, *overrides))
     whole = MemoryTracker()
     torch.manual_seed(0)
-    train(job, build_for(job, 1, 10), data, whole, CPU)
+    train_job(job, build_for(job, 1, 10), data, whole, CPU)
     stopped = DiesAtStep2()
     torch.manual_seed(0)
     with pytest.raises(Killed):
-        train(job, build_for(job, 1, 10), data, stopped, CPU)
+        train_job(job, build_for(job, 1, 10), data, stopped, CPU)
     stopped.__class__ = MemoryTracker
     torch.manual_seed(123)  # the resumed run must not depend on the fresh model's initialisation
-    train(job, build_for(job, 1, 10), data, stopped, CPU)
+    train_job(job, build_for(job, 1, 10), data, stopped, CPU)
     numpy.testing.assert_equal(stopped.curves(), whole.curves())
     return whole
 
@@ -545,7 +545,7 @@ def test_resnet_1001_with_bn_after_the_addition_diverges_in_its_second_step(data
     job = resolved(compose_config(*TWO_STEPS, "depth=1001", "activation=bn_after_add", "optimizer.lr=0.01"))
     torch.manual_seed(0)
     with pytest.raises(DivergedError, match="diverged at iteration 2"):
-        train(job, build_for(job, 1, 10), data, MemoryTracker(), CPU)
+        train_job(job, build_for(job, 1, 10), data, MemoryTracker(), CPU)
 
 
 def test_a_join_of_your_own_is_checked_named_fingerprinted_and_trained_by_the_harness(data):

@@ -19,7 +19,7 @@ from harness.device import deterministic_kernels, device_name
 from harness.errors import Ended
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
-from harness.train import get_lr, train
+from harness.train import get_lr, train_job
 
 from helpers import REPO
 from helpers.commands import harness_command, wait_for
@@ -188,8 +188,9 @@ def test_experiments_compose():
 
 
 def test_learning_rate_drops_tenfold_at_half_and_three_quarters():
-    cfg = compose_config("schedule.iterations=64000", "schedule.lr_drops=[0.5,0.75]", "optimizer.lr=0.1")
-    lrs = [get_lr(step, cfg, warming_up=False) for step in (0, 31999, 32000, 47999, 48000, 63999)]
+    cfg = compose_config("schedule.iterations=64000", "schedule.lr_drops=[0.5,0.75]")
+    schedule = resolved(cfg).config.schedule
+    lrs = [get_lr(step, schedule, 0.1, warming_up=False) for step in (0, 31999, 32000, 47999, 48000, 63999)]
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
@@ -198,7 +199,7 @@ def tiny_training(data, seed: int, iterations: int = 6) -> MemoryTracker:
     torch.manual_seed(seed)
     model = build_model(20, in_channels=1).to(memory_format=torch.channels_last)
     tracker = MemoryTracker()
-    train(resolved(cfg), model, data, tracker, torch.device("cpu"))
+    train_job(resolved(cfg), model, data, tracker, torch.device("cpu"))
     return tracker
 
 
@@ -221,11 +222,11 @@ def test_warmup_holds_the_low_rate_until_training_error_falls_below_the_threshol
         "schedule.lr_drops=[]",
     )
     tracker = MemoryTracker()
-    train(resolved(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
+    train_job(resolved(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
     assert [lr for _, lr in tracker.history["lr"]] == [0.01] * 4  # an error < 0 never comes
     cfg.schedule.warmup_until_error = 1.01
     tracker = MemoryTracker()
-    train(resolved(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
+    train_job(resolved(cfg), build_model(20, in_channels=1), data, tracker, torch.device("cpu"))
     assert [lr for _, lr in tracker.history["lr"]] == [0.01, 0.1, 0.1, 0.1]
 
 
@@ -259,7 +260,7 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
     )  # fmt: skip
     whole = MemoryTracker()
     torch.manual_seed(0)
-    train(resolved(cfg), build_model(8, in_channels=1).to(device), data, whole, device)
+    train_job(resolved(cfg), build_model(8, in_channels=1).to(device), data, whole, device)
 
     class Killed(Exception):
         pass
@@ -273,10 +274,10 @@ def test_a_resumed_run_continues_bit_for_bit(data_root, device, settings):
     stopped = DiesAtStep15()
     torch.manual_seed(0)
     with pytest.raises(Killed):
-        train(resolved(cfg), build_model(8, in_channels=1).to(device), data, stopped, device)
+        train_job(resolved(cfg), build_model(8, in_channels=1).to(device), data, stopped, device)
     stopped.__class__ = MemoryTracker  # the relaunched process no longer dies
     torch.manual_seed(123)  # a resumed run must not depend on the fresh model's initialisation
-    train(resolved(cfg), build_model(8, in_channels=1).to(device), data, stopped, device)
+    train_job(resolved(cfg), build_model(8, in_channels=1).to(device), data, stopped, device)
     assert stopped.curves() == whole.curves()
 
 

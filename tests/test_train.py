@@ -9,7 +9,7 @@ from harness.config import compose_config
 from harness.data.memory import load_data
 from harness.models.resnet import build_model
 from harness.tracking import MemoryTracker
-from harness.train import get_lr, train, warmup_end
+from harness.train import get_lr, train_job, warmup_end
 
 from helpers.config import resolved
 
@@ -28,8 +28,9 @@ def run(data, *overrides: str, depth: int = 8):
     torch.manual_seed(0)
     model = build_model(depth, in_channels=1)
     tracker = MemoryTracker()
-    result = train(resolved(cfg), model, data, tracker, CPU)
-    return cfg, model, tracker, result
+    job = resolved(cfg)
+    result = train_job(job, model, data, tracker, CPU)
+    return job.config.schedule, model, tracker, result
 
 
 def lrs(tracker) -> dict[int, float]:
@@ -38,14 +39,14 @@ def lrs(tracker) -> dict[int, float]:
 
 def test_a_net_that_never_learns_leaves_warmup_at_the_cap(data):
     # lr 1e-9 cannot lower the error below 80%; the cap (10) comes before the first lr drop (15).
-    cfg, _, tracker, _ = run(
+    schedule, _, tracker, _ = run(
         data,
         "schedule.warmup_lr=1e-9",
         "schedule.warmup_max_iterations=10",
         "schedule.log_every=5",
         "schedule.lr_drops=[0.75]",
     )
-    assert warmup_end(cfg) == 10
+    assert warmup_end(schedule) == 10
     assert all(error >= 0.8 for step, error in tracker.history["train_error"] if step <= 10)
     assert lrs(tracker) == {5: 1e-9, 10: 1e-9, 15: 0.1, 20: pytest.approx(0.01)}
     assert tracker.history["warmup_ended_at"] == [(10, 10)]
@@ -65,14 +66,14 @@ def test_the_lr_of_every_iteration_during_and_after_the_cap(data):
 
 
 def test_warmup_never_outlasts_the_first_lr_drop(data):
-    cfg, _, tracker, _ = run(
+    schedule, _, tracker, _ = run(
         data,
         "schedule.warmup_lr=1e-9",
         "schedule.warmup_max_iterations=null",
         "schedule.log_every=5",
         "schedule.lr_drops=[0.25]",
     )
-    assert warmup_end(cfg) == 5
+    assert warmup_end(schedule) == 5
     assert lrs(tracker) == {5: 1e-9, 10: pytest.approx(0.01), 15: pytest.approx(0.01), 20: pytest.approx(0.01)}
     assert tracker.history["warmup_ended_at"] == [(5, 5)]
 
@@ -90,16 +91,16 @@ def test_warmup_ends_early_once_the_error_is_below_the_threshold(data):
 
 
 def test_a_net_below_the_minimum_depth_never_warms_up(data):
-    cfg, _, tracker, _ = run(data, "schedule.warmup_lr=1e-9", "schedule.warmup_min_depth=20", "schedule.log_every=5")
-    assert warmup_end(cfg) == 0
+    schedule, _, tracker, _ = run(
+        data, "schedule.warmup_lr=1e-9", "schedule.warmup_min_depth=20", "schedule.log_every=5"
+    )
+    assert schedule.warmup_lr is None and warmup_end(schedule) == 0  # its job was resolved without one
     assert lrs(tracker)[5] == 0.1
     assert "warmup_ended_at" not in tracker.history
-    assert (
-        warmup_end(
-            compose_config("schedule=smoke", "depth=20", "schedule.warmup_lr=1e-9", "schedule.warmup_min_depth=20")
-        )
-        > 0
+    deep = resolved(
+        compose_config("schedule=smoke", "depth=20", "schedule.warmup_lr=1e-9", "schedule.warmup_min_depth=20")
     )
+    assert deep.config.schedule.warmup_lr == 1e-9 and warmup_end(deep.config.schedule) > 0
 
 
 def test_final_train_error_is_the_final_models_error_on_the_first_training_images(data):
@@ -140,7 +141,7 @@ def test_precision_is_the_arithmetic_of_the_convolutions_and_the_weights_stay_fp
     model = build_model(8, in_channels=1)
     outputs = set()
     model.stem[0].register_forward_hook(lambda module, inputs, output: outputs.add(output.dtype))
-    result = train(resolved(cfg), model, data, MemoryTracker(), torch.device("cpu"))
+    result = train_job(resolved(cfg), model, data, MemoryTracker(), torch.device("cpu"))
     assert outputs == {dtype}  # in training and in the evaluations
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert {b.dtype for name, b in model.named_buffers() if "running" in name} == {torch.float32}
@@ -164,10 +165,14 @@ def test_a_compiled_training_step_trains_as_the_eager_one(data):
 
 
 def test_the_learning_rate_is_a_pure_function_of_the_iteration_and_the_warm_up_seen():
-    cfg = compose_config("schedule=cpu_short", "optimizer.lr=0.1")  # 1000 iterations, drops at 500 and 750
-    assert warmup_end(cfg) == 100
-    assert get_lr(0, cfg, warming_up=True) == get_lr(99, cfg, warming_up=True) == 0.01  # the warm-up rate
-    assert get_lr(99, cfg, warming_up=False) == 0.1  # the error fell below the threshold: the base rate
-    assert get_lr(100, cfg, warming_up=True) == 0.1  # the warm-up's latest end
-    assert get_lr(499, cfg, warming_up=False) == 0.1
-    assert get_lr(500, cfg, warming_up=False) == pytest.approx(0.01) and get_lr(750, cfg, False) == pytest.approx(0.001)
+    schedule = resolved(compose_config("schedule=cpu_short")).config.schedule  # 1000 iterations, drops at 500, 750
+    assert warmup_end(schedule) == 100
+
+    def lr(step: int, warming_up: bool) -> float:
+        return get_lr(step, schedule, 0.1, warming_up)
+
+    assert lr(0, warming_up=True) == lr(99, warming_up=True) == 0.01  # the warm-up rate
+    assert lr(99, warming_up=False) == 0.1  # the error fell below the threshold: the base rate
+    assert lr(100, warming_up=True) == 0.1  # the warm-up's latest end
+    assert lr(499, warming_up=False) == 0.1
+    assert lr(500, warming_up=False) == pytest.approx(0.01) and lr(750, False) == pytest.approx(0.001)

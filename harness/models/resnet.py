@@ -384,7 +384,7 @@ def build_model(
 
 def build_for(job, in_channels: int, num_classes: int) -> ResNet:
     """The net a job (a harness.identity.Job, which builds on this package) trains."""
-    cfg = job.cfg
+    cfg = job.config
     return build_model(
-        cfg.depth, cfg.residual, job.shortcut, cfg.activation, in_channels, num_classes, job.family, **job.parameters
+        cfg.depth, cfg.residual, cfg.shortcut, cfg.activation, in_channels, num_classes, cfg.family, **job.parameters
     )
