@@ -55,6 +55,7 @@ def clone(database: Path, run_id: str, copies: int) -> None:
 
 def plan_seconds(runs: int) -> float:
     configs = [compose_config(f"depth={d}", f"residual={r}", "precision=fp32", "threads=2") for d, r in CARD_NETS]
+    jobs = [identity.resolve(cfg, edge.decide(cfg)) for cfg in configs]
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as folder:
         client, experiment_id = connect(f"sqlite:///{folder}/mlflow.db", "degradation")
@@ -68,7 +69,7 @@ def plan_seconds(runs: int) -> float:
         seconds = []
         for _ in range(3):
             start = time.perf_counter()
-            made = plan.make_plan(configs, None, client, experiment_id, device, plan.no_calibration)
+            made = plan.make_plan(jobs, None, client, experiment_id, device, plan.no_calibration)
             seconds.append(time.perf_counter() - start)
         assert all(net.source.startswith("measured") for net in made.nets), [net.source for net in made.nets]
     return statistics.median(seconds)

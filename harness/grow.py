@@ -92,10 +92,10 @@ def announce(sweep, design: Design, number: int, look_jobs, needed: int, trained
     """The look's jobs and its time here, and the worst case to the last look: every net still
     needed trained to the last look's seeds."""
     seeds_at_look = design.looks[number - 1]
-    configs = [sweep_job.job.requested for sweep_job in look_jobs]
-    at_once = jobs_at_once(launcher, configs[0].cores or len(os.sched_getaffinity(0)))
+    jobs = [sweep_job.job for sweep_job in look_jobs]
+    at_once = jobs_at_once(launcher, jobs[0].config.cores or len(os.sched_getaffinity(0)))
     made = plan.make_plan(
-        configs, launcher, sweep.client, sweep.experiment_id, pick_device(configs[0].device),
+        jobs, launcher, sweep.client, sweep.experiment_id, pick_device(jobs[0].config.device),
         plan.calibrate if at_once else plan.no_calibration,
     )  # fmt: skip
     sweep.progress = plan.Progress(made)

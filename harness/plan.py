@@ -15,13 +15,14 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import edge, identity, memory, record
+from harness import identity, memory, record
 from harness.analysis import PROBE_IMAGES
+from harness.config import Config
 from harness.cores import BUSY_CORES, cpu_seconds, jobs_at_once, others_busy
 from harness.data import DATASETS
 from harness.device import device_name
@@ -192,7 +193,7 @@ def measured_runs(client, experiments: list[str], key: tuple[str, ...]) -> list:
     return found
 
 
-def evaluated_images(cfg: DictConfig, iterations: int) -> int:
+def evaluated_images(cfg: Config, iterations: int) -> int:
     """Images a run's evaluations forward in `iterations` of its schedule: the evaluation subset
     every eval_every iterations, then the whole evaluation split and the final training sample."""
     schedule, dataset = cfg.schedule, cfg.dataset
@@ -202,9 +203,9 @@ def evaluated_images(cfg: DictConfig, iterations: int) -> int:
     return intermediate + split + min(schedule.final_train_subset or trainable, trainable)
 
 
-def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, float]:
+def calibrate(job: identity.Job, device) -> tuple[float, float, float]:
     """(seconds per training step, seconds per evaluated image, bytes a job needs at its peak) of
-    the config's net here, through the harness's own loop and evaluation on random images of its
+    the job's net here, through the harness's own loop and evaluation on random images of its
     data set's shape, with the job's threads and kernels: a run of 2 steps and one of
     2 + CALIBRATION_STEPS, whose difference leaves out what both pay once. The peak is the
     first run's (the net built, its optimizer's state made, a step's activations held for
@@ -217,7 +218,7 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
     from harness.tracking import MemoryTracker
     from harness.train import eval_batch, evaluate, train_job
 
-    job = identity.resolve(cfg, edge.decide(cfg, threads=threads))
+    cfg, threads = job.config, job.decided.threads
     evaluated = eval_batch(device)
     data = random_data(cfg.dataset.name, max(2 * cfg.schedule.batch_size, evaluated), device, cfg.dataset.resize)
     images, labels = data.eval_images[:evaluated], data.eval_labels[:evaluated]
@@ -233,18 +234,18 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
         model = build_for(job, data.in_channels, data.num_classes).to(device, memory_format=torch.channels_last)
 
         def seconds(iterations: int) -> float:
-            short = {"iterations": iterations, "eval_every": iterations + 1, "final_train_subset": 1}
-            run = OmegaConf.merge(cfg, {"schedule": short, "analysis": False})
+            schedule = replace(cfg.schedule, iterations=iterations, eval_every=iterations + 1, final_train_subset=1)
+            run = replace(job, config=replace(cfg, schedule=schedule, analysis=False))
             start = time.perf_counter()
-            train_job(identity.resolve(run, job.decided), model, data, MemoryTracker(), device)
+            train_job(run, model, data, MemoryTracker(), device)
             return time.perf_counter() - start
 
         with memory.Peak(device) as peak:  # the first run pays the first steps' costs, as the short one does not
             longer = seconds(2 + CALIBRATION_STEPS)
         step = (longer - seconds(2)) / CALIBRATION_STEPS
-        evaluate(model, data, images, labels, job.config.precision)  # warm-up
+        evaluate(model, data, images, labels, cfg.precision)  # warm-up
         start = time.perf_counter()
-        evaluate(model, data, images, labels, job.config.precision)
+        evaluate(model, data, images, labels, cfg.precision)
         return max(step, 0.0), (time.perf_counter() - start) / evaluated, peak.peak + dataset_bytes(cfg)
     finally:
         torch.set_num_threads(settings[0])
@@ -252,28 +253,28 @@ def calibrate(cfg: DictConfig, device, threads: int) -> tuple[float, float, floa
         torch.backends.cudnn.benchmark = settings[3]
 
 
-def dataset_bytes(cfg: DictConfig) -> int:
+def dataset_bytes(cfg: Config) -> int:
     """The data set a job holds in memory, both splits as bytes per pixel (harness.data)."""
     data_set = DATASETS[cfg.dataset.name]
     images = data_set.train_images + data_set.test_images
     return images * data_set.channels * data_set.image_size**2
 
 
-def calibrated_under_load(calibrate_nets, cfg: DictConfig, device, threads: int) -> tuple[float, float, float, float]:
+def calibrated_under_load(calibrate_nets, job: identity.Job, device) -> tuple[float, float, float, float]:
     """(step, per image, peak bytes, cores that other processes kept busy meanwhile): a
     calibration beside other work measures their share of the machine, not the job's (1,193 ms
     against 220 ms alone)."""
     before, start = cpu_seconds(), time.perf_counter()
-    step, per_image, peak = calibrate_nets(cfg, device, threads)
+    step, per_image, peak = calibrate_nets(job, device)
     return step, per_image, peak, others_busy(before, time.perf_counter() - start)
 
 
-def no_calibration(cfg: DictConfig, device, threads: int) -> tuple[float, float, float]:
+def no_calibration(job: identity.Job, device) -> tuple[float, float, float]:
     """Where the jobs run elsewhere: no estimate for a net this machine has not measured."""
     return math.nan, math.nan, math.nan
 
 
-def estimated_seconds(cfg: DictConfig, iterations: int, step: float, per_image: float) -> float:
+def estimated_seconds(cfg: Config, iterations: int, step: float, per_image: float) -> float:
     """A run's wall time from its calibrated step and evaluation: the steps, the evaluations and
     the probes (each an evaluation forward and a training step of PROBE_IMAGES)."""
     probes = iterations // cfg.schedule.analysis_every + 1 if cfg.analysis else 0
@@ -284,7 +285,7 @@ def estimated_seconds(cfg: DictConfig, iterations: int, step: float, per_image: 
 # The plan.
 
 
-def iterations_left(client, stored, cfg: DictConfig) -> int:
+def iterations_left(client, stored, cfg: Config) -> int:
     """A resumed run trains from its last checkpoint, where its training curve was last flushed."""
     history = client.get_metric_history(stored.run_id, record.TRAIN_ERROR)
     done = max((point.step for point in history), default=0)
@@ -292,22 +293,22 @@ def iterations_left(client, stored, cfg: DictConfig) -> int:
 
 
 def make_plan(
-    configs: list[DictConfig],
+    jobs: list[identity.Job],
     launcher: DictConfig | None,
     client,
     experiment_id: str | None,
     device,
     calibrate_nets=calibrate,
 ) -> Plan:
-    """What a launch of these job configs by this Hydra launcher would do, how long it would
-    take here, and how many of its jobs fit in this machine's memory at once."""
-    threads = edge.decide(configs[0], launcher).threads
+    """What a launch of these jobs (resolved at the launch's edge: harness.edge) by this Hydra
+    launcher would do, how long it would take here, and how many of its jobs fit in this
+    machine's memory at once."""
+    threads = jobs[0].decided.threads
     here = device_name(device)
     nets, seen, measured = [], set(), {}
     experiments = [experiment.experiment_id for experiment in client.search_experiments()] if client else []
-    for cfg in configs:
-        job = identity.resolve(cfg, edge.decide(cfg, launcher))
-        fingerprint = job.fingerprint
+    for job in jobs:
+        cfg, fingerprint = job.config, job.fingerprint
         if fingerprint in seen:
             continue
         seen.add(fingerprint)
@@ -334,7 +335,7 @@ def make_plan(
             seconds, source = math.nan, f"not estimated: under {CALIBRATED_FROM} iterations, not worth a calibration"
         else:
             if (calibrate_nets, key) not in CALIBRATIONS:
-                CALIBRATIONS[calibrate_nets, key] = calibrated_under_load(calibrate_nets, cfg, device, threads)
+                CALIBRATIONS[calibrate_nets, key] = calibrated_under_load(calibrate_nets, job, device)
             step, per_image, need, busy = CALIBRATIONS[calibrate_nets, key]
             seconds = estimated_seconds(cfg, iterations, step, per_image)
             source = f"calibrated: {1000 * step:.0f} ms a step"
@@ -342,8 +343,8 @@ def make_plan(
                 source += f", under load ({busy:.1f} cores busy with other work: too slow an estimate)"
         run_id = decision.run.run_id if decision.action == RESUME else None
         nets.append(NetPlan(name, fingerprint, decision.action, run_id, iterations, seconds, source, memory=need))
-    cores = configs[0].cores or len(os.sched_getaffinity(0))
-    made = Plan(nets, len(configs), jobs_at_once(launcher, cores), threads, startup_seconds())
+    cores = jobs[0].config.cores or len(os.sched_getaffinity(0))
+    made = Plan(nets, len(jobs), jobs_at_once(launcher, cores), threads, startup_seconds())
     if made.at_once is not None:  # a cluster's nodes are not this machine: their memory is the scheduler's
         made.asked, made.free = made.at_once, memory.available(device)
         made.at_once = memory.jobs_that_fit([net.memory for net in made.training], made.asked, made.free)
@@ -416,18 +417,18 @@ def plan_lines(plan: Plan, device) -> list[str]:
     return lines + [line for line in [memory_line(plan)] if line]
 
 
-def show(configs: list[DictConfig], launcher: DictConfig | None) -> None:
-    """Print the plan of a launch of these job configs; nothing is trained or stored."""
+def show(jobs: list[identity.Job], launcher: DictConfig | None) -> None:
+    """Print the plan of a launch of these jobs; nothing is trained or stored."""
     from harness.device import pick_device
     from harness.tracking.mlflow_store import look_in
 
-    cfg = configs[0]
+    cfg = jobs[0].config
     device = pick_device(cfg.device)
     client, experiment_id = look_in(cfg.tracking.uri, cfg.tracking.experiment)
-    for line in plan_lines(make_plan(configs, launcher, client, experiment_id, device), device):
+    for line in plan_lines(make_plan(jobs, launcher, client, experiment_id, device), device):
         print(line)
-    if len(configs) > 1:  # a study
-        for line in design_lines(configs, launcher, client, experiment_id, device):
+    if len(jobs) > 1:  # a study
+        for line in design_lines(jobs, launcher, client, experiment_id, device):
             print(line)
     print("Nothing was trained or stored (plan=true); the same command without it runs this.")
 
@@ -436,7 +437,7 @@ ASSUMED_SD = 2.75  # points: the paired sd of P2's shortcuts study at 3 seeds, w
 UNTRAINED_SEED = 1_000_000  # a seed no study trains: the planner's estimate of a net's next seed
 
 
-def design_lines(configs: list[DictConfig], launcher, client, experiment_id, device) -> list[str]:
+def design_lines(jobs: list[identity.Job], launcher, client, experiment_id, device) -> list[str]:
     """What the study's design promises, simulated with the function its report calls: the rate
     of false verdicts where no net differs, the power and seeds at the claims' `min_effect`, and
     what each look would cost here with every claim still open."""
@@ -444,9 +445,8 @@ def design_lines(configs: list[DictConfig], launcher, client, experiment_id, dev
     from harness.stats import claims
     from harness.tracking.runs import load_runs
 
-    cfg = configs[0]
+    cfg = jobs[0].requested
     design, min_effect = Design.of(cfg.design), cfg.report.min_effect
-    jobs = [identity.resolve(config, edge.decide(config, launcher)) for config in configs]
     family = [claim for claim in claims(_unrun(jobs), min_effect, design=design) if claim.verdict != "not judged"]
     if not family:
         return [f"Design: {design.describe()}; no claim of the table compares these nets."]
@@ -464,8 +464,10 @@ def design_lines(configs: list[DictConfig], launcher, client, experiment_id, dev
         f"{sum(power.settled) / len(family):.0%} of studies, after {power.expected_seeds:.1f} seeds on average, "
         f"{power.largest_seeds} at most.",
     ]
-    nets = {job.fingerprint: config for job, config in zip(jobs, configs)}
-    fresh = [OmegaConf.merge(config, {"seed": UNTRAINED_SEED}) for config in nets.values()]
+    nets = {job.fingerprint: job for job in jobs}
+    fresh = [
+        identity.resolve(OmegaConf.merge(job.requested, {"seed": UNTRAINED_SEED}), job.decided) for job in nets.values()
+    ]
     per_net = [net.seconds for net in make_plan(fresh, launcher, client, experiment_id, device).training]
     if per_net and all(math.isfinite(seconds) for seconds in per_net):
         at_once = make_plan(fresh[:1], launcher, None, None, device, no_calibration).at_once or len(per_net)

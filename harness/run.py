@@ -60,9 +60,9 @@ def main(cfg: DictConfig):
     from harness.launchers import orphaned
 
     gc.freeze()
-    if cfg.plan:  # a sweep's callback plans all its jobs before any starts, and stops the command
-        return plan.show([cfg], None)
     job = identity.resolve(cfg, edge.decide(cfg))
+    if cfg.plan:  # a sweep's callback plans all its jobs before any starts, and stops the command
+        return plan.show([job], None)
     in_sweep = in_a_sweep()
     if HydraConfig.initialized() and not in_sweep:  # a sweep's callback says these once for all its jobs
         for note in identity.unused_notes(job, list(HydraConfig.get().overrides.task)):

@@ -115,14 +115,12 @@ class Study(SweepCallback):
         if (distinct := len(study.distinct(jobs))) < len(jobs):
             print(f"note: the sweep's {len(jobs)} jobs train {distinct} distinct nets; each is trained once.")
         if config.plan:
-            plan.show([sweep_job.job.requested for sweep_job in jobs], config.hydra.launcher)
+            plan.show([sweep_job.job for sweep_job in jobs], config.hydra.launcher)
             raise Ended()  # no parent run, no job
         client, experiment_id = connect(config.tracking.uri, config.tracking.experiment)
         for note in study.other_precision_notes(client, experiment_id, [sweep_job.job for sweep_job in jobs]):
             print(note)
-        made = planned_to_fit(config, [cfg for _, cfg in composed], client, experiment_id)
-        if made.threads != jobs[0].job.decided.threads:  # fewer jobs at once than asked: more threads each
-            jobs = resolved(composed, config.hydra.launcher)
+        made, jobs = planned_to_fit(config, composed, jobs, client, experiment_id)
         mark_sweep_process()  # the jobs that a local launcher starts end when this process ends
         INTERRUPT_HOOKS.append(self.on_interrupt)
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
@@ -186,11 +184,13 @@ class Study(SweepCallback):
             jobs = {
                 tuple(o for o in sweep_job.overrides if o.split("=", 1)[0] != "seed") for sweep_job in self.sweep.jobs
             }
-            configs = [
-                compose(config_name="config", overrides=[*job, f"seed={n}"]) for job in jobs for n in range(seeds)
+            composed = [
+                (overrides, compose(config_name="config", overrides=overrides))
+                for overrides in ([*job, f"seed={n}"] for job in jobs for n in range(seeds))
             ]
+            seeded = [sweep_job.job for sweep_job in resolved(composed, config.hydra.launcher)]
             made = plan.make_plan(
-                configs, config.hydra.launcher, self.sweep.client, self.sweep.experiment_id, pick_device(config.device)
+                seeded, config.hydra.launcher, self.sweep.client, self.sweep.experiment_id, pick_device(config.device)
             )
             return f"python -m harness.run -m {' '.join([*kept, f'seed={seed_list}'])}", made.wall_seconds
 
@@ -221,31 +221,34 @@ def resolved(composed: list[tuple[tuple[str, ...], DictConfig]], launcher: DictC
     return [study.SweepJob(overrides, identity.resolve(cfg, edge.decide(cfg, launcher))) for overrides, cfg in composed]
 
 
-def sweep_plan(config: DictConfig, configs: list[DictConfig], client, experiment_id: str) -> plan.Plan:
+def sweep_plan(config: DictConfig, jobs: list[study.SweepJob], client, experiment_id: str) -> plan.Plan:
     """The plan of the sweep's jobs with its launcher as configured now. Where a cluster runs the
     jobs, this machine's rates say nothing of theirs: nothing is calibrated."""
-    launcher = config.hydra.launcher
-    at_once = jobs_at_once(launcher, configs[0].cores or len(os.sched_getaffinity(0)))
+    launcher, first = config.hydra.launcher, jobs[0].job.config
+    at_once = jobs_at_once(launcher, first.cores or len(os.sched_getaffinity(0)))
     return plan.make_plan(
-        configs, launcher, client, experiment_id, pick_device(configs[0].device),
+        [sweep_job.job for sweep_job in jobs], launcher, client, experiment_id, pick_device(first.device),
         plan.calibrate if at_once else plan.no_calibration,
     )  # fmt: skip
 
 
-def planned_to_fit(config: DictConfig, configs: list[DictConfig], client, experiment_id: str) -> plan.Plan:
-    """The sweep's plan, with no more jobs at once than fit in memory: joblib's n_jobs lowered
-    before Hydra makes the launcher from it (and the jobs read their threads from it), and the
-    plan made again at those threads; where one job alone does not fit, the launch is refused
-    with the numbers, before its parent run opens or a job starts."""
-    made = sweep_plan(config, configs, client, experiment_id)
+def planned_to_fit(
+    config: DictConfig, composed: list, jobs: list[study.SweepJob], client, experiment_id: str
+) -> tuple[plan.Plan, list[study.SweepJob]]:
+    """The sweep's plan and jobs, with no more jobs at once than fit in memory: joblib's n_jobs
+    lowered before Hydra makes the launcher from it, the jobs resolved again at the threads that
+    leaves each, and the plan made again; where one job alone does not fit, the launch is
+    refused with the numbers, before its parent run opens or a job starts."""
+    made = sweep_plan(config, jobs, client, experiment_id)
     if not made.fits:
         raise HarnessError(plan.memory_line(made).removeprefix("Memory: "))
     if made.at_once is not None and made.at_once < made.asked:
         print(plan.memory_line(made))
         with read_write(config.hydra.launcher):
             config.hydra.launcher.n_jobs = made.at_once
-        made = sweep_plan(config, configs, client, experiment_id)
-    return made
+        jobs = resolved(composed, config.hydra.launcher)  # fewer jobs at once: more threads each
+        made = sweep_plan(config, jobs, client, experiment_id)
+    return made, jobs
 
 
 class Progress:

@@ -68,12 +68,12 @@ def test_the_estimate_is_the_measured_rate_times_the_iterations(tmp_path):
     finished_run(client, experiment_id, *common, "seed=5", seconds_per_iteration=0.02)
     finished_run(client, experiment_id, *common, "seed=6", seconds_per_iteration=0.04)
     done = finished_run(client, experiment_id, *common, "seed=0", "schedule.iterations=600", seconds_per_iteration=0.03)
-    configs = [compose_config(*common, f"seed={seed}", "schedule.iterations=600") for seed in (0, 1, 2)]
+    jobs = [resolved(compose_config(*common, f"seed={seed}", "schedule.iterations=600")) for seed in (0, 1, 2)]
 
     def no_calibration(*args):
         raise AssertionError("a net with measured runs is not calibrated")
 
-    made = plan.make_plan(configs, None, client, experiment_id, torch.device("cpu"), no_calibration)
+    made = plan.make_plan(jobs, None, client, experiment_id, torch.device("cpu"), no_calibration)
     assert [(net.action, net.run_id) for net in made.nets[:1]] == [("skip", done)]
     assert [net.action for net in made.nets[1:]] == ["new run", "new run"]
     assert [net.seconds for net in made.nets[1:]] == pytest.approx([600 * 0.03, 600 * 0.03])
@@ -92,12 +92,12 @@ def test_runs_of_another_machine_are_not_this_ones_measure(tmp_path):
     finished_run(client, experiment_id, *common, "seed=5", seconds_per_iteration=9.0, machine_name="Other CPU (AVX2)")
     calls = []
 
-    def calibration(cfg, device, threads):
-        calls.append(cfg.seed)
+    def calibration(job, device):
+        calls.append(job.config.seed)
         return 0.05, 0.001, math.nan
 
     made = plan.make_plan(
-        [compose_config(*common, "seed=0")], None, client, experiment_id, torch.device("cpu"), calibration
+        [resolved(compose_config(*common, "seed=0"))], None, client, experiment_id, torch.device("cpu"), calibration
     )
     assert calls == [0] and made.nets[0].source.startswith("calibrated")
 
@@ -123,8 +123,8 @@ def test_the_plan_asks_the_store_for_this_machines_runs_of_its_nets_only(tmp_pat
             asked.append((filter_string, len(runs)))
             return runs
 
-    configs = [compose_config("depth=8", *common, "seed=9")]
-    made = plan.make_plan(configs, None, Recording(), experiment_id, torch.device("cpu"), plan.no_calibration)
+    jobs = [resolved(compose_config("depth=8", *common, "seed=9"))]
+    made = plan.make_plan(jobs, None, Recording(), experiment_id, torch.device("cpu"), plan.no_calibration)
     assert made.nets[0].source == "measured: 1 finished run(s) here"
     assert made.nets[0].seconds == pytest.approx(600 * 0.03)
     rate_queries = [(query, found) for query, found in asked if "FINISHED" in query]
@@ -140,15 +140,15 @@ def test_a_calibration_beside_other_work_says_so():
         [sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"]
     )
 
-    def calibration(cfg, device, threads):
+    def calibration(job, device):
         time.sleep(1.5)  # the calibration's own work is not other work
         return 0.05, 0.001, math.nan
 
     try:
         time.sleep(0.3)
         iterations = f"schedule.iterations={plan.CALIBRATED_FROM}"
-        configs = [compose_config("depth=8", "schedule=smoke", iterations, "precision=fp32")]
-        made = plan.make_plan(configs, None, None, None, torch.device("cpu"), calibration)
+        jobs = [resolved(compose_config("depth=8", "schedule=smoke", iterations, "precision=fp32"))]
+        made = plan.make_plan(jobs, None, None, None, torch.device("cpu"), calibration)
     finally:
         spinner.kill()
         spinner.wait()
@@ -158,14 +158,14 @@ def test_a_calibration_beside_other_work_says_so():
 def test_a_net_without_measured_runs_is_calibrated_once():
     calls = []
 
-    def calibration(cfg, device, threads):
-        calls.append(cfg.depth)
+    def calibration(job, device):
+        calls.append(job.config.depth)
         return 0.05, 0.001, math.nan  # seconds a step, seconds an evaluated image, bytes at the peak
 
     smoke = ["depth=8", "schedule=smoke", f"schedule.iterations={plan.CALIBRATED_FROM}", "device=cpu"]
-    configs = [compose_config(*smoke, f"seed={seed}") for seed in (0, 1)]
-    made = plan.make_plan(configs, None, None, None, torch.device("cpu"), calibration)
-    cfg = configs[0]
+    jobs = [resolved(compose_config(*smoke, f"seed={seed}")) for seed in (0, 1)]
+    made = plan.make_plan(jobs, None, None, None, torch.device("cpu"), calibration)
+    cfg = jobs[0].config
     iterations = cfg.schedule.iterations
     probes = iterations // cfg.schedule.analysis_every + 1
     probe = 256 * 0.001 + 256 / cfg.schedule.batch_size * 0.05
@@ -199,8 +199,8 @@ def test_a_run_too_short_for_a_calibration_is_not_estimated():
     def no_calibration(*args):
         raise AssertionError("a 20-iteration run is not calibrated")
 
-    configs = [compose_config("depth=8", "schedule=smoke", f"seed={seed}", "device=cpu") for seed in (0, 1)]
-    made = plan.make_plan(configs, None, None, None, torch.device("cpu"), no_calibration)
+    jobs = [resolved(compose_config("depth=8", "schedule=smoke", f"seed={seed}", "device=cpu")) for seed in (0, 1)]
+    made = plan.make_plan(jobs, None, None, None, torch.device("cpu"), no_calibration)
     assert all(math.isnan(net.seconds) and net.source.startswith("not estimated") for net in made.nets)
     assert "2 net(s) to train; no time estimate" in plan.summary(made)
     assert "estimated wall time here unknown" in plan.plan_lines(made, torch.device("cpu"))[-1]
@@ -425,22 +425,25 @@ def test_a_peak_sees_what_a_step_holds_and_frees():
 
 
 def joblib_sweep(n_jobs: int):
-    """Two nets of a joblib sweep, long enough to be calibrated, and its config's launcher."""
+    """Two nets of a joblib sweep, long enough to be calibrated (as the sweep holds them: each
+    job's overrides and config, and the job resolved), and its config's launcher."""
     common = ("schedule=smoke", f"schedule.iterations={plan.CALIBRATED_FROM}", "device=cpu", "threads=1")
-    configs = [compose_config(*common, f"depth={depth}") for depth in (8, 14)]
-    return configs, OmegaConf.create({"hydra": {"launcher": {"n_jobs": n_jobs}}})
+    composed = [((*common, f"depth={depth}"), compose_config(*common, f"depth={depth}")) for depth in (8, 14)]
+    config = OmegaConf.create({"hydra": {"launcher": {"n_jobs": n_jobs}}})
+    return composed, sweep.resolved(composed, config.hydra.launcher), config
 
 
 def fake_machine(monkeypatch, free: float, needs: dict[int, float]) -> None:
     """`free` bytes available; each depth's calibration measures its need."""
     monkeypatch.setattr(memory, "available", lambda device: free)
-    monkeypatch.setattr(plan, "calibrate", lambda cfg, device, threads: (0.05, 0.001, needs[cfg.depth]))
+    monkeypatch.setattr(plan, "calibrate", lambda job, device: (0.05, 0.001, needs[job.config.depth]))
 
 
 def test_the_plan_shows_each_nets_memory_and_what_fits(monkeypatch):
     fake_machine(monkeypatch, 10 * GIB, {8: 3 * GIB, 14: 8 * GIB})
-    configs, config = joblib_sweep(2)
-    made = plan.make_plan(configs, config.hydra.launcher, None, None, torch.device("cpu"), plan.calibrate)
+    _, sweep_jobs, config = joblib_sweep(2)
+    jobs = [sweep_job.job for sweep_job in sweep_jobs]
+    made = plan.make_plan(jobs, config.hydra.launcher, None, None, torch.device("cpu"), plan.calibrate)
     assert (made.asked, made.at_once) == (2, 1) and [net.memory for net in made.nets] == [3 * GIB, 8 * GIB]
     lines = plan.plan_lines(made, torch.device("cpu"))
     assert lines[0].endswith("on cpu here, 1 at a time, 1 thread(s) each.")
@@ -451,7 +454,7 @@ def test_the_plan_shows_each_nets_memory_and_what_fits(monkeypatch):
         "time (the launcher's n_jobs lowered)."
     )
     fake_machine(monkeypatch, 12 * GIB, {8: 3 * GIB, 14: 8 * GIB})
-    made = plan.make_plan(configs, config.hydra.launcher, None, None, torch.device("cpu"), plan.calibrate)
+    made = plan.make_plan(jobs, config.hydra.launcher, None, None, torch.device("cpu"), plan.calibrate)
     assert made.at_once == 2 and plan.plan_lines(made, torch.device("cpu"))[-1].startswith(
         "Memory: 2 job(s) at once need at most 11.0 GiB at their peaks; 12.0 GiB available"
     )
@@ -462,7 +465,7 @@ def test_the_plan_widens_its_net_column_for_long_names(monkeypatch):
     cfg = compose_config("family=cifar_bottleneck", "depth=1001", "activation=pre", "seed=11", "schedule=smoke",
                          f"schedule.iterations={plan.CALIBRATED_FROM}", "device=cpu", "threads=1")  # fmt: skip
     lines = plan.plan_lines(
-        plan.make_plan([cfg], None, None, None, torch.device("cpu"), plan.calibrate), torch.device("cpu")
+        plan.make_plan([resolved(cfg)], None, None, None, torch.device("cpu"), plan.calibrate), torch.device("cpu")
     )
     name = "resnet-1001-bottleneck-B-pre seed 11"
     assert lines[1].index("action") == lines[2].index("new run") == len(f"  {name} ")
@@ -470,17 +473,17 @@ def test_the_plan_widens_its_net_column_for_long_names(monkeypatch):
 
 def test_a_sweep_whose_jobs_do_not_fit_together_runs_them_one_at_a_time(monkeypatch, capsys):
     fake_machine(monkeypatch, 10 * GIB, {8: 3 * GIB, 14: 8 * GIB})
-    configs, config = joblib_sweep(2)
-    made = sweep.planned_to_fit(config, configs, None, None)
+    composed, jobs, config = joblib_sweep(2)
+    made, _ = sweep.planned_to_fit(config, composed, jobs, None, None)
     assert config.hydra.launcher.n_jobs == 1 and (made.asked, made.at_once) == (1, 1)
     assert "the launch runs 1 at a time (the launcher's n_jobs lowered)" in capsys.readouterr().out
 
 
 def test_a_sweep_whose_largest_job_does_not_fit_alone_is_refused_with_the_numbers(monkeypatch, capsys):
     fake_machine(monkeypatch, 6 * GIB, {8: 3 * GIB, 14: 8 * GIB})
-    configs, config = joblib_sweep(2)
+    composed, jobs, config = joblib_sweep(2)
     with pytest.raises(HarnessError) as refused:
-        sweep.planned_to_fit(config, configs, None, None)
+        sweep.planned_to_fit(config, composed, jobs, None, None)
     assert refused.value.code == 2 and config.hydra.launcher.n_jobs == 2
     assert str(refused.value) == (
         "one job of resnet-14 seed 0 needs 8.0 GiB at its peak, more than the 6.0 GiB available here now "
