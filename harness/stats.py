@@ -422,27 +422,29 @@ def claims(
 
 
 def judge_family(family: list[Claim], design: Design, min_effect: float) -> list[Claim]:
-    """The claims of one family judged together at the last look that all of them complete: its
-    seeds 0, 1, ... for every claim. A claim whose nets diverged in every seed has no differences:
-    `with_failures` said what it is."""
+    """The claims of one family judged together at the last look the family has reached: a look
+    is reached when every claim still open after the looks before it has the look's seeds 0, 1,
+    ... (a claim settled earlier needs no more: a growing study stops training its nets). A claim
+    whose nets diverged in every seed has no differences: `with_failures` said what it is."""
     failed = [claim for claim in family if claim.interval.n == 0 and any(map(len, claim.failed.values()))]
     family = [claim for claim in family if claim not in failed]
     if not family:
         return failed
-    seeds = min(_leading_seeds(claim.differences) for claim in family)
-    looks = design.looks_reached(seeds)
-    next_seeds = design.looks[looks] if looks < len(design.looks) else None
+    seeds = [_leading_seeds(claim.differences) for claim in family]
+    looks = design.looks_reached(min(seeds))
     if looks == 0:
+        next_seeds = design.looks[0]
         for claim in family:
-            _open_before_first_look(claim, Look(0, len(design.looks), seeds, math.nan, math.nan, next_seeds))
+            _open_before_first_look(claim, Look(0, len(design.looks), min(seeds), math.nan, math.nan, next_seeds))
         return family + failed
-    last = design.looks[looks - 1]
-    differences = np.full((1, len(family), last), np.nan)
-    for index, claim in enumerate(family):
-        values = claim.differences.reindex(range(last))
-        differences[0, index] = values.to_numpy(dtype=float)
-    no_worse = [claim.kind == "no worse" for claim in family]
-    judged = sequential.judge(differences, design, looks, min_effect, no_worse)
+    judged = _judged(family, design, looks, min_effect)
+    while looks < len(design.looks):
+        still_open = [have for index, have in enumerate(seeds) if judged.verdict[0, index] == sequential.OPEN]
+        if not still_open or min(still_open) < design.looks[looks]:
+            break
+        looks += 1
+        judged = _judged(family, design, looks, min_effect)
+    next_seeds = design.looks[looks] if looks < len(design.looks) else None
     for index, claim in enumerate(family):
         verdict = {sequential.REPRODUCED: "reproduced", sequential.CONTRADICTED: "contradicted"}.get(
             int(judged.verdict[0, index]), "open" if next_seeds else "inconclusive"
@@ -459,6 +461,16 @@ def judge_family(family: list[Claim], design: Design, min_effect: float) -> list
         claim.verdict, claim.look = verdict, look
         claim.reason = "; ".join(filter(None, [look.said(verdict), *_failures(claim)]))
     return family + failed
+
+
+def _judged(family: list[Claim], design: Design, looks: int, min_effect: float) -> sequential.Judged:
+    """The family's verdicts after `looks` looks; a claim's seeds past its own are NaN."""
+    last = design.looks[looks - 1]
+    differences = np.full((1, len(family), last), np.nan)
+    for index, claim in enumerate(family):
+        differences[0, index] = claim.differences.reindex(range(last)).to_numpy(dtype=float)
+    no_worse = [claim.kind == "no worse" for claim in family]
+    return sequential.judge(differences, design, looks, min_effect, no_worse)
 
 
 def _leading_seeds(differences: pd.Series) -> int:

@@ -109,6 +109,22 @@ def test_a_family_is_judged_at_the_last_look_all_its_claims_complete():
     assert [c.verdict for c in judged] == ["reproduced", "reproduced"] and judged[0].look.number == 2
 
 
+def test_a_claim_settled_early_does_not_hold_its_family_back():
+    """A growing study stops training the nets of a settled claim: the family's next look is
+    reached when its open claims have their seeds (P2's units study: (e) settled at 8 seeds, and
+    (b)'s 12 were judged at 8 until this was so)."""
+    design = Design(looks=(3, 5))
+    settled = {0: 20.0, 1: 20.2, 2: 20.1}  # |t| 348 at 3 seeds: reproduced at the first look
+    still_open = {0: 5.0, 1: 8.0, 2: 2.0, 3: 6.0, 4: 5.0}  # |t| 2.9 at 3 seeds, 5.4 at 5
+    first, second = stats.judge_family([claim("A", settled), claim("B", still_open)], design, 1.0)
+    assert (first.verdict, first.look.number, first.look.seeds) == ("reproduced", 1, 3)
+    assert (second.verdict, second.look.number, second.look.seeds) == ("reproduced", 2, 5)
+    first, second = stats.judge_family(
+        [claim("A", settled), claim("B", dict(list(still_open.items())[:4]))], design, 1.0
+    )
+    assert second.verdict == "open" and second.look.next_seeds == 5  # its look 2 is not whole
+
+
 def test_open_before_the_first_look_and_inconclusive_at_the_last():
     design = Design(looks=(3, 4))
     (early,) = stats.judge_family([claim("A", {0: 1.0, 1: -2.0})], design, 1.0)
