@@ -6,7 +6,8 @@
 
 A study outlives its store: a checkout without mlruns/, a machine given back, the GPU box that
 trained the runs. The export writes the sweep's parent run and every finished run it covers (and
-every run that diverged: a result, as P2's "fail") as
+every run that diverged: a result, as P2's "fail"; and those a growing study's look under way has
+finished) as
 one JSON file each: name, status, times, tags, params, every metric's whole history and the
 text artifacts (config, summary, probe tables). The import writes them into a store as they
 were, under new run ids, so that launching the sweep's command against that store skips them
@@ -100,7 +101,10 @@ def export_sweep(client: MlflowClient, parent_run_id: str, folder: Path) -> tupl
         raise ArchiveError(f"there is no run {parent_run_id} in {client.tracking_uri} ({type(error).__name__})")
     if parent.data.tags.get(record.ROLE) != record.SWEEP:
         raise ArchiveError(f"run {parent_run_id} ({parent.info.run_name}) is not a sweep's parent run")
-    members = [client.get_run(run_id) for run_id in sweep_members(client, parent_run_id)]
+    # Its members (as of its last look) and its own children: a look under way has trained some.
+    children = client.search_runs([parent.info.experiment_id], record.children_filter(parent_run_id), max_results=50000)
+    run_ids = dict.fromkeys([*sweep_members(client, parent_run_id), *(run.info.run_id for run in children)])
+    members = [client.get_run(run_id) for run_id in run_ids]
     done = [run for run in members if record.is_result(run)]
     folder.mkdir(parents=True, exist_ok=True)
     experiment = client.get_experiment(parent.info.experiment_id).name

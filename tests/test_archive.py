@@ -3,11 +3,12 @@ were, and the sweep's command launched against the new store skips them."""
 
 import json
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import archive, record
-from harness.tracking.runs import load_runs
+from harness.tracking.runs import load_runs, write_members
 
 from helpers import REPO
 from helpers.known_runs import experiment_store, log_run, sweep_run
@@ -142,3 +143,20 @@ def test_a_run_that_diverged_is_archived_as_the_result_it_is(tmp_path):
     runs = load_runs(MlflowClient(other), [MlflowClient(other).get_experiment_by_name("degradation").experiment_id])
     dropout = runs[runs["model"] == "resnet-56-drop0.5"].iloc[0]
     assert dropout["status"] == "FAILED" and dropout["diverged_at"] == 500
+
+
+def test_the_finished_runs_of_a_look_under_way_are_archived_too(tmp_path):
+    """A growing study writes its members after each look; a session that ends in the middle of
+    a look archives that look's finished runs as well (they are the sweep's own children), so
+    that a relaunch on another machine skips them."""
+    client, experiment_id = experiment_store(tmp_path)
+    parent = sweep_run(client, experiment_id)
+    judged = log_run(client, experiment_id, 56, True, parent=parent)
+    members = pd.DataFrame(
+        [record.member_row(client.get_run(judged), parent, "depth=56")], columns=record.MEMBER_COLUMNS
+    )
+    write_members(client, parent, members, tmp_path / "sweep")
+    log_run(client, experiment_id, 56, True, seed=1, parent=parent)  # the next look's, finished
+    log_run(client, experiment_id, 56, True, seed=2, parent=parent, status="RUNNING")  # still training
+    assert archive.export_sweep(client, parent, tmp_path / "archive") == (2, 1)
+    assert sorted(path.name.split("_")[1] for path in (tmp_path / "archive").glob("resnet-56_*")) == ["seed0", "seed1"]
