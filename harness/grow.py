@@ -99,6 +99,8 @@ def announce(sweep, design: Design, number: int, look_jobs, needed: int, trained
         plan.calibrate if at_once else plan.no_calibration,
     )  # fmt: skip
     sweep.progress = plan.Progress(made)
+    if math.isfinite(made.wall_seconds):
+        sweep.estimate = (sweep.estimate or 0.0) + made.wall_seconds
     trained = [net.seconds for net in made.training]
     per_job = sum(trained) / len(trained) if trained else math.nan
     later = (design.looks[-1] - seeds_at_look) * needed

@@ -44,7 +44,8 @@ class Sweep:
     jobs: list[SweepJob]
     vanished: dict[int, str] = dataclasses.field(default_factory=dict)  # job number -> SLURM job that vanished
     planned: plan.Plan | None = None  # the launch's plan (harness.plan), made before its parent run opened
-    estimate: float | None = None  # the sweep's wall time as planned, seconds from the process's start
+    estimate: float | None = None  # the sweep's wall time as planned (a growing study's: its looks' so far)
+    grows: bool = False  # look by look (hydra/sweeper=sequential, harness.grow)
     progress: plan.Progress | None = None  # the jobs it trains now (a growing study's: its look's), as planned
 
 

@@ -36,6 +36,7 @@ from harness.launchers import INTERRUPT_HOOKS, SLURM_LAUNCHER, VanishedJobs, mar
 from harness.lease import INTERVAL
 from harness.sequential import Design
 from harness.tracking.mlflow_store import connect
+from hydra_plugins.harness_sequential import SequentialSweeperConf
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0  # how often the sweep looks for jobs that ended
@@ -152,7 +153,8 @@ class Study(SweepCallback):
                 except ConfigError as error:
                     raise ConfigError(f"{error} (no job was started)") from None
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{parent_run_id}'")
-        self.sweep = study.Sweep(client, experiment_id, parent_run_id, jobs, planned=made)
+        grows = config.hydra.sweeper.get("_target_") == SequentialSweeperConf._target_
+        self.sweep = study.Sweep(client, experiment_id, parent_run_id, jobs, planned=made, grows=grows)
         self.parts = (Progress(self.sweep), VanishedSlurmJobs(config, self.sweep))
 
     @stop_on_error
@@ -160,9 +162,9 @@ class Study(SweepCallback):
         for part in reversed(self.parts):
             part.stop()
         sweep = self.sweep
-        estimate = sweep.estimate
+        estimate, when = sweep.estimate, "look by look" if sweep.grows else "at its start"
         wall_time = f"Wall time: {plan.clock(plan.seconds_since_start())} from the command's start" + (
-            f" (estimated at its start: {plan.clock(estimate)})." if estimate is not None else "."
+            f" (estimated {when}: {plan.clock(estimate)})." if estimate is not None else "."
         )
         figures = config.tracking.figures
         ending = study.conclude(
@@ -257,7 +259,7 @@ class Progress:
 
     def __init__(self, sweep: study.Sweep):
         self.sweep, made = sweep, sweep.planned
-        if made.at_once:
+        if made.at_once and not sweep.grows:  # a growing study's looks each announce their own (harness.grow)
             print(plan.summary(made))
             sweep.estimate = made.wall_seconds if math.isfinite(made.wall_seconds) else None
         sweep.progress = plan.Progress(made)

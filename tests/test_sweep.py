@@ -122,7 +122,7 @@ def test_a_study_grows_itself_look_by_look_and_a_relaunch_trains_nothing_again(t
     judges the looks from the store and trains nothing (issue 44)."""
     design = ("hydra/sweeper=sequential", "depth=8", "residual=true,false", "design.looks=[3,4]")
     first = sweep(tmp_path, store, data_root, *design)
-    assert "Look 1 of 2: seeds 0 to 2 of 2 net(s), 6 job(s)" in first.stdout
+    assert "Look 1 of 2: seeds 0 to 2 of 2 net(s), 6 job(s)" in first.stdout and "Estimate:" not in first.stdout
     assert "Look 1 of 2 (3 seeds):" in first.stdout and "the next look is at 4 seeds" in first.stdout
     assert "Look 2 of 2: seeds 3 to 3 of 2 net(s), 2 job(s)" in first.stdout
     assert "Look 2 of 2 (4 seeds):" in first.stdout and ": inconclusive (final, look 2 of 2, 4 seeds" in first.stdout
@@ -134,6 +134,7 @@ def test_a_study_grows_itself_look_by_look_and_a_relaunch_trains_nothing_again(t
     again = sweep(tmp_path, store, data_root, *design)
     assert parent_of(again) == parent.info.run_id and again.stdout.count("skip ") == 8
     assert len(job_runs(client)) == 8 and "Look 2 of 2 (4 seeds):" in again.stdout
+    assert re.search(r"Wall time: \d+:\d\d from the command's start \(estimated look by look: \d+:\d\d\)", again.stdout)
     refused = harness_command(
         "harness.run", "-m", *design[:-1], "design.looks=[3,5]", *TINY, *STEADY, f"tracking.uri={store}",
         f"dataset.root={data_root}", cwd=tmp_path,
