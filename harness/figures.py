@@ -258,7 +258,8 @@ def probe_profiles(ax: plt.Axes, net: pd.DataFrame) -> None:
         ax.plot(at_step.index, at_step.values, color=colour, linewidth=1.2, label=f"iteration {step}")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    if shown:  # a net whose run has no probe tables draws an empty panel
+        ax.legend(fontsize=7)
 
 
 def gradient_profile(runs: pd.DataFrame, analysis: pd.DataFrame) -> plt.Figure | None:
