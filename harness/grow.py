@@ -48,7 +48,8 @@ def resolved(overrides: list[str], launcher) -> identity.Job:
 
 def grow(sweeper, arguments: list[str]) -> list:
     """The sequential sweeper's sweep: the looks, each a batch for Hydra's launcher."""
-    sweep = study_of(sweeper.hydra_context.callbacks).sweep
+    callback = study_of(sweeper.hydra_context.callbacks)
+    sweep = callback.sweep
     config, launcher = sweeper.config, sweeper.launcher
     design = Design.of(config.design)
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
@@ -69,6 +70,7 @@ def grow(sweeper, arguments: list[str]) -> list:
         sweep.jobs = look_jobs if number == 1 else sweep.jobs + look_jobs
         announce(sweep, design, number, look_jobs, len(needed), trained_to, config.hydra.launcher)
         returns.append(launcher.launch(batch, initial_job_idx=sum(map(len, returns))))
+        callback.progress.look()  # the look's last jobs' lines, before its verdicts
         trained_to = seeds_at_look
         # The study as the store holds it after each look: its report, plot and archive cover the
         # runs so far while later looks train for hours.

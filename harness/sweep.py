@@ -6,7 +6,8 @@ wherever; at the end it records the study's members, reports on them and says wh
 configurations failed (harness.study). It owns the sweep it opened (`Study.sweep`) and the parts
 that watch it while it runs, each one concern:
 
-- `Progress` prints the sweep's estimate as it starts and a line as each job ends (harness.plan).
+- `Progress` prints the sweep's estimate as it starts and a line as each job ends (harness.plan);
+  a growing study's looks say their own estimates, and each look's last lines before its verdicts.
 - `VanishedSlurmJobs`, on SLURM, ends the jobs that vanished without a result, which the launcher
   would wait for forever (harness.launchers).
 """
@@ -97,6 +98,7 @@ class SweepCallback(Callback):
 
 class Study(SweepCallback):
     sweep: study.Sweep | None = None  # the sweep this process runs, once opened
+    progress: "Progress | None" = None  # its line as each job ends (a growing study's looks call it too)
     parts: tuple = ()  # what watches it while it runs
 
     @stop_on_error
@@ -155,7 +157,8 @@ class Study(SweepCallback):
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{parent_run_id}'")
         grows = config.hydra.sweeper.get("_target_") == SequentialSweeperConf._target_
         self.sweep = study.Sweep(client, experiment_id, parent_run_id, jobs, planned=made, grows=grows)
-        self.parts = (Progress(self.sweep), VanishedSlurmJobs(config, self.sweep))
+        self.progress = Progress(self.sweep)
+        self.parts = (self.progress, VanishedSlurmJobs(config, self.sweep))
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -263,18 +266,20 @@ class Progress:
             print(plan.summary(made))
             sweep.estimate = made.wall_seconds if math.isfinite(made.wall_seconds) else None
         sweep.progress = plan.Progress(made)
+        self.lock = threading.Lock()  # the watcher's looks and a growing study's, at the end of each look
         self.watcher = Repeating(self.look, PROGRESS_SECONDS, "sweep-progress")
         self.watcher.start()
 
     def look(self) -> None:
-        try:
-            runs = self.sweep.client.search_runs(
-                [self.sweep.experiment_id], record.children_filter(self.sweep.parent_run_id)
-            )
-        except Exception:  # the store's trouble is the jobs' to report; the count waits
-            return
-        for line in self.sweep.progress.lines(runs):
-            tqdm.write(line)
+        with self.lock:
+            try:
+                runs = self.sweep.client.search_runs(
+                    [self.sweep.experiment_id], record.children_filter(self.sweep.parent_run_id)
+                )
+            except Exception:  # the store's trouble is the jobs' to report; the count waits
+                return
+            for line in self.sweep.progress.lines(runs):
+                tqdm.write(line)
 
     def stop(self) -> None:
         self.watcher.stop()

@@ -124,6 +124,7 @@ def test_a_study_grows_itself_look_by_look_and_a_relaunch_trains_nothing_again(t
     first = sweep(tmp_path, store, data_root, *design)
     assert "Look 1 of 2: seeds 0 to 2 of 2 net(s), 6 job(s)" in first.stdout and "Estimate:" not in first.stdout
     assert "Look 1 of 2 (3 seeds):" in first.stdout and "the next look is at 4 seeds" in first.stdout
+    assert first.stdout.index("sweep: 6/6 jobs done") < first.stdout.index("Look 1 of 2 (3 seeds):")
     assert "Look 2 of 2: seeds 3 to 3 of 2 net(s), 2 job(s)" in first.stdout
     assert "Look 2 of 2 (4 seeds):" in first.stdout and ": inconclusive (final, look 2 of 2, 4 seeds" in first.stdout
     assert "Sweep done: 8 runs: 8 trained" in first.stdout and "Verdicts (looks at 3, 4 seeds" in first.stdout
