@@ -178,8 +178,6 @@ def judge(differences: np.ndarray, design: Design, looks: int, min_effect: float
         open_ = judged.verdict == OPEN
         remaining = open_.sum(axis=1)
         judged.statistic[open_] = statistic[open_]
-        first_tested = boundaries[k, np.maximum(remaining, 1) - 1]
-        judged.boundary[open_] = np.repeat(first_tested[:, None], claims, axis=1)[open_]
         order = np.argsort(np.where(open_, -np.nan_to_num(np.abs(statistic), nan=0.0), np.inf), axis=1, kind="stable")
         going = np.ones(studies, dtype=bool)
         for step in range(claims):
@@ -196,6 +194,11 @@ def judge(differences: np.ndarray, design: Design, looks: int, min_effect: float
             going &= settled
             if not going.any():
                 break
+        # A claim left open is given the boundary at which the step-down stopped: the one the most
+        # extreme open claim missed, its level alpha over the claims still open after this look.
+        still_open = judged.verdict == OPEN
+        missed = boundaries[k, np.maximum(still_open.sum(axis=1), 1) - 1]
+        judged.boundary[still_open] = np.repeat(missed[:, None], claims, axis=1)[still_open]
     return judged
 
 

@@ -125,6 +125,21 @@ def test_a_claim_settled_early_does_not_hold_its_family_back():
     assert second.verdict == "open" and second.look.next_seeds == 5  # its look 2 is not whole
 
 
+def test_a_claim_left_open_is_given_the_boundary_the_step_down_stopped_at():
+    """Holm within a look: the most extreme claim is tested at alpha / 3, and once it is settled
+    the next at alpha / 2; the claims left open are said to miss alpha / 2's boundary, not the
+    stricter first step's (P2's shortcuts at look 3 showed 5.23, alpha / 6's, after two claims
+    had settled)."""
+    design = Design(looks=(3, 5))
+    settled = {0: 20.0, 1: 20.2, 2: 20.1}  # |t| 348: reproduced at the first look
+    weak, weaker = {0: 5.0, 1: 8.0, 2: 2.0}, {0: 1.0, 1: 3.0, 2: -1.0}
+    judged = stats.judge_family([claim("A", settled), claim("B", weak), claim("C", weaker)], design, 1.0)
+    first_step, second_step = t_boundaries(design, design.alpha / 3)[0], t_boundaries(design, design.alpha / 2)[0]
+    assert judged[0].verdict == "reproduced" and judged[0].look.boundary == pytest.approx(first_step)
+    assert [c.verdict for c in judged[1:]] == ["open", "open"] and second_step < first_step
+    assert all(c.look.boundary == pytest.approx(second_step) for c in judged[1:])
+
+
 def test_open_before_the_first_look_and_inconclusive_at_the_last():
     design = Design(looks=(3, 4))
     (early,) = stats.judge_family([claim("A", {0: 1.0, 1: -2.0})], design, 1.0)
