@@ -25,6 +25,11 @@ from harness.tracking.ui import closing_lines, describe_sweep
 
 log = logging.getLogger(__name__)
 
+# `hydra/sweeper=sequential`'s target: a sweep it runs grows look by look (harness.grow). The plugin,
+# which Hydra imports on every start, keeps its own copy of the name (a growing study in
+# tests/test_sweep.py prints no sweep-wide estimate only while the two agree).
+GROWING_SWEEPER = "hydra_plugins.harness_sequential.SequentialSweeper"
+
 
 @dataclass(frozen=True)
 class SweepJob:

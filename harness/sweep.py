@@ -37,7 +37,6 @@ from harness.launchers import INTERRUPT_HOOKS, SLURM_LAUNCHER, VanishedJobs, mar
 from harness.lease import INTERVAL
 from harness.sequential import Design
 from harness.tracking.mlflow_store import connect
-from hydra_plugins.harness_sequential import SequentialSweeperConf
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0  # how often the sweep looks for jobs that ended
@@ -155,7 +154,7 @@ class Study(SweepCallback):
                 except ConfigError as error:
                     raise ConfigError(f"{error} (no job was started)") from None
                 config.hydra.overrides.task.append(f"tracking.parent_run_id='{parent_run_id}'")
-        grows = config.hydra.sweeper.get("_target_") == SequentialSweeperConf._target_
+        grows = config.hydra.sweeper.get("_target_") == study.GROWING_SWEEPER
         self.sweep = study.Sweep(client, experiment_id, parent_run_id, jobs, planned=made, grows=grows)
         self.progress = Progress(self.sweep)
         self.parts = (self.progress, VanishedSlurmJobs(config, self.sweep))
