@@ -35,6 +35,14 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(cpu_info().get("flags", "").split())
 
 
+def cpu_model() -> str:
+    """The CPU's family, model and stepping numbers: what tells apart two CPUs that a VM names
+    alike ("AMD EPYC") and whose flags agree, where the model name does not."""
+    info = cpu_info()
+    numbers = [f"{key.split()[-1]} {info[key]}" for key in ("cpu family", "model", "stepping") if key in info]
+    return " ".join(numbers) or "unknown model"
+
+
 def device_name(device) -> str:
     """What a step's speed depends on beyond the device's type: the GPU's name, or the CPU's model
     with the vector instructions torch uses on it and its bf16 units (two hosts that Linux calls

@@ -36,7 +36,7 @@ from harness.cores import (
     started_by_a_sweep,
     torch_threads,
 )
-from harness.device import device_name, device_type
+from harness.device import cpu_model, device_name, device_type
 
 # bf16 must save at least a tenth of a step. Alternated timings on a quiet 2-core machine differ by
 # about 5% from one measurement to the next, and below a tenth bf16's coarser rounding and runs
@@ -93,12 +93,13 @@ def choose(machine: str, fp32_ms: float, bf16_ms: float, busy_cores: float = 0.0
 
 
 def decision_key(kind: str, threads: int) -> str:
-    """The cache's key: the device as `device_name` names it, torch's version and the threads, each
-    of which changes the ratio (a home folder that nodes of several kinds share holds one entry
-    each)."""
+    """The cache's key: the device as `device_name` names it (a CPU with its family, model and
+    stepping too), torch's version and the threads, each of which changes the ratio (a home folder
+    that nodes of several kinds share holds one entry each)."""
     import torch
 
-    return f"{device_name(torch.device(kind))}, torch {torch.__version__}, {threads} thread(s)"
+    model = f" {cpu_model()}" if kind == "cpu" else ""
+    return f"{device_name(torch.device(kind))}{model}, torch {torch.__version__}, {threads} thread(s)"
 
 
 def cache_file() -> Path:

@@ -137,11 +137,18 @@ def test_a_cache_that_cannot_be_written_is_said_and_the_run_goes_on(tmp_path, mo
     assert "measured, but not kept" in said and "HARNESS_CACHE_DIR" in said
 
 
-def test_the_key_names_the_cpu_torch_and_the_threads():
+def test_the_key_names_the_cpu_torch_and_the_threads(monkeypatch):
     """Two hosts that Linux names alike, two torch builds, 1 and 2 threads: each its own entry."""
     key = precision.decision_key("cpu", 1)
     assert key.startswith(device_name(torch.device("cpu"))) and f"torch {torch.__version__}" in key
     assert key.endswith("1 thread(s)") and precision.decision_key("cpu", 2) != key
+    # Two AMD EPYCs of one VM name and the same flags, Zen 3 and Zen 4 (issue 43's host is family 25 model 17).
+    keys = set()
+    for model in ("1", "17"):
+        info = {"model name": "AMD EPYC", "flags": "avx2 avx512f avx512_bf16", "cpu family": "25", "model": model}
+        monkeypatch.setattr(harness.device, "cpu_info", lambda info=info: info)
+        keys.add(precision.decision_key("cpu", 2))
+    assert len(keys) == 2 and all("AMD EPYC" in key and "family 25" in key for key in keys)
 
 
 def test_a_decision_measured_beside_other_work_is_provisional(own_cache, capsys):
